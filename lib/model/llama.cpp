@@ -1,0 +1,235 @@
+#include "lib/model/llama.h"
+
+#include <cmath>
+#include <string>
+
+#include "formats/packed_checkpoint.h"
+#include "formats/safetensors.h"
+#include "lib/common/error.h"
+
+namespace mpq {
+namespace {
+
+Eigen::VectorXf load_vector(const TensorStore& store, const std::string& name, int64_t n) {
+  const TensorView& t = store.get(name);
+  if (t.shape != std::vector<int64_t>{n})
+    throw_input(t.file, "tensor '" + name + "': shape " + shape_str(t.shape) +
+                            " disagrees with config.json " + shape_str({n}));
+  const std::vector<float> v = to_f32(t);
+  return Eigen::Map<const Eigen::VectorXf>(v.data(), n);
+}
+
+MatrixRM load_matrix(const TensorStore& store, const std::string& name, int64_t rows,
+                     int64_t cols) {
+  const TensorView& t = store.get(name);
+  if (t.shape != std::vector<int64_t>{rows, cols})
+    throw_input(t.file, "tensor '" + name + "': shape " + shape_str(t.shape) +
+                            " disagrees with config.json " + shape_str({rows, cols}));
+  const std::vector<float> v = to_f32(t);
+  return Eigen::Map<const MatrixRM>(v.data(), rows, cols);
+}
+
+// In-place RMSNorm of every row of x: x / sqrt(mean(x^2) + eps) * g.
+MatrixRM rms_norm(const MatrixRM& x, const Eigen::VectorXf& g, double eps) {
+  MatrixRM y(x.rows(), x.cols());
+  for (Eigen::Index t = 0; t < x.rows(); ++t) {
+    const double ms = x.row(t).cast<double>().squaredNorm() / static_cast<double>(x.cols());
+    const float inv = static_cast<float>(1.0 / std::sqrt(ms + eps));
+    y.row(t) = (x.row(t) * inv).cwiseProduct(g.transpose());
+  }
+  return y;
+}
+
+MatrixRM apply_linear(const MatrixRM& x, const Linear& l) {
+  MatrixRM y(x.rows(), l.w.rows());
+  y.noalias() = x * l.w.transpose();
+  if (l.b.size()) y.rowwise() += l.b.transpose();
+  return y;
+}
+
+// Rotate-half RoPE on every head of x [T, n_heads * d], in place.
+void apply_rope(MatrixRM& x, int64_t n_heads, int64_t d, const std::vector<float>& cos_t,
+                const std::vector<float>& sin_t) {
+  const int64_t half = d / 2;
+  for (Eigen::Index t = 0; t < x.rows(); ++t) {
+    const float* c = &cos_t[static_cast<std::size_t>(t * half)];
+    const float* s = &sin_t[static_cast<std::size_t>(t * half)];
+    float* row = x.row(t).data();
+    for (int64_t h = 0; h < n_heads; ++h) {
+      float* v = row + h * d;
+      for (int64_t i = 0; i < half; ++i) {
+        const float a = v[i], b = v[i + half];
+        v[i] = a * c[i] - b * s[i];
+        v[i + half] = b * c[i] + a * s[i];
+      }
+    }
+  }
+}
+
+}  // namespace
+
+std::array<int64_t, 2> linear_shape(const LlamaConfig& c, int index) {
+  const int64_t H = c.hidden_size, q = c.num_heads * c.head_dim, kv = c.num_kv_heads * c.head_dim,
+                I = c.intermediate_size;
+  switch (index) {
+    case 0: return {q, H};
+    case 1: return {kv, H};
+    case 2: return {kv, H};
+    case 3: return {H, q};
+    case 4: return {I, H};
+    case 5: return {I, H};
+    case 6: return {H, I};
+    default: MPQ_ASSERT(false && "linear index out of range");
+  }
+  return {0, 0};
+}
+
+std::vector<std::pair<std::string, std::vector<int64_t>>> llama_tensor_shapes(const LlamaConfig& c) {
+  std::vector<std::pair<std::string, std::vector<int64_t>>> t;
+  const int64_t H = c.hidden_size;
+  t.push_back({"model.embed_tokens.weight", {c.vocab_size, H}});
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    t.push_back({p + "input_layernorm.weight", {H}});
+    t.push_back({p + "post_attention_layernorm.weight", {H}});
+    for (int i = 0; i < 7; ++i) {
+      const auto [rows, cols] = linear_shape(c, i);
+      t.push_back({p + kLinearNames[i] + ".weight", {rows, cols}});
+      if ((i < 3 && c.qkv_bias) || (i == 3 && c.o_bias)) t.push_back({p + kLinearNames[i] + ".bias", {rows}});
+    }
+  }
+  t.push_back({"model.norm.weight", {H}});
+  if (!c.tie_word_embeddings) t.push_back({"lm_head.weight", {c.vocab_size, H}});
+  return t;
+}
+
+std::vector<double> rope_inv_freq(const LlamaConfig& c) {
+  const int64_t half = c.head_dim / 2;
+  std::vector<double> f(static_cast<std::size_t>(half));
+  for (int64_t i = 0; i < half; ++i)
+    f[i] = 1.0 / std::pow(c.rope_theta, static_cast<double>(2 * i) / static_cast<double>(c.head_dim));
+  const RopeScaling& r = c.rope_scaling;
+  if (r.type == RopeScaling::Type::kLinear) {
+    for (double& v : f) v /= r.factor;
+  } else if (r.type == RopeScaling::Type::kLlama3) {
+    const double old_len = static_cast<double>(r.original_max_position_embeddings);
+    const double low_wavelen = old_len / r.low_freq_factor;
+    const double high_wavelen = old_len / r.high_freq_factor;
+    for (double& v : f) {
+      const double wavelen = 2.0 * M_PI / v;
+      if (wavelen > low_wavelen) {
+        v /= r.factor;  // low frequencies: fully scaled
+      } else if (wavelen >= high_wavelen) {
+        const double smooth =
+            (old_len / wavelen - r.low_freq_factor) / (r.high_freq_factor - r.low_freq_factor);
+        v = (1.0 - smooth) * v / r.factor + smooth * v;
+      }  // high frequencies: unchanged
+    }
+  }
+  return f;
+}
+
+LlamaModel::LlamaModel(LlamaConfig config, LlamaWeights weights)
+    : config_(std::move(config)), weights_(std::move(weights)), inv_freq_(rope_inv_freq(config_)) {
+  MPQ_ASSERT(static_cast<int64_t>(weights_.layers.size()) == config_.num_layers);
+}
+
+LlamaModel LlamaModel::load(const std::string& dir) {
+  LlamaConfig c = load_llama_config(dir);
+  const TensorStore store = TensorStore::open(dir);
+  const int64_t H = c.hidden_size, V = c.vocab_size;
+  LlamaWeights w;
+  w.embed = load_matrix(store, "model.embed_tokens.weight", V, H);
+  w.layers.resize(static_cast<std::size_t>(c.num_layers));
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    LlamaLayer& L = w.layers[static_cast<std::size_t>(l)];
+    L.input_norm = load_vector(store, p + "input_layernorm.weight", H);
+    L.post_attn_norm = load_vector(store, p + "post_attention_layernorm.weight", H);
+    for (int i = 0; i < 7; ++i) {
+      const auto [rows, cols] = linear_shape(c, i);
+      const std::string name = p + kLinearNames[i];
+      Linear& lin = L.linear[i];
+      const std::vector<float> v =
+          read_linear_f32(store, name, rows, cols, &lin.format, &lin.stored_bytes);
+      lin.w = Eigen::Map<const MatrixRM>(v.data(), rows, cols);
+      const bool biased = (i < 3 && c.qkv_bias) || (i == 3 && c.o_bias);
+      if (biased) lin.b = load_vector(store, name + ".bias", rows);
+    }
+  }
+  w.final_norm = load_vector(store, "model.norm.weight", H);
+  if (!c.tie_word_embeddings) w.lm_head = load_matrix(store, "lm_head.weight", V, H);
+  return LlamaModel(std::move(c), std::move(w));
+}
+
+MatrixRM LlamaModel::forward(const int32_t* tokens, int64_t T) const {
+  const LlamaConfig& c = config_;
+  const int64_t H = c.hidden_size, d = c.head_dim, nh = c.num_heads, nkv = c.num_kv_heads;
+  const int64_t group = nh / nkv, half = d / 2;
+  MatrixRM h(T, H);
+  for (int64_t t = 0; t < T; ++t) {
+    if (tokens[t] < 0 || tokens[t] >= c.vocab_size)
+      throw Error(ExitCode::kInput, "token id " + std::to_string(tokens[t]) + " at position " +
+                                        std::to_string(t) + " outside the vocabulary [0, " +
+                                        std::to_string(c.vocab_size) + ")");
+    h.row(t) = weights_.embed.row(tokens[t]);
+  }
+  // cos/sin tables [T, d/2], angles computed in float64 then rounded.
+  std::vector<float> cos_t(static_cast<std::size_t>(T * half)), sin_t(cos_t.size());
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t i = 0; i < half; ++i) {
+      const double a = static_cast<double>(t) * inv_freq_[static_cast<std::size_t>(i)];
+      cos_t[static_cast<std::size_t>(t * half + i)] = static_cast<float>(std::cos(a));
+      sin_t[static_cast<std::size_t>(t * half + i)] = static_cast<float>(std::sin(a));
+    }
+  const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(d)));
+  const int64_t window = c.sliding_window > 0 ? c.sliding_window : T;
+
+  for (const LlamaLayer& L : weights_.layers) {
+    const MatrixRM n = rms_norm(h, L.input_norm, c.rms_norm_eps);
+    MatrixRM q = apply_linear(n, L.linear[0]);
+    MatrixRM k = apply_linear(n, L.linear[1]);
+    const MatrixRM v = apply_linear(n, L.linear[2]);
+    apply_rope(q, nh, d, cos_t, sin_t);
+    apply_rope(k, nkv, d, cos_t, sin_t);
+    MatrixRM attn(T, nh * d);
+    // Causal attention in query chunks: chunk [a, b) only sees keys [lo(a), b), so the
+    // masked upper triangle is never computed.
+    constexpr int64_t kChunk = 64;
+    const int64_t chunks = (T + kChunk - 1) / kChunk;
+#pragma omp parallel for collapse(2) schedule(dynamic, 1)
+    for (int64_t hd = 0; hd < nh; ++hd) {
+      for (int64_t ch = 0; ch < chunks; ++ch) {
+        const int64_t g = hd / group, a = ch * kChunk, b = std::min(T, a + kChunk);
+        const int64_t k0 = std::max<int64_t>(0, a - window + 1), nk = b - k0;
+        MatrixRM s(b - a, nk);
+        s.noalias() = (q.block(a, hd * d, b - a, d) * scale) * k.block(k0, g * d, nk, d).transpose();
+        for (int64_t i = a; i < b; ++i) {
+          // Visible keys of query i: [max(k0, i - window + 1), i].
+          const int64_t lo = std::max(k0, i - window + 1) - k0, hi = i - k0 + 1;
+          auto row = s.row(i - a);
+          auto vis = row.segment(lo, hi - lo).array();
+          vis = (vis - vis.maxCoeff()).exp();
+          vis /= vis.sum();
+          row.head(lo).setZero();
+          row.tail(nk - hi).setZero();
+        }
+        attn.block(a, hd * d, b - a, d).noalias() = s * v.block(k0, g * d, nk, d);
+      }
+    }
+    h += apply_linear(attn, L.linear[3]);
+
+    const MatrixRM m = rms_norm(h, L.post_attn_norm, c.rms_norm_eps);
+    MatrixRM gate = apply_linear(m, L.linear[4]);
+    const MatrixRM up = apply_linear(m, L.linear[5]);
+    gate = gate.unaryExpr([](float x) { return x / (1.0f + std::exp(-x)); }).cwiseProduct(up);
+    h += apply_linear(gate, L.linear[6]);
+  }
+  const MatrixRM n = rms_norm(h, weights_.final_norm, c.rms_norm_eps);
+  const MatrixRM& head = c.tie_word_embeddings ? weights_.embed : weights_.lm_head;
+  MatrixRM logits(T, c.vocab_size);
+  logits.noalias() = n * head.transpose();
+  return logits;
+}
+
+}  // namespace mpq

@@ -1,0 +1,92 @@
+// The Llama-family decoder graph on CPU, fp32, Eigen + OpenMP.
+//
+// Graph (transformers' modeling_llama / modeling_qwen2, read as the reference):
+//   h = embed[tokens]                                            [T, H]
+//   per layer: a = h + o_proj(Attn(RoPE(q_proj(n)), RoPE(k_proj(n)), v_proj(n))),  n = RMSNorm(h)
+//              h = a + down_proj(silu(gate_proj(m)) * up_proj(m)),                   m = RMSNorm(a)
+//   logits = lm_head(RMSNorm(h))   (lm_head = embed when tie_word_embeddings)
+// RMSNorm(x) = x / sqrt(mean(x^2) + eps) * g. RoPE is rotate-half: for pair (i, i + d/2) of a
+// head of size d, angle = pos * inv_freq[i], inv_freq[i] = theta^(-2i/d) (scaled per
+// rope_scaling). Attention is causal, GQA (query head h reads KV head h / (n_heads/n_kv)),
+// softmax(QK^T / sqrt(d)).
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <Eigen/Core>
+
+#include "formats/hf_config.h"
+
+namespace mpq {
+
+/// Row-major fp32 matrix (the PyTorch/safetensors layout).
+using MatrixRM = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+
+/// One linear layer y = x W^T + b. w is fp32 [out, in]; b is empty or [out].
+/// `format` is where the fp32 values came from ("f32", "f16", "bf16", "fp8", "nvfp4"),
+/// `stored_bytes` the bytes its on-disk form takes (for bits-per-weight accounting).
+struct Linear {
+  MatrixRM w;
+  Eigen::VectorXf b;
+  std::string format = "f32";
+  std::size_t stored_bytes = 0;
+};
+
+/// The seven quantizable projections of a layer, in this order.
+constexpr std::array<const char*, 7> kLinearNames = {
+    "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+    "mlp.gate_proj",    "mlp.up_proj",      "mlp.down_proj"};
+
+struct LlamaLayer {
+  Eigen::VectorXf input_norm;      ///< [H]
+  Eigen::VectorXf post_attn_norm;  ///< [H]
+  std::array<Linear, 7> linear;    ///< indexed like kLinearNames
+};
+
+struct LlamaWeights {
+  MatrixRM embed;                  ///< [V, H]
+  std::vector<LlamaLayer> layers;
+  Eigen::VectorXf final_norm;      ///< [H]
+  MatrixRM lm_head;                ///< [V, H]; empty when tied to embed
+};
+
+/// Expected [out, in] shape of linear `index` (see kLinearNames) for a config.
+std::array<int64_t, 2> linear_shape(const LlamaConfig& c, int index);
+
+/// Every tensor a dense checkpoint of this config holds, with its shape, in graph order
+/// (embedding, per layer: norms, q/k/v/o (+ biases), gate/up/down; final norm; lm_head
+/// unless tied). Names are the HF ones ("model.layers.0.self_attn.q_proj.weight").
+std::vector<std::pair<std::string, std::vector<int64_t>>> llama_tensor_shapes(const LlamaConfig& c);
+
+/// A loaded Llama-family model.
+class LlamaModel {
+ public:
+  /// Loads `<dir>/config.json` and its safetensors (single or sharded). Quantized linears in
+  /// mpq/ModelOpt layouts (nvfp4, fp8) are decoded to fp32 at load time.
+  /// Throws Error(kInput) naming the file and tensor for a missing tensor, a shape that
+  /// disagrees with config.json, or an unsupported dtype/layout.
+  static LlamaModel load(const std::string& dir);
+  LlamaModel(LlamaConfig config, LlamaWeights weights);
+
+  const LlamaConfig& config() const { return config_; }
+  const LlamaWeights& weights() const { return weights_; }
+  LlamaWeights& mutable_weights() { return weights_; }
+
+  /// Logits [T, vocab] for `tokens[0..T)` run as one fresh context (positions 0..T-1).
+  /// Token ids must be in [0, vocab): throws Error(kInput) otherwise.
+  MatrixRM forward(const int32_t* tokens, int64_t T) const;
+
+ private:
+  LlamaConfig config_;
+  LlamaWeights weights_;
+  std::vector<double> inv_freq_;  ///< [head_dim / 2]
+};
+
+/// RoPE inverse frequencies [head_dim/2] for a config, rope_scaling applied (float64).
+/// Source: transformers modeling_rope_utils (default, linear, llama3).
+std::vector<double> rope_inv_freq(const LlamaConfig& c);
+
+}  // namespace mpq

@@ -1,0 +1,226 @@
+#include "lib/pack/pack_model.h"
+
+#include <unistd.h>
+
+#include <array>
+#include <cctype>
+#include <map>
+#include <cmath>
+#include <ctime>
+#include <filesystem>
+#include <fstream>
+#include <regex>
+
+#include "formats/hf_config.h"
+#include "formats/packed_checkpoint.h"
+#include "formats/safetensors.h"
+#include "lib/common/error.h"
+#include "lib/common/sha256.h"
+#include "lib/model/llama.h"
+#include "lib/quant/quantizer.h"
+
+namespace mpq {
+namespace fs = std::filesystem;
+
+namespace {
+
+const char* kTokenizerFiles[] = {"tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
+                                 "tokenizer.json", "generation_config.json"};
+
+std::string dtype_lower(DType t) {
+  std::string s = dtype_name(t);
+  for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return s;
+}
+
+std::string utc_now() {
+  const std::time_t t = std::time(nullptr);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&t));
+  return buf;
+}
+
+void write_text_atomic(const fs::path& p, const std::string& s) { write_file_atomic(p.string(), s.data(), s.size()); }
+
+// Removes a staging folder unless released (RAII cleanup on any exception).
+struct StagingDir {
+  fs::path path;
+  bool keep = false;
+  ~StagingDir() {
+    if (!keep) {
+      std::error_code ec;
+      fs::remove_all(path, ec);
+    }
+  }
+};
+
+}  // namespace
+
+double PackReport::quantized_bpw() const {
+  return quantized_params ? 8.0 * static_cast<double>(quantized_bytes) / static_cast<double>(quantized_params) : 0.0;
+}
+double PackReport::model_bpw() const {
+  return total_params ? 8.0 * static_cast<double>(total_bytes) / static_cast<double>(total_params) : 0.0;
+}
+
+PackReport pack_model(const std::string& model_dir, const std::string& out_dir, const PackOptions& opt,
+                      const PackProgress& progress) {
+  const Quantizer& quant = quantizer_for(opt.format);
+  std::vector<std::regex> exclude;
+  for (const auto& e : opt.exclude) {
+    try {
+      exclude.emplace_back(e, std::regex::ECMAScript);
+    } catch (const std::regex_error& err) {
+      throw Error(ExitCode::kUsage, "--exclude '" + e + "': bad regular expression: " + err.what());
+    }
+  }
+  const LlamaConfig cfg = load_llama_config(model_dir);
+  if (!cfg.quantization_config.is_null())
+    throw_input((fs::path(model_dir) / "config.json").string(),
+                "quantization_config: the input is already quantized; pack from the original weights");
+  const TensorStore store = TensorStore::open(model_dir);
+
+  // Every tensor of the graph must be there with config.json's shape, before any work.
+  for (const auto& [name, shape] : llama_tensor_shapes(cfg)) {
+    const TensorView& t = store.get(name);
+    if (t.shape != shape)
+      throw_input(t.file, "tensor '" + name + "': shape " + shape_str(t.shape) + " disagrees with config.json " +
+                              shape_str(shape));
+  }
+
+  // Output checks before any work.
+  const fs::path out(out_dir);
+  if (fs::exists(out) && !fs::is_empty(out) && !opt.force)
+    throw_output(out_dir, "exists and is not empty (use --force to replace it)");
+  const fs::path parent = fs::absolute(out).parent_path();
+  if (!fs::is_directory(parent)) throw_output(out_dir, "parent folder does not exist");
+  StagingDir stage{parent / (out.filename().string() + ".partial-" + std::to_string(getpid()))};
+  std::error_code ec;
+  fs::remove_all(stage.path, ec);
+  if (!fs::create_directory(stage.path, ec)) throw_output(stage.path.string(), "cannot create: " + ec.message());
+
+  // Which tensors are quantized linears: name -> [rows, cols] from config.json.
+  std::map<std::string, std::array<int64_t, 2>> linears;
+  for (int64_t l = 0; l < cfg.num_layers; ++l)
+    for (int i = 0; i < 7; ++i) {
+      const std::string module = "model.layers." + std::to_string(l) + "." + kLinearNames[i];
+      bool skip = false;
+      for (const auto& re : exclude) skip = skip || std::regex_search(module, re);
+      if (!skip) linears[module + ".weight"] = linear_shape(cfg, i);
+    }
+
+  PackReport rep;
+  SafetensorsWriter writer;
+  nlohmann::json shapes_meta = nlohmann::json::object();
+  nlohmann::json tensors_json = nlohmann::json::object();
+  const std::vector<std::string> names = store.names();
+  for (std::size_t k = 0; k < names.size(); ++k) {
+    const std::string& name = names[k];
+    const TensorView& t = store.get(name);
+    auto it = linears.find(name);
+    PackedTensorRecord rec;
+    if (it != linears.end()) {
+      const auto [rows, cols] = it->second;  // shape checked above
+      const std::vector<float> w = to_f32(t);
+      for (std::size_t i = 0; i < w.size(); ++i)
+        if (!std::isfinite(w[i]))
+          throw_input(t.file, "tensor '" + name + "': " + (std::isnan(w[i]) ? "NaN" : "Inf") + " at [" +
+                                  std::to_string(i / static_cast<std::size_t>(cols)) + ", " +
+                                  std::to_string(i % static_cast<std::size_t>(cols)) + "]; refusing to quantize");
+      const std::string module = name.substr(0, name.size() - std::string(".weight").size());
+      const PackedTensor p = quant.encode(module, w.data(), rows, cols);
+      add_packed(writer, module, p);
+      if (cols % std::max(1, quant.info().block_size) != 0) shapes_meta[module] = {rows, cols};
+      rec = {module, opt.format, {rows, cols}, p.bytes(), p.bpw()};
+      rep.quantized_params += rows * cols;
+      rep.quantized_bytes += p.bytes();
+    } else {
+      writer.add(name, t.dtype, t.shape, std::vector<uint8_t>(t.data, t.data + t.nbytes));
+      rec = {name, dtype_lower(t.dtype), t.shape, t.nbytes, 8.0 * static_cast<double>(t.nbytes) / static_cast<double>(std::max<int64_t>(1, t.numel()))};
+    }
+    int64_t numel = 1;
+    for (auto d : rec.shape) numel *= d;
+    rep.total_params += numel;
+    tensors_json[rec.name] = {{"format", rec.format}, {"shape", rec.shape}, {"bytes", rec.bytes}, {"bpw", rec.bpw}};
+    rep.tensors.push_back(std::move(rec));
+    if (progress) progress(k + 1, names.size(), name);
+  }
+  rep.total_bytes = writer.data_bytes();
+  rep.bpw_4096x4096 = 8.0 * static_cast<double>(quant.bytes(4096, 4096)) / (4096.0 * 4096.0);
+
+  writer.set_metadata("format", "pt");
+  writer.set_metadata("mpq_format_version", "1");
+  writer.set_metadata("mpq_logical_shapes", shapes_meta.dump());
+  writer.write((stage.path / "model.safetensors").string());
+
+  // config.json with ModelOpt's quantization_config.
+  nlohmann::json exclude_modules = {"lm_head"};
+  for (int64_t l = 0; l < cfg.num_layers; ++l)
+    for (int i = 0; i < 7; ++i) {
+      const std::string module = "model.layers." + std::to_string(l) + "." + kLinearNames[i];
+      if (!linears.count(module + ".weight")) exclude_modules.push_back(module);
+    }
+  nlohmann::json qc = {{"quant_method", "modelopt"},
+                       {"quant_algo", quant.info().quant_algo},
+                       {"producer", {{"name", "mpq"}, {"version", MPQ_VERSION}}},
+                       {"exclude_modules", exclude_modules}};
+  if (quant.info().block_size > 0) qc["group_size"] = quant.info().block_size;
+  nlohmann::json config = cfg.raw;
+  config["quantization_config"] = qc;
+  write_text_atomic(stage.path / "config.json", config.dump(2) + "\n");
+  nlohmann::json hfq = {{"producer", {{"name", "mpq"}, {"version", MPQ_VERSION}}},
+                        {"quantization", {{"quant_algo", quant.info().quant_algo},
+                                          {"kv_cache_quant_algo", nullptr},
+                                          {"exclude_modules", exclude_modules}}}};
+  if (quant.info().block_size > 0) hfq["quantization"]["group_size"] = quant.info().block_size;
+  write_text_atomic(stage.path / "hf_quant_config.json", hfq.dump(2) + "\n");
+
+  // Tokenizer files and input hashes.
+  nlohmann::json inputs = nlohmann::json::object();
+  for (const auto& f : store.files()) inputs[fs::path(f->path()).filename().string()] = sha256_file(f->path());
+  inputs["config.json"] = sha256_file((fs::path(model_dir) / "config.json").string());
+  for (const char* f : kTokenizerFiles) {
+    const fs::path src = fs::path(model_dir) / f;
+    if (!fs::exists(src)) continue;
+    inputs[f] = sha256_file(src.string());
+    fs::copy_file(src, stage.path / f, fs::copy_options::overwrite_existing, ec);
+    if (ec) throw_output((stage.path / f).string(), "cannot copy: " + ec.message());
+  }
+  if (fs::exists(fs::path(model_dir) / "model.safetensors.index.json"))
+    inputs["model.safetensors.index.json"] = sha256_file((fs::path(model_dir) / "model.safetensors.index.json").string());
+
+  rep.manifest = {{"tool", std::string("mpq-pack ") + MPQ_VERSION},
+                  {"mpq_format_version", 1},
+                  {"created_utc", utc_now()},
+                  {"command_line", opt.command_line},
+                  {"source", fs::absolute(model_dir).string()},
+                  {"format", opt.format},
+                  {"inputs_sha256", inputs},
+                  {"tensors", tensors_json},
+                  {"totals", {{"quantized_params", rep.quantized_params},
+                              {"quantized_bytes", rep.quantized_bytes},
+                              {"quantized_bpw", rep.quantized_bpw()},
+                              {"total_params", rep.total_params},
+                              {"total_bytes", rep.total_bytes},
+                              {"model_bpw", rep.model_bpw()},
+                              {"bpw_4096x4096", rep.bpw_4096x4096}}}};
+  write_text_atomic(stage.path / "mpq_manifest.json", rep.manifest.dump(2) + "\n");
+
+  // Swap the staged folder into place.
+  fs::path old;
+  if (fs::exists(out)) {
+    old = parent / (out.filename().string() + ".old-" + std::to_string(getpid()));
+    fs::rename(out, old, ec);
+    if (ec) throw_output(out_dir, "cannot move the existing folder aside: " + ec.message());
+  }
+  fs::rename(stage.path, out, ec);
+  if (ec) {
+    if (!old.empty()) fs::rename(old, out);
+    throw_output(out_dir, "cannot rename the staged folder into place: " + ec.message());
+  }
+  stage.keep = true;
+  if (!old.empty()) fs::remove_all(old, ec);
+  return rep;
+}
+
+}  // namespace mpq

@@ -1,0 +1,62 @@
+// mpq-pack's engine: quantize the linear projections of a Hugging Face Llama-family folder
+// and write a packed Hugging Face folder, atomically (staged folder, then rename).
+//
+// Output folder (docs/formats.md):
+//   model.safetensors     packed linears under ModelOpt names (lib/quant/*.h), every other
+//                         tensor copied unchanged; __metadata__ {"format": "pt",
+//                         "mpq_format_version": "1", "mpq_logical_shapes": JSON of padded tensors}
+//   config.json           the input's, plus "quantization_config" as ModelOpt writes it
+//   hf_quant_config.json  ModelOpt's producer/quantization record (older vLLM loaders read it)
+//   mpq_manifest.json     tool version, command line, sha256 of every input file, per-tensor
+//                         format, logical shape, bytes and bits per weight, totals
+//   tokenizer files       copied (tokenizer.model, tokenizer_config.json, ...)
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+namespace mpq {
+
+struct PackOptions {
+  std::string format;                ///< a format_table() name: "nvfp4", "fp8"
+  std::vector<std::string> exclude;  ///< ECMAScript regexes over module names ("model.layers.0.mlp.down_proj")
+  std::string command_line;          ///< recorded in the manifest
+  bool force = false;                ///< replace an existing non-empty output folder
+};
+
+/// Per-tensor record of the manifest.
+struct PackedTensorRecord {
+  std::string name;                  ///< module name, or tensor name for copied tensors
+  std::string format;                ///< "nvfp4", "fp8", or the source dtype ("f32", ...)
+  std::vector<int64_t> shape;        ///< logical shape
+  std::size_t bytes = 0;             ///< bytes on disk, scales included
+  double bpw = 0;                    ///< bytes * 8 / numel
+};
+
+struct PackReport {
+  std::vector<PackedTensorRecord> tensors;
+  int64_t quantized_params = 0;      ///< weights in quantized linears
+  std::size_t quantized_bytes = 0;
+  int64_t total_params = 0;          ///< every tensor's logical numel
+  std::size_t total_bytes = 0;       ///< model.safetensors payload bytes
+  double quantized_bpw() const;      ///< quantized_bytes * 8 / quantized_params
+  double model_bpw() const;          ///< total_bytes * 8 / total_params
+  double bpw_4096x4096 = 0;          ///< the same format on one 4096 x 4096 layer
+  nlohmann::json manifest;           ///< what mpq_manifest.json holds
+};
+
+/// (tensor index, tensor count, tensor name) after each tensor.
+using PackProgress = std::function<void(std::size_t, std::size_t, const std::string&)>;
+
+/// Packs `model_dir` into `out_dir`. Throws Error(kInput) for a bad input (naming file and
+/// tensor: NaN/Inf weights, shapes that disagree with config.json, unsupported architecture),
+/// Error(kUsage) for an unknown format or bad regex, Error(kOutput) when the output cannot
+/// be written or exists without `force`. On any error nothing is left at `out_dir`.
+PackReport pack_model(const std::string& model_dir, const std::string& out_dir,
+                      const PackOptions& opt, const PackProgress& progress = nullptr);
+
+}  // namespace mpq

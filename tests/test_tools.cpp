@@ -1,0 +1,388 @@
+// The tools end to end on tiny random models: packing layouts, pack -> eval round trips,
+// regression gates, and one test per bad input (exit code 3, one-line error naming the file
+// and the field, no output left behind).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+
+#include <nlohmann/json.hpp>
+
+#include "formats/safetensors.h"
+#include "lib/model/llama.h"
+#include "lib/quant/quantizer.h"
+#include "tests/test_util.h"
+
+namespace mpq {
+namespace {
+namespace fs = std::filesystem;
+
+std::string tool(const std::string& name) { return test::tools_dir() + "/" + name; }
+
+struct ToolRun {
+  int rc;
+  std::string out;
+};
+
+ToolRun run(const std::string& cmd) {
+  ToolRun r;
+  r.rc = test::run_command(cmd, &r.out);
+  return r;
+}
+
+// The lines of `out` that report an error.
+std::vector<std::string> error_lines(const std::string& out) {
+  std::vector<std::string> lines;
+  std::stringstream ss(out);
+  for (std::string l; std::getline(ss, l);)
+    if (l.find("error") != std::string::npos) lines.push_back(l);
+  return lines;
+}
+
+// Writes int32 ids to a file.
+void write_ids(const std::string& path, const std::vector<int32_t>& ids) {
+  std::vector<uint8_t> b(ids.size() * 4);
+  std::memcpy(b.data(), ids.data(), b.size());
+  test::write_bytes(path, b);
+}
+
+std::string tiny_model(const std::string& tag, int intermediate = 96) {
+  const std::string dir = test::scratch_dir(tag);
+  test::TinyLlamaSpec s;
+  s.intermediate = intermediate;
+  test::write_tiny_llama(dir, s);
+  return dir;
+}
+
+std::string tiny_tokens(const std::string& dir, int n = 96) {
+  std::vector<int32_t> ids(static_cast<std::size_t>(n));
+  for (int i = 0; i < n; ++i) ids[static_cast<std::size_t>(i)] = (i * 37 + 11) % 128;
+  const std::string p = dir + "/ids.i32";
+  write_ids(p, ids);
+  return p;
+}
+
+// --- Pack layouts and round trips -------------------------------------------
+
+TEST(Pack, Nvfp4FolderHasModelOptLayout) {
+  const std::string m = tiny_model("nvfp4-src", 40);  // 40 inputs to down_proj: a partial block
+  const std::string out = test::scratch_dir("nvfp4-out") + "/packed";
+  const ToolRun r = run(tool("mpq-pack") + " --model " + m + " --format nvfp4 --out " + out + " -q");
+  ASSERT_EQ(r.rc, 0) << r.out;
+  const TensorStore st = TensorStore::open(out);
+  const TensorView& w = st.get("model.layers.0.mlp.down_proj.weight");
+  EXPECT_EQ(w.dtype, DType::U8);
+  EXPECT_EQ(w.shape, (std::vector<int64_t>{64, 24}));  // ceil(40/16) = 3 blocks * 8 bytes
+  const TensorView& s = st.get("model.layers.0.mlp.down_proj.weight_scale");
+  EXPECT_EQ(s.dtype, DType::F8_E4M3);
+  EXPECT_EQ(s.shape, (std::vector<int64_t>{64, 3}));
+  const TensorView& s2 = st.get("model.layers.0.mlp.down_proj.weight_scale_2");
+  EXPECT_EQ(s2.dtype, DType::F32);
+  EXPECT_TRUE(s2.shape.empty());
+  EXPECT_EQ(st.get("model.layers.0.self_attn.q_proj.weight").shape, (std::vector<int64_t>{64, 32}));
+  EXPECT_EQ(st.get("model.embed_tokens.weight").dtype, DType::F32);  // not quantized
+  EXPECT_EQ(st.get("lm_head.weight").dtype, DType::F32);
+  const auto meta = st.files()[0]->metadata();
+  EXPECT_EQ(nlohmann::json::parse(meta.at("mpq_logical_shapes"))["model.layers.0.mlp.down_proj"],
+            nlohmann::json({64, 40}));
+
+  std::ifstream cfg(out + "/config.json");
+  const auto c = nlohmann::json::parse(cfg);
+  EXPECT_EQ(c["quantization_config"]["quant_method"], "modelopt");
+  EXPECT_EQ(c["quantization_config"]["quant_algo"], "NVFP4");
+  EXPECT_EQ(c["quantization_config"]["group_size"], 16);
+  EXPECT_EQ(c["quantization_config"]["exclude_modules"], nlohmann::json({"lm_head"}));
+  EXPECT_TRUE(fs::exists(out + "/hf_quant_config.json"));
+  EXPECT_FALSE(fs::exists(out + ".partial-" + std::to_string(0)));
+}
+
+TEST(Pack, ManifestHashesMatchSha256sum) {
+  const std::string m = tiny_model("manifest-src");
+  const std::string out = test::scratch_dir("manifest-out") + "/p";
+  ASSERT_EQ(run(tool("mpq-pack") + " --model " + m + " --format fp8 --out " + out + " -q").rc, 0);
+  std::ifstream f(out + "/mpq_manifest.json");
+  const auto man = nlohmann::json::parse(f);
+  for (const char* name : {"model.safetensors", "config.json"}) {
+    std::string sum;
+    ASSERT_EQ(test::run_command("sha256sum " + m + "/" + name, &sum), 0);
+    EXPECT_EQ(man["inputs_sha256"][name], sum.substr(0, 64)) << name;
+  }
+  const auto& t = man["tensors"]["model.layers.1.mlp.up_proj"];
+  EXPECT_EQ(t["format"], "fp8");
+  EXPECT_EQ(t["bytes"], 96 * 64 + 4);
+  EXPECT_NEAR(t["bpw"].get<double>(), 8.0 + 32.0 / (96 * 64), 1e-12);
+  EXPECT_NEAR(man["totals"]["bpw_4096x4096"].get<double>(), 8.0 + 32.0 / (4096.0 * 4096.0), 1e-12);
+}
+
+class PackRoundTrip : public ::testing::TestWithParam<const char*> {};
+
+// The packed folder loads to exactly the quantizer's decode of the original weights, and
+// mpq-eval on it gives the perplexity of that fake-quantized model computed in-process.
+TEST_P(PackRoundTrip, LoadedWeightsEqualDecodeAndEvalAgrees) {
+  const std::string fmt = GetParam();
+  const std::string m = tiny_model(std::string("rt-src-") + fmt, 40);
+  const std::string out = test::scratch_dir("rt-out") + "/p";
+  ASSERT_EQ(run(tool("mpq-pack") + " --model " + m + " --format " + fmt + " --out " + out +
+                " -q --exclude 'layers\\.1\\.self_attn\\.v_proj'").rc, 0);
+  const LlamaModel orig = LlamaModel::load(m);
+  const LlamaModel packed = LlamaModel::load(out);
+  LlamaModel fake = LlamaModel::load(m);
+  const Quantizer& q = quantizer_for(fmt);
+  for (std::size_t l = 0; l < 2; ++l)
+    for (int i = 0; i < 7; ++i) {
+      Linear& lin = fake.mutable_weights().layers[l].linear[static_cast<std::size_t>(i)];
+      const bool excluded = l == 1 && i == 2;
+      EXPECT_EQ(packed.weights().layers[l].linear[static_cast<std::size_t>(i)].format, excluded ? "f32" : fmt);
+      if (excluded) continue;
+      const PackedTensor p = q.encode("w", lin.w.data(), lin.w.rows(), lin.w.cols());
+      q.decode(p, lin.w.data());
+      const MatrixRM& got = packed.weights().layers[l].linear[static_cast<std::size_t>(i)].w;
+      EXPECT_EQ((got - lin.w).cwiseAbs().maxCoeff(), 0.0f);
+      EXPECT_GT((got - orig.weights().layers[l].linear[static_cast<std::size_t>(i)].w).cwiseAbs().maxCoeff(), 0.0f);
+    }
+  const std::string ids = tiny_tokens(test::scratch_dir("rt-ids"));
+  const std::string js = test::scratch_dir("rt-json") + "/e.json";
+  const ToolRun e = run(tool("mpq-eval") + " --model " + out + " --tokens " + ids + " --ctx 32 -q --json " + js +
+                    " --base " + m);
+  ASSERT_EQ(e.rc, 0) << e.out;
+  std::ifstream f(js);
+  const auto j = nlohmann::json::parse(f);
+  std::vector<int32_t> tok(96);
+  for (int i = 0; i < 96; ++i) tok[static_cast<std::size_t>(i)] = (i * 37 + 11) % 128;
+  double nll = 0;
+  for (int w = 0; w < 3; ++w) {
+    const MatrixRM lg = fake.forward(tok.data() + w * 32, 32);
+    for (int t = 0; t < 31; ++t) {
+      const double mx = lg.row(t).maxCoeff();
+      nll += mx + std::log((lg.row(t).array().cast<double>() - mx).exp().sum()) - lg(t, tok[static_cast<std::size_t>(w * 32 + t + 1)]);
+    }
+  }
+  EXPECT_NEAR(j["mean_nll"].get<double>(), nll / 93.0, 1e-5);
+  EXPECT_EQ(j["scored_tokens"], 93);
+  EXPECT_GT(j["mean_kl"].get<double>(), 0.0);
+}
+
+INSTANTIATE_TEST_SUITE_P(Formats, PackRoundTrip, ::testing::Values("nvfp4", "fp8"));
+
+// --- Gates and usage ---------------------------------------------------------
+
+TEST(EvalGates, ExitCodeFiveWhenCrossed) {
+  const std::string m = tiny_model("gate");
+  const std::string ids = tiny_tokens(test::scratch_dir("gate-ids"));
+  const std::string base = tool("mpq-eval") + " -q --model " + m + " --tokens " + ids + " --ctx 32";
+  EXPECT_EQ(run(base).rc, 0);
+  EXPECT_EQ(run(base + " --max-ppl 1e9").rc, 0);
+  const ToolRun crossed = run(base + " --max-ppl 1.0001");
+  EXPECT_EQ(crossed.rc, 5) << crossed.out;
+  EXPECT_NE(crossed.out.find("gate failed"), std::string::npos);
+  EXPECT_EQ(run(base + " --baseline-ppl 1.0 --max-increase-pct 1").rc, 5);
+  EXPECT_EQ(run(base + " --baseline-ppl 1e9 --max-increase-pct 1").rc, 0);
+  EXPECT_EQ(run(base + " --baseline-ppl 1.0").rc, 2);  // needs --max-increase-pct
+  EXPECT_EQ(run(tool("mpq-eval") + " --model " + m).rc, 2);  // no --text/--tokens
+  EXPECT_EQ(run(tool("mpq-pack") + " --model " + m + " --format int3 --out x").rc, 2);
+}
+
+// --- Bad input: one test each ------------------------------------------------
+
+struct BadInput {
+  std::string model;
+  std::string out;
+  ToolRun pack() const { return run(tool("mpq-pack") + " --model " + model + " --format nvfp4 --out " + out + " -q"); }
+};
+
+BadInput bad_copy(const std::string& tag) {
+  BadInput b{tiny_model(tag), ""};
+  b.out = test::scratch_dir(tag + "-out") + "/packed";
+  return b;
+}
+
+// Asserts rc 3, exactly one error line that names every string in `names`, and no output.
+void expect_input_error(const ToolRun& r, const BadInput& b, const std::vector<std::string>& names) {
+  EXPECT_EQ(r.rc, 3) << r.out;
+  const auto lines = error_lines(r.out);
+  ASSERT_EQ(lines.size(), 1u) << r.out;
+  for (const auto& n : names) EXPECT_NE(lines[0].find(n), std::string::npos) << "'" << n << "' not in: " << lines[0];
+  EXPECT_FALSE(fs::exists(b.out));
+  for (const auto& e : fs::directory_iterator(fs::path(b.out).parent_path()))
+    ADD_FAILURE() << "left behind: " << e.path();
+}
+
+// Rewrites model.safetensors: header length, JSON text and payload.
+struct RawSafetensors {
+  uint64_t n;
+  std::string header;
+  std::vector<uint8_t> data;
+  static RawSafetensors read(const std::string& path) {
+    const auto b = test::read_bytes(path);
+    RawSafetensors r;
+    std::memcpy(&r.n, b.data(), 8);
+    r.header.assign(reinterpret_cast<const char*>(b.data()) + 8, r.n);
+    r.data.assign(b.begin() + 8 + static_cast<std::ptrdiff_t>(r.n), b.end());
+    return r;
+  }
+  void write(const std::string& path) const {
+    const uint64_t len = header.size();
+    std::vector<uint8_t> b(8 + header.size() + data.size());
+    std::memcpy(b.data(), &len, 8);
+    std::memcpy(b.data() + 8, header.data(), header.size());
+    std::memcpy(b.data() + 8 + header.size(), data.data(), data.size());
+    test::write_bytes(path, b);
+  }
+  nlohmann::ordered_json json() const { return nlohmann::ordered_json::parse(header); }
+  void set_json(const nlohmann::ordered_json& j) { header = j.dump(); }
+};
+
+TEST(BadInput, TruncatedSafetensors) {
+  const BadInput b = bad_copy("trunc");
+  const std::string p = b.model + "/model.safetensors";
+  auto bytes = test::read_bytes(p);
+  bytes.resize(bytes.size() / 2);
+  test::write_bytes(p, bytes);
+  expect_input_error(b.pack(), b, {"model.safetensors", "data_offsets"});
+}
+
+TEST(BadInput, HeaderLengthPastEndOfFile) {
+  const BadInput b = bad_copy("hdrlen");
+  const std::string p = b.model + "/model.safetensors";
+  auto bytes = test::read_bytes(p);
+  const uint64_t huge = bytes.size() * 2;
+  std::memcpy(bytes.data(), &huge, 8);
+  test::write_bytes(p, bytes);
+  expect_input_error(b.pack(), b, {"model.safetensors", "header"});
+}
+
+TEST(BadInput, OffsetsPastEnd) {
+  const BadInput b = bad_copy("offs");
+  const std::string p = b.model + "/model.safetensors";
+  auto raw = RawSafetensors::read(p);
+  auto j = raw.json();
+  auto& e = j["model.norm.weight"]["data_offsets"];
+  e[0] = raw.data.size() - 4;
+  e[1] = raw.data.size() - 4 + 256;
+  raw.set_json(j);
+  raw.write(p);
+  expect_input_error(b.pack(), b, {"model.safetensors", "model.norm.weight", "data_offsets"});
+}
+
+TEST(BadInput, OverlappingTensors) {
+  const BadInput b = bad_copy("overlap");
+  const std::string p = b.model + "/model.safetensors";
+  auto raw = RawSafetensors::read(p);
+  auto j = raw.json();
+  j["model.norm.weight"]["data_offsets"] = j["model.layers.0.input_layernorm.weight"]["data_offsets"];
+  raw.set_json(j);
+  raw.write(p);
+  expect_input_error(b.pack(), b, {"model.safetensors", "overlap"});
+}
+
+TEST(BadInput, UnknownDtype) {
+  const BadInput b = bad_copy("dtype");
+  const std::string p = b.model + "/model.safetensors";
+  auto raw = RawSafetensors::read(p);
+  auto j = raw.json();
+  j["model.norm.weight"]["dtype"] = "F4_WEIRD";
+  raw.set_json(j);
+  raw.write(p);
+  expect_input_error(b.pack(), b, {"model.safetensors", "model.norm.weight", "F4_WEIRD"});
+}
+
+TEST(BadInput, MissingTensor) {
+  const BadInput b = bad_copy("missing");
+  const std::string p = b.model + "/model.safetensors";
+  const auto st = TensorStore::open(p);
+  SafetensorsWriter w;
+  for (const auto& n : st.names())
+    if (n != "model.layers.1.mlp.up_proj.weight") {
+      const TensorView& t = st.get(n);
+      w.add(n, t.dtype, t.shape, std::vector<uint8_t>(t.data, t.data + t.nbytes));
+    }
+  w.write(p + ".new");
+  fs::rename(p + ".new", p);
+  expect_input_error(b.pack(), b, {"model.layers.1.mlp.up_proj.weight", "missing"});
+  expect_input_error(run(tool("mpq-eval") + " --model " + b.model + " --tokens " + tiny_tokens(b.model) +
+                         " --ctx 32"), b, {"model.layers.1.mlp.up_proj.weight", "missing"});
+}
+
+TEST(BadInput, ShapeDisagreesWithConfig) {
+  const BadInput b = bad_copy("shape");
+  const std::string cfg = b.model + "/config.json";
+  std::ifstream in(cfg);
+  auto j = nlohmann::json::parse(in);
+  j["intermediate_size"] = 100;
+  test::write_text(cfg, j.dump());
+  expect_input_error(b.pack(), b, {"model.safetensors", "gate_proj.weight", "[96, 64]", "[100, 64]"});
+}
+
+TEST(BadInput, NanWeights) {
+  const BadInput b = bad_copy("nan");
+  const std::string p = b.model + "/model.safetensors";
+  const auto st = TensorStore::open(p);
+  SafetensorsWriter w;
+  for (const auto& n : st.names()) {
+    const TensorView& t = st.get(n);
+    std::vector<uint8_t> bytes(t.data, t.data + t.nbytes);
+    if (n == "model.layers.1.self_attn.k_proj.weight") {
+      const float nan = std::nanf("");
+      std::memcpy(bytes.data() + 4 * (3 * 64 + 5), &nan, 4);
+    }
+    w.add(n, t.dtype, t.shape, bytes);
+  }
+  w.write(p + ".new");
+  fs::rename(p + ".new", p);
+  expect_input_error(b.pack(), b, {"model.safetensors", "model.layers.1.self_attn.k_proj.weight", "NaN", "[3, 5]"});
+}
+
+TEST(BadInput, UnsupportedArchitecture) {
+  const BadInput b = bad_copy("arch");
+  const std::string cfg = b.model + "/config.json";
+  std::ifstream in(cfg);
+  auto j = nlohmann::json::parse(in);
+  j["architectures"] = {"GPT2LMHeadModel"};
+  test::write_text(cfg, j.dump());
+  expect_input_error(b.pack(), b, {"config.json", "architectures", "GPT2LMHeadModel"});
+}
+
+TEST(BadInput, UnsupportedRopeScalingAndActivation) {
+  const BadInput b = bad_copy("rope");
+  const std::string cfg = b.model + "/config.json";
+  std::ifstream in(cfg);
+  auto j = nlohmann::json::parse(in);
+  j["rope_scaling"] = {{"rope_type", "yarn"}, {"factor", 4.0}};
+  test::write_text(cfg, j.dump());
+  expect_input_error(b.pack(), b, {"config.json", "rope_scaling", "yarn"});
+  j.erase("rope_scaling");
+  j["hidden_act"] = "gelu";
+  test::write_text(cfg, j.dump());
+  expect_input_error(b.pack(), b, {"config.json", "hidden_act", "gelu"});
+}
+
+TEST(BadInput, EmptyText) {
+  const BadInput b = bad_copy("empty");
+  const std::string txt = b.model + "/empty.txt";
+  test::write_text(txt, "");
+  expect_input_error(run(tool("mpq-eval") + " --model " + b.model + " --text " + txt), b, {"empty.txt", "empty"});
+  expect_input_error(run(tool("mpq-eval") + " --model " + b.model + " --tokens " + txt), b, {"empty.txt", "empty"});
+}
+
+TEST(BadInput, MissingModelFolder) {
+  BadInput b{test::scratch_dir("nomodel") + "/does-not-exist", test::scratch_dir("nomodel-out") + "/p"};
+  expect_input_error(b.pack(), b, {"does-not-exist", "model folder not found"});
+}
+
+TEST(BadInput, ExistingOutputIsNotOverwrittenWithoutForce) {
+  const BadInput b = bad_copy("exists");
+  fs::create_directories(b.out);
+  test::write_text(b.out + "/keep.txt", "x");
+  const ToolRun r = b.pack();
+  EXPECT_EQ(r.rc, 4) << r.out;
+  EXPECT_TRUE(fs::exists(b.out + "/keep.txt"));
+  const ToolRun f = run(tool("mpq-pack") + " --model " + b.model + " --format fp8 --force -q --out " + b.out);
+  EXPECT_EQ(f.rc, 0) << f.out;
+  EXPECT_FALSE(fs::exists(b.out + "/keep.txt"));
+  EXPECT_TRUE(fs::exists(b.out + "/model.safetensors"));
+}
+
+}  // namespace
+}  // namespace mpq

@@ -1,0 +1,140 @@
+// mpq-eval: perplexity (and KL divergence vs a base model) of a dense or packed model,
+// with regression gates for CI. See docs/cli.md.
+#include <omp.h>
+
+#include <cstdio>
+
+#include "lib/eval/perplexity.h"
+#include "lib/model/llama.h"
+#include "lib/model/tokenizer.h"
+#include "tools/common.h"
+
+int main(int argc, char** argv) {
+  using namespace mpq;
+  CLI::App app{"Perplexity of a Llama-family model (dense or mpq/ModelOpt packed) over "
+               "non-overlapping windows; optional KL divergence vs a base model and "
+               "regression gates.",
+               "mpq-eval"};
+  std::string model_dir, text_file, token_file, json_out, base_dir;
+  int64_t ctx = 512, max_tokens = 0;
+  int threads = 0;
+  double max_ppl = 0, baseline_ppl = 0, max_increase_pct = -1;
+  bool quiet = false;
+  app.add_option("--model", model_dir, "Model folder (config.json, *.safetensors, tokenizer.model)")
+      ->required();
+  auto* text_opt = app.add_option("--text", text_file, "Text file: BOS + whole-file tokenization");
+  auto* tok_opt = app.add_option("--tokens", token_file, "Pre-tokenized ids, int32 little-endian");
+  text_opt->excludes(tok_opt);
+  app.add_option("--ctx", ctx, "Window length in tokens")->capture_default_str()->check(CLI::Range(2, 1 << 20));
+  app.add_option("--max-tokens", max_tokens, "Use only the first N ids (0 = all)")
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--json", json_out, "Write the results as JSON to this file");
+  app.add_option("--base", base_dir, "Base model folder: also report mean KL(base || model)");
+  app.add_option("--threads", threads, "OpenMP threads (0 = all cores)")->check(CLI::NonNegativeNumber);
+  auto* gate_max = app.add_option("--max-ppl", max_ppl, "Gate: exit 5 if ppl > X");
+  auto* gate_base = app.add_option("--baseline-ppl", baseline_ppl, "Gate: baseline ppl for --max-increase-pct");
+  auto* gate_pct = app.add_option("--max-increase-pct", max_increase_pct,
+                                  "Gate: exit 5 if ppl > baseline * (1 + P/100)");
+  gate_pct->needs(gate_base);
+  gate_base->needs(gate_pct);
+  (void)gate_max;
+  app.add_flag("-q,--quiet", quiet, "No per-window progress on stderr");
+  app.set_version_flag("--version", tool::version());
+
+  return tool::run(app, argc, argv, [&]() -> int {
+    if (text_file.empty() && token_file.empty())
+      throw Error(ExitCode::kUsage, "one of --text or --tokens is required");
+    if (threads > 0) omp_set_num_threads(threads);
+    const LlamaModel model = LlamaModel::load(model_dir);
+    std::vector<int32_t> ids;
+    if (!token_file.empty()) {
+      ids = read_token_file(token_file);
+    } else {
+      const std::string text = read_text_file(text_file);  // an empty text fails first
+      ids = Tokenizer::load(model_dir).encode(text);
+    }
+    std::optional<LlamaModel> base;
+    PerplexityOptions opt;
+    opt.ctx = ctx;
+    opt.max_tokens = max_tokens;
+    if (!base_dir.empty()) {
+      base.emplace(LlamaModel::load(base_dir));
+      if (base->config().vocab_size != model.config().vocab_size)
+        throw_input(base_dir, "vocab_size " + std::to_string(base->config().vocab_size) +
+                                  " differs from the model's " + std::to_string(model.config().vocab_size));
+      opt.base = &*base;
+    }
+    if (model.config().sliding_window > 0 && ctx > model.config().sliding_window)
+      std::fprintf(stderr, "mpq-eval: note: ctx %lld exceeds sliding_window %lld; windowed attention applied\n",
+                   static_cast<long long>(ctx), static_cast<long long>(model.config().sliding_window));
+    const PerplexityProgress progress = [&](int64_t done, int64_t total, double ppl, double secs) {
+      if (quiet) return;
+      const double eta = secs / static_cast<double>(done) * static_cast<double>(total - done);
+      std::fprintf(stderr, "[%lld/%lld] ppl %.4f  %s elapsed, ETA %s\n", static_cast<long long>(done),
+                   static_cast<long long>(total), ppl, tool::format_seconds(secs).c_str(),
+                   tool::format_seconds(eta).c_str());
+    };
+    const PerplexityResult r = evaluate_perplexity(model, ids, opt, progress);
+
+    // Bits per weight of the quantizable linears as stored.
+    std::size_t linear_bytes = 0;
+    int64_t linear_params = 0;
+    std::map<std::string, int64_t> formats;
+    for (const auto& L : model.weights().layers)
+      for (const auto& l : L.linear) {
+        linear_bytes += l.stored_bytes;
+        linear_params += l.w.size();
+        formats[l.format] += 1;
+      }
+    const double linear_bpw = 8.0 * static_cast<double>(linear_bytes) / static_cast<double>(linear_params);
+
+    std::printf("model        %s\n", model_dir.c_str());
+    std::printf("input        %s (%zu tokens)\n", (token_file.empty() ? text_file : token_file).c_str(), ids.size());
+    std::printf("windows      %lld x %lld tokens, %lld scored\n", static_cast<long long>(r.windows),
+                static_cast<long long>(r.ctx), static_cast<long long>(r.scored_tokens));
+    std::printf("mean NLL     %.6f nats\n", r.mean_nll);
+    std::printf("perplexity   %.4f\n", r.ppl);
+    if (r.mean_kl) std::printf("mean KL      %.6f nats (vs %s)\n", *r.mean_kl, base_dir.c_str());
+    std::printf("linear bpw   %.4f\n", linear_bpw);
+    std::printf("throughput   %.1f tokens/s (%.2f s)\n", r.tokens_per_second, r.seconds);
+
+    nlohmann::json j;
+    j["tool"] = tool::version();
+    j["model"] = model_dir;
+    j["input"] = token_file.empty() ? text_file : token_file;
+    j["input_tokens"] = ids.size();
+    j["ctx"] = r.ctx;
+    j["windows"] = r.windows;
+    j["scored_tokens"] = r.scored_tokens;
+    j["mean_nll"] = r.mean_nll;
+    j["ppl"] = r.ppl;
+    j["mean_kl"] = r.mean_kl ? nlohmann::json(*r.mean_kl) : nlohmann::json(nullptr);
+    j["seconds"] = r.seconds;
+    j["tokens_per_second"] = r.tokens_per_second;
+    j["threads"] = omp_get_max_threads();
+    j["linear_bpw"] = linear_bpw;
+    j["linear_bytes"] = linear_bytes;
+    j["linear_params"] = linear_params;
+    j["linear_formats"] = formats;
+    j["window_nll"] = r.window_nll;
+
+    int rc = 0;
+    std::string gate_msg;
+    if (max_ppl > 0 && r.ppl > max_ppl) {
+      gate_msg = "ppl " + std::to_string(r.ppl) + " > --max-ppl " + std::to_string(max_ppl);
+    } else if (max_increase_pct >= 0) {
+      const double limit = baseline_ppl * (1.0 + max_increase_pct / 100.0);
+      if (r.ppl > limit)
+        gate_msg = "ppl " + std::to_string(r.ppl) + " is " +
+                   std::to_string(100.0 * (r.ppl / baseline_ppl - 1.0)) + "% above baseline " +
+                   std::to_string(baseline_ppl) + " (limit " + std::to_string(max_increase_pct) + "%)";
+    }
+    j["gate"] = gate_msg.empty() ? "pass" : "fail: " + gate_msg;
+    if (!json_out.empty()) tool::write_json(json_out, j);
+    if (!gate_msg.empty()) {
+      std::fprintf(stderr, "mpq-eval: gate failed: %s\n", gate_msg.c_str());
+      rc = static_cast<int>(ExitCode::kGate);
+    }
+    return rc;
+  });
+}
