@@ -1,6 +1,7 @@
 #include "lib/model/llama.h"
 
 #include <cmath>
+#include <random>
 #include <string>
 
 #include "formats/packed_checkpoint.h"
@@ -101,6 +102,32 @@ std::vector<std::pair<std::string, std::vector<int64_t>>> llama_tensor_shapes(co
   t.push_back({"model.norm.weight", {H}});
   if (!c.tie_word_embeddings) t.push_back({"lm_head.weight", {c.vocab_size, H}});
   return t;
+}
+
+LlamaWeights random_llama_weights(const LlamaConfig& c, uint64_t seed, float std) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> normal(0.0f, std);
+  auto matrix = [&](int64_t r, int64_t k) {
+    MatrixRM m(r, k);
+    for (Eigen::Index i = 0; i < m.size(); ++i) m.data()[i] = normal(rng);
+    return m;
+  };
+  LlamaWeights w;
+  w.embed = matrix(c.vocab_size, c.hidden_size);
+  w.layers.resize(static_cast<std::size_t>(c.num_layers));
+  for (auto& L : w.layers) {
+    L.input_norm = Eigen::VectorXf::Ones(c.hidden_size);
+    L.post_attn_norm = Eigen::VectorXf::Ones(c.hidden_size);
+    for (int i = 0; i < 7; ++i) {
+      const auto [rows, cols] = linear_shape(c, i);
+      L.linear[static_cast<std::size_t>(i)].w = matrix(rows, cols);
+      L.linear[static_cast<std::size_t>(i)].stored_bytes = static_cast<std::size_t>(rows * cols * 4);
+      if ((i < 3 && c.qkv_bias) || (i == 3 && c.o_bias)) L.linear[static_cast<std::size_t>(i)].b = Eigen::VectorXf::Zero(rows);
+    }
+  }
+  w.final_norm = Eigen::VectorXf::Ones(c.hidden_size);
+  if (!c.tie_word_embeddings) w.lm_head = matrix(c.vocab_size, c.hidden_size);
+  return w;
 }
 
 std::vector<double> rope_inv_freq(const LlamaConfig& c) {

@@ -61,6 +61,10 @@ std::array<int64_t, 2> linear_shape(const LlamaConfig& c, int index);
 /// unless tied). Names are the HF ones ("model.layers.0.self_attn.q_proj.weight").
 std::vector<std::pair<std::string, std::vector<int64_t>>> llama_tensor_shapes(const LlamaConfig& c);
 
+/// Random fp32 weights for a config (for tests and benchmarks): matrices N(0, std^2),
+/// norms 1, deterministic in `seed`.
+LlamaWeights random_llama_weights(const LlamaConfig& c, uint64_t seed, float std = 0.02f);
+
 /// A loaded Llama-family model.
 class LlamaModel {
  public:

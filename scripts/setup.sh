@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Installs the Debian packages mpq builds with (only those missing), then configures and
+# builds it (Release) into ./build. Usage: scripts/setup.sh [extra cmake args...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PKGS=(cmake make g++ pkg-config libeigen3-dev libcli11-dev nlohmann-json3-dev libsentencepiece-dev
+      libgtest-dev libgmock-dev libbenchmark-dev libssl-dev python3)
+missing=()
+for p in "${PKGS[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}" >&2
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+cmake -S . -B build -DCMAKE_BUILD_TYPE=Release "$@" >/dev/null
+cmake --build build -j"$(nproc)"
