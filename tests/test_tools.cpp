@@ -386,3 +386,39 @@ TEST(BadInput, ExistingOutputIsNotOverwrittenWithoutForce) {
 
 }  // namespace
 }  // namespace mpq
+
+namespace mpq {
+namespace {
+
+// mpq-inspect's per-module bytes and totals against the file's own byte count and the
+// layout formula computed here.
+TEST(Inspect, PackedFolderTotals) {
+  const std::string m = tiny_model("inspect-src", 40);
+  const std::string out = test::scratch_dir("inspect-out") + "/p";
+  ASSERT_EQ(run(tool("mpq-pack") + " --model " + m + " --format nvfp4 --out " + out + " -q").rc, 0);
+  const std::string js = test::scratch_dir("inspect-json") + "/i.json";
+  const ToolRun r = run(tool("mpq-inspect") + " " + out + " --json " + js);
+  ASSERT_EQ(r.rc, 0) << r.out;
+  std::ifstream f(js);
+  const auto j = nlohmann::json::parse(f);
+  // Payload = file size - 8 - header length.
+  const auto bytes = test::read_bytes(out + "/model.safetensors");
+  uint64_t n;
+  std::memcpy(&n, bytes.data(), 8);
+  EXPECT_EQ(j["total"]["bytes"].get<uint64_t>(), bytes.size() - 8 - n);
+  // down_proj [64, 40]: 3 blocks per row -> 64*24 + 64*3 + 4 bytes.
+  bool found = false;
+  for (const auto& t : j["tensors"])
+    if (t["name"] == "model.layers.1.mlp.down_proj") {
+      found = true;
+      EXPECT_EQ(t["format"], "nvfp4");
+      EXPECT_EQ(t["bytes"], 64 * 24 + 64 * 3 + 4);
+      EXPECT_NEAR(t["bpw"].get<double>(), 8.0 * (64 * 24 + 64 * 3 + 4) / (64.0 * 40.0), 1e-12);
+    }
+  EXPECT_TRUE(found);
+  EXPECT_EQ(j["groups"]["nvfp4"]["params"], 2 * (2 * 64 * 64 + 2 * 32 * 64 + 3 * 40 * 64));  // q,o + k,v + gate,up,down
+  EXPECT_EQ(j["quantization_config"]["quant_algo"], "NVFP4");
+}
+
+}  // namespace
+}  // namespace mpq
