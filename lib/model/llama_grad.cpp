@@ -1,0 +1,294 @@
+#include "lib/model/llama_grad.h"
+
+#include <cmath>
+#include <type_traits>
+
+#include "lib/common/error.h"
+
+namespace mpq {
+namespace {
+
+template <typename S>
+struct LayerCache {
+  MatRM<S> x;             // layer input h [T, H]
+  Vec<S> r1;              // input RMSNorm 1/rms per row [T]
+  MatRM<S> n;             // normed input [T, H]
+  MatRM<S> q, k, v;       // q, k after RoPE; v  [T, nh*d], [T, nkv*d]
+  std::vector<MatRM<S>> P;  // attention probabilities per query head [T, T]
+  MatRM<S> attn;          // concatenated head outputs [T, nh*d]
+  MatRM<S> a;             // residual after attention [T, H]
+  Vec<S> r2;              // post-attention RMSNorm 1/rms [T]
+  MatRM<S> m;             // normed a [T, H]
+  MatRM<S> gp, up, s;     // gate pre-activation, up, silu(gp) * up  [T, I]
+};
+
+template <typename S>
+void rms_forward(const MatRM<S>& x, const Vec<S>& g, double eps, MatRM<S>& y, Vec<S>& r) {
+  const Eigen::Index T = x.rows(), H = x.cols();
+  y.resize(T, H);
+  r.resize(T);
+  for (Eigen::Index t = 0; t < T; ++t) {
+    r[t] = static_cast<S>(1.0 / std::sqrt(static_cast<double>(x.row(t).squaredNorm()) / static_cast<double>(H) + eps));
+    y.row(t) = (x.row(t) * r[t]).cwiseProduct(g.transpose());
+  }
+}
+
+// dx += dL/dx and dg += dL/dg for y = g * x * r.
+template <typename S>
+void rms_backward(const MatRM<S>& x, const Vec<S>& r, const Vec<S>& g, const MatRM<S>& dy, MatRM<S>& dx,
+                  Vec<S>& dg) {
+  const Eigen::Index T = x.rows(), H = x.cols();
+  for (Eigen::Index t = 0; t < T; ++t) {
+    const auto u = dy.row(t).cwiseProduct(g.transpose()).eval();
+    const S dot = u.dot(x.row(t));
+    dx.row(t) += r[t] * u - x.row(t) * (r[t] * r[t] * r[t] * dot / static_cast<S>(H));
+    dg += (dy.row(t).cwiseProduct(x.row(t)) * r[t]).transpose();
+  }
+}
+
+template <typename S>
+MatRM<S> linear_forward(const MatRM<S>& x, const MatRM<S>& w, const Vec<S>& b) {
+  MatRM<S> y(x.rows(), w.rows());
+  y.noalias() = x * w.transpose();
+  if (b.size()) y.rowwise() += b.transpose();
+  return y;
+}
+
+// y = x W^T + b: dW = dy^T x, db = colsum(dy), dx += dy W.
+template <typename S>
+void linear_backward(const MatRM<S>& x, const MatRM<S>& w, const MatRM<S>& dy, MatRM<S>& dw, Vec<S>& db,
+                     MatRM<S>& dx) {
+  dw.noalias() = dy.transpose() * x;
+  if (db.size()) db = dy.colwise().sum().transpose();
+  dx.noalias() += dy * w;
+}
+
+// Rotate-half RoPE of every head in place; `sign` -1 applies the inverse rotation.
+template <typename S>
+void rope(MatRM<S>& x, int64_t heads, int64_t d, const MatRM<S>& cos_t, const MatRM<S>& sin_t, S sign) {
+  const int64_t half = d / 2;
+  for (Eigen::Index t = 0; t < x.rows(); ++t)
+    for (int64_t h = 0; h < heads; ++h) {
+      S* v = x.row(t).data() + h * d;
+      for (int64_t i = 0; i < half; ++i) {
+        const S c = cos_t(t, i), s = sign * sin_t(t, i), a = v[i], b = v[i + half];
+        v[i] = a * c - b * s;
+        v[i + half] = b * c + a * s;
+      }
+    }
+}
+
+template <typename S>
+S silu(S x) {
+  return x / (S(1) + std::exp(-x));
+}
+
+template <typename S>
+void notify(LinearInputObserver* obs, int64_t layer, int group, const MatRM<S>& x) {
+  if (!obs) return;
+  if constexpr (std::is_same_v<S, float>) obs->on_linear_input(layer, group, x);
+  else obs->on_linear_input(layer, group, x.template cast<float>());
+}
+
+}  // namespace
+
+int linear_input_group(int i) {
+  static const int groups[7] = {0, 0, 0, 1, 2, 2, 3};
+  MPQ_ASSERT(i >= 0 && i < 7);
+  return groups[i];
+}
+
+template <typename S>
+LlamaParams<S> LlamaParams<S>::zeros_like() const {
+  LlamaParams<S> z = *this;
+  z.for_each([](const std::string&, S* d, Eigen::Index n) { std::fill(d, d + n, S(0)); });
+  return z;
+}
+
+template <typename S>
+LlamaParams<S> to_params(const LlamaWeights& w) {
+  LlamaParams<S> p;
+  p.embed = w.embed.cast<S>();
+  for (const auto& L : w.layers) {
+    typename LlamaParams<S>::Layer l;
+    l.input_norm = L.input_norm.cast<S>();
+    l.post_attn_norm = L.post_attn_norm.cast<S>();
+    for (int i = 0; i < 7; ++i) {
+      l.w[i] = L.linear[i].w.cast<S>();
+      l.b[i] = L.linear[i].b.cast<S>();
+    }
+    p.layers.push_back(std::move(l));
+  }
+  p.final_norm = w.final_norm.cast<S>();
+  p.lm_head = w.lm_head.cast<S>();
+  return p;
+}
+
+template <typename S>
+S llama_loss_and_grad(const LlamaConfig& c, const LlamaParams<S>& p, const int32_t* tokens, int64_t T,
+                      LlamaParams<S>* grad, LinearInputObserver* observer) {
+  MPQ_ASSERT(T >= 2);
+  const int64_t H = c.hidden_size, d = c.head_dim, nh = c.num_heads, nkv = c.num_kv_heads, V = c.vocab_size;
+  const int64_t group = nh / nkv, half = d / 2;
+  const int64_t window = c.sliding_window > 0 ? c.sliding_window : T;
+  const S scale = static_cast<S>(1.0 / std::sqrt(static_cast<double>(d)));
+  for (int64_t t = 0; t < T; ++t)
+    if (tokens[t] < 0 || tokens[t] >= V)
+      throw Error(ExitCode::kInput, "token id " + std::to_string(tokens[t]) + " at position " + std::to_string(t) +
+                                        " outside the vocabulary [0, " + std::to_string(V) + ")");
+
+  // RoPE tables [T, d/2], angles in float64.
+  const std::vector<double> inv_freq = rope_inv_freq(c);
+  MatRM<S> cos_t(T, half), sin_t(T, half);
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t i = 0; i < half; ++i) {
+      const double a = static_cast<double>(t) * inv_freq[static_cast<std::size_t>(i)];
+      cos_t(t, i) = static_cast<S>(std::cos(a));
+      sin_t(t, i) = static_cast<S>(std::sin(a));
+    }
+
+  // ---- forward, caching what the backward pass needs ----
+  MatRM<S> h(T, H);
+  for (int64_t t = 0; t < T; ++t) h.row(t) = p.embed.row(tokens[t]);
+  std::vector<LayerCache<S>> cache(p.layers.size());
+  for (std::size_t l = 0; l < p.layers.size(); ++l) {
+    const auto& L = p.layers[l];
+    LayerCache<S>& C = cache[l];
+    C.x = h;
+    rms_forward(C.x, L.input_norm, c.rms_norm_eps, C.n, C.r1);
+    notify(observer, static_cast<int64_t>(l), 0, C.n);
+    C.q = linear_forward(C.n, L.w[0], L.b[0]);
+    C.k = linear_forward(C.n, L.w[1], L.b[1]);
+    C.v = linear_forward(C.n, L.w[2], L.b[2]);
+    rope(C.q, nh, d, cos_t, sin_t, S(1));
+    rope(C.k, nkv, d, cos_t, sin_t, S(1));
+    C.P.assign(static_cast<std::size_t>(nh), MatRM<S>());
+    C.attn.resize(T, nh * d);
+#pragma omp parallel for schedule(static)
+    for (int64_t hd = 0; hd < nh; ++hd) {
+      const int64_t g = hd / group;
+      MatRM<S>& P = C.P[static_cast<std::size_t>(hd)];
+      P.noalias() = (C.q.middleCols(hd * d, d) * scale) * C.k.middleCols(g * d, d).transpose();
+      for (int64_t i = 0; i < T; ++i) {
+        const int64_t lo = std::max<int64_t>(0, i - window + 1);
+        auto vis = P.row(i).segment(lo, i - lo + 1).array();
+        vis = (vis - vis.maxCoeff()).exp();
+        vis /= vis.sum();
+        P.row(i).head(lo).setZero();
+        P.row(i).tail(T - i - 1).setZero();
+      }
+      C.attn.middleCols(hd * d, d).noalias() = P * C.v.middleCols(g * d, d);
+    }
+    notify(observer, static_cast<int64_t>(l), 1, C.attn);
+    C.a = h + linear_forward(C.attn, L.w[3], L.b[3]);
+    rms_forward(C.a, L.post_attn_norm, c.rms_norm_eps, C.m, C.r2);
+    notify(observer, static_cast<int64_t>(l), 2, C.m);
+    C.gp = linear_forward(C.m, L.w[4], L.b[4]);
+    C.up = linear_forward(C.m, L.w[5], L.b[5]);
+    C.s = C.gp.unaryExpr([](S x) { return silu(x); }).cwiseProduct(C.up);
+    notify(observer, static_cast<int64_t>(l), 3, C.s);
+    h = C.a + linear_forward(C.s, L.w[6], L.b[6]);
+  }
+  MatRM<S> nf;
+  Vec<S> rf;
+  rms_forward(h, p.final_norm, c.rms_norm_eps, nf, rf);
+  const MatRM<S>& head = c.tie_word_embeddings ? p.embed : p.lm_head;
+  MatRM<S> dlogits(T, V);
+  dlogits.noalias() = nf * head.transpose();
+
+  // Loss and dL/dlogits (softmax - onehot) / (T - 1), row T-1 unscored.
+  const S inv_n = S(1) / static_cast<S>(T - 1);
+  double loss = 0;
+  for (int64_t t = 0; t < T; ++t) {
+    auto row = dlogits.row(t);
+    if (t == T - 1) {
+      row.setZero();
+      break;
+    }
+    const S mx = row.maxCoeff();
+    const int32_t y = tokens[t + 1];
+    const double shifted_y = static_cast<double>(row[y]) - static_cast<double>(mx);
+    row.array() = (row.array() - mx).exp();
+    const S z = row.sum();
+    loss += std::log(static_cast<double>(z)) - shifted_y;
+    row *= inv_n / z;
+    row[y] -= inv_n;
+  }
+  loss /= static_cast<double>(T - 1);
+  if (!grad) return static_cast<S>(loss);
+
+  // ---- backward ----
+  LlamaParams<S>& g = *grad;
+  if (g.layers.size() != p.layers.size()) g = p.zeros_like();
+  g.for_each([](const std::string&, S* d0, Eigen::Index n) { std::fill(d0, d0 + n, S(0)); });
+
+  MatRM<S> dhead(V, H);
+  dhead.noalias() = dlogits.transpose() * nf;
+  if (c.tie_word_embeddings) g.embed += dhead;
+  else g.lm_head = dhead;
+  MatRM<S> dnf(T, H);
+  dnf.noalias() = dlogits * head;
+  MatRM<S> dh = MatRM<S>::Zero(T, H);
+  rms_backward(h, rf, p.final_norm, dnf, dh, g.final_norm);
+
+  for (std::size_t li = p.layers.size(); li-- > 0;) {
+    const auto& L = p.layers[li];
+    auto& G = g.layers[li];
+    const LayerCache<S>& C = cache[li];
+    // h_out = a + down(s)
+    MatRM<S> ds = MatRM<S>::Zero(T, C.s.cols());
+    linear_backward(C.s, L.w[6], dh, G.w[6], G.b[6], ds);
+    MatRM<S> dgp(T, C.gp.cols()), dup(T, C.up.cols());
+    for (Eigen::Index t = 0; t < T; ++t)
+      for (Eigen::Index j = 0; j < C.gp.cols(); ++j) {
+        const S x = C.gp(t, j), sg = S(1) / (S(1) + std::exp(-x));
+        dup(t, j) = ds(t, j) * x * sg;
+        dgp(t, j) = ds(t, j) * C.up(t, j) * sg * (S(1) + x * (S(1) - sg));
+      }
+    MatRM<S> dm = MatRM<S>::Zero(T, H);
+    linear_backward(C.m, L.w[4], dgp, G.w[4], G.b[4], dm);
+    linear_backward(C.m, L.w[5], dup, G.w[5], G.b[5], dm);
+    MatRM<S> da = dh;  // residual
+    rms_backward(C.a, C.r2, L.post_attn_norm, dm, da, G.post_attn_norm);
+    // a = x + o(attn)
+    MatRM<S> dattn = MatRM<S>::Zero(T, nh * d);
+    linear_backward(C.attn, L.w[3], da, G.w[3], G.b[3], dattn);
+    MatRM<S> dq(T, nh * d), dk = MatRM<S>::Zero(T, nkv * d), dv = MatRM<S>::Zero(T, nkv * d);
+    // One KV group per iteration: its query heads accumulate into the same dk/dv columns.
+#pragma omp parallel for schedule(static)
+    for (int64_t gi = 0; gi < nkv; ++gi) {
+      for (int64_t hd = gi * group; hd < (gi + 1) * group; ++hd) {
+        const MatRM<S>& P = C.P[static_cast<std::size_t>(hd)];
+        const auto dO = dattn.middleCols(hd * d, d);
+        MatRM<S> dP(T, T);
+        dP.noalias() = dO * C.v.middleCols(gi * d, d).transpose();
+        dv.middleCols(gi * d, d).noalias() += P.transpose() * dO;
+        const Vec<S> rowdot = (dP.cwiseProduct(P)).rowwise().sum();
+        MatRM<S> dS = P.cwiseProduct(dP.colwise() - rowdot) * scale;
+        dq.middleCols(hd * d, d).noalias() = dS * C.k.middleCols(gi * d, d);
+        dk.middleCols(gi * d, d).noalias() += dS.transpose() * C.q.middleCols(hd * d, d);
+      }
+    }
+    rope(dq, nh, d, cos_t, sin_t, S(-1));
+    rope(dk, nkv, d, cos_t, sin_t, S(-1));
+    MatRM<S> dn = MatRM<S>::Zero(T, H);
+    linear_backward(C.n, L.w[0], dq, G.w[0], G.b[0], dn);
+    linear_backward(C.n, L.w[1], dk, G.w[1], G.b[1], dn);
+    linear_backward(C.n, L.w[2], dv, G.w[2], G.b[2], dn);
+    dh = da;  // residual
+    rms_backward(C.x, C.r1, L.input_norm, dn, dh, G.input_norm);
+  }
+  for (int64_t t = 0; t < T; ++t) g.embed.row(tokens[t]) += dh.row(t);
+  return static_cast<S>(loss);
+}
+
+template struct LlamaParams<float>;
+template struct LlamaParams<double>;
+template LlamaParams<float> to_params<float>(const LlamaWeights&);
+template LlamaParams<double> to_params<double>(const LlamaWeights&);
+template float llama_loss_and_grad<float>(const LlamaConfig&, const LlamaParams<float>&, const int32_t*, int64_t,
+                                          LlamaParams<float>*, LinearInputObserver*);
+template double llama_loss_and_grad<double>(const LlamaConfig&, const LlamaParams<double>&, const int32_t*,
+                                            int64_t, LlamaParams<double>*, LinearInputObserver*);
+
+}  // namespace mpq
