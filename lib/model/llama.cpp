@@ -11,6 +11,9 @@
 namespace mpq {
 namespace {
 
+// Multiply-adds of one attention layer (T^2 * d * heads) below which it runs on one thread.
+constexpr int64_t kParallelAttentionWork = int64_t{1} << 22;
+
 Eigen::VectorXf load_vector(const TensorStore& store, const std::string& name, int64_t n) {
   const TensorView& t = store.get(name);
   if (t.shape != std::vector<int64_t>{n})
@@ -224,7 +227,9 @@ MatrixRM LlamaModel::forward(const int32_t* tokens, int64_t T) const {
     // masked upper triangle is never computed.
     constexpr int64_t kChunk = 64;
     const int64_t chunks = (T + kChunk - 1) / kChunk;
-#pragma omp parallel for collapse(2) schedule(dynamic, 1)
+    // Threads only pay off with enough work per fork (tiny models run windows in parallel).
+    const bool par_heads = T * T * d * nh >= kParallelAttentionWork;
+#pragma omp parallel for collapse(2) schedule(dynamic, 1) if (par_heads)
     for (int64_t hd = 0; hd < nh; ++hd) {
       for (int64_t ch = 0; ch < chunks; ++ch) {
         const int64_t g = hd / group, a = ch * kChunk, b = std::min(T, a + kChunk);

@@ -8,6 +8,9 @@
 namespace mpq {
 namespace {
 
+// Multiply-adds of one attention layer (T^2 * d * heads) below which it runs on one thread.
+constexpr int64_t kParallelAttentionWork = int64_t{1} << 22;
+
 template <typename S>
 struct LayerCache {
   MatRM<S> x;             // layer input h [T, H]
@@ -164,7 +167,7 @@ S llama_loss_and_grad(const LlamaConfig& c, const LlamaParams<S>& p, const int32
     rope(C.k, nkv, d, cos_t, sin_t, S(1));
     C.P.assign(static_cast<std::size_t>(nh), MatRM<S>());
     C.attn.resize(T, nh * d);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (T * T * d * nh >= kParallelAttentionWork)
     for (int64_t hd = 0; hd < nh; ++hd) {
       const int64_t g = hd / group;
       MatRM<S>& P = C.P[static_cast<std::size_t>(hd)];
@@ -255,7 +258,7 @@ S llama_loss_and_grad(const LlamaConfig& c, const LlamaParams<S>& p, const int32
     linear_backward(C.attn, L.w[3], da, G.w[3], G.b[3], dattn);
     MatRM<S> dq(T, nh * d), dk = MatRM<S>::Zero(T, nkv * d), dv = MatRM<S>::Zero(T, nkv * d);
     // One KV group per iteration: its query heads accumulate into the same dk/dv columns.
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (T * T * d * nh >= kParallelAttentionWork)
     for (int64_t gi = 0; gi < nkv; ++gi) {
       for (int64_t hd = gi * group; hd < (gi + 1) * group; ++hd) {
         const MatRM<S>& P = C.P[static_cast<std::size_t>(hd)];

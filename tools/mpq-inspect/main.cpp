@@ -83,8 +83,14 @@ int main(int argc, char** argv) {
     j["tensors"] = rows;
     j["groups"] = groups;
     j["total"] = {{"params", total_params}, {"bytes", total_bytes}, {"bpw", bpw}};
-    for (const auto& f : store.files())
-      if (!f->metadata().empty()) j["metadata"][fs::path(f->path()).filename().string()] = f->metadata();
+    for (const auto& f : store.files()) {
+      if (f->metadata().empty()) continue;
+      const std::string fname = fs::path(f->path()).filename().string();
+      j["metadata"][fname] = f->metadata();
+      std::printf("\nmetadata of %s:\n", fname.c_str());
+      for (const auto& [k, v] : f->metadata())
+        std::printf("  %-22s %s\n", k.c_str(), v.size() > 160 ? (v.substr(0, 157) + "...").c_str() : v.c_str());
+    }
     if (!json_out.empty()) tool::write_json(json_out, j);
     return 0;
   });

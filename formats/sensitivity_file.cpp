@@ -1,0 +1,34 @@
+#include "formats/sensitivity_file.h"
+
+#include <nlohmann/json.hpp>
+
+#include "formats/safetensors.h"
+
+namespace mpq {
+
+void write_sensitivity_file(const std::string& path, const SensitivityResult& r,
+                            const std::map<std::string, std::string>& metadata) {
+  SafetensorsWriter w;
+  nlohmann::ordered_json traces = nlohmann::ordered_json::object();
+  for (const TensorSensitivity& t : r.tensors) {
+    if (!t.fisher.empty()) w.add_f32(t.name + ".fisher", {t.rows, t.cols}, t.fisher);
+    if (!t.hessian_diag.empty())
+      w.add_f32(t.name + ".hessian_diag", {t.cols}, std::vector<float>(t.hessian_diag.begin(), t.hessian_diag.end()));
+    if (!t.hessian.empty())
+      w.add_f32(t.name + ".hessian", {t.cols, t.cols}, std::vector<float>(t.hessian.begin(), t.hessian.end()));
+    const double params = static_cast<double>(t.rows * t.cols);
+    traces[t.name] = {{"params", t.rows * t.cols},
+                      {"fisher_sum", t.fisher_sum},
+                      {"hessian_trace", t.hessian_trace},
+                      {"hutchinson_trace", t.hutchinson_trace},
+                      {"hutchinson_trace_per_param", t.hutchinson_trace / params},
+                      {"hutchinson_stderr", t.hutchinson_stderr},
+                      {"hutchinson_samples", t.hutchinson_samples}};
+  }
+  for (const auto& [k, v] : metadata) w.set_metadata(k, v);
+  w.set_metadata("mpq_sensitivity_version", "1");
+  w.set_metadata("traces", traces.dump());
+  w.write(path);
+}
+
+}  // namespace mpq

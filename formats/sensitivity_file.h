@@ -1,0 +1,27 @@
+// The sensitivity file mpq-sensitivity writes and mpq-search / mpq-pack read: one
+// safetensors file (docs/formats.md, "Sensitivity file").
+//
+//   <module>.fisher        F32 [out, in]   diagonal empirical Fisher (when "fisher" computed)
+//   <module>.hessian_diag  F32 [in]        diagonal of the layer Hessian (2/T) sum x x^T
+//   <module>.hessian       F32 [in, in]    the full layer Hessian (with --full-hessian)
+// <module> is the linear's module name, e.g. "model.layers.0.self_attn.q_proj".
+// __metadata__ (all strings): mpq_sensitivity_version "1", tool, kinds ("fisher,hessian,
+// hutchinson" subset), samples, seq_len, seed, sequential, layers "A:B", calibration_file,
+// calibration_sha256, model_sha256 (JSON {file: sha256}), traces (JSON {module:
+// {params, fisher_sum, hessian_trace, hutchinson_trace, hutchinson_trace_per_param,
+// hutchinson_stderr, hutchinson_samples}}).
+#pragma once
+
+#include <map>
+#include <string>
+
+#include "calibration/sensitivity.h"
+
+namespace mpq {
+
+/// Writes `r` atomically to `path` with `metadata` (merged with "traces" and the version).
+/// Throws Error(kOutput).
+void write_sensitivity_file(const std::string& path, const SensitivityResult& r,
+                            const std::map<std::string, std::string>& metadata);
+
+}  // namespace mpq
