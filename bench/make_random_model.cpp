@@ -1,0 +1,64 @@
+// Writes a random Llama-family model folder (config.json + model.safetensors, F32, HF names)
+// for benchmarks at sizes no real model here has. No tokenizer: feed .i32 token files.
+//
+//   build/bench/mpq-make-random-model --out DIR --hidden 2048 --intermediate 5632 --layers 8
+//       --heads 16 --kv-heads 16 --vocab 32000 [--seed 1]   (one command line)
+#include <CLI/CLI.hpp>
+
+#include <filesystem>
+#include <fstream>
+
+#include "formats/safetensors.h"
+#include "lib/model/llama.h"
+#include "lib/model/llama_grad.h"
+#include "tools/common.h"
+
+int main(int argc, char** argv) {
+  using namespace mpq;
+  CLI::App app{"Write a random Llama model folder for benchmarks", "mpq-make-random-model"};
+  std::string out;
+  LlamaConfig c;
+  c.architecture = "LlamaForCausalLM";
+  c.hidden_size = 2048;
+  c.intermediate_size = 5632;
+  c.num_layers = 8;
+  c.num_heads = 16;
+  c.num_kv_heads = 16;
+  c.vocab_size = 32000;
+  c.rms_norm_eps = 1e-5;
+  uint64_t seed = 1;
+  float std = 0.02f;
+  app.add_option("--out", out, "Output folder")->required();
+  app.add_option("--hidden", c.hidden_size)->capture_default_str();
+  app.add_option("--intermediate", c.intermediate_size)->capture_default_str();
+  app.add_option("--layers", c.num_layers)->capture_default_str();
+  app.add_option("--heads", c.num_heads)->capture_default_str();
+  app.add_option("--kv-heads", c.num_kv_heads)->capture_default_str();
+  app.add_option("--vocab", c.vocab_size)->capture_default_str();
+  app.add_option("--seed", seed)->capture_default_str();
+  app.add_option("--std", std, "Weight standard deviation")->capture_default_str();
+  return tool::run(app, argc, argv, [&]() -> int {
+    c.head_dim = c.hidden_size / c.num_heads;
+    const LlamaParams<float> p = to_params<float>(random_llama_weights(c, seed, std));
+    std::filesystem::create_directories(out);
+    SafetensorsWriter w;
+    p.for_each([&](const std::string& name, const float* d, Eigen::Index n) {
+      std::vector<int64_t> shape;
+      for (const auto& [nm, sh] : llama_tensor_shapes(c))
+        if (nm == name) shape = sh;
+      w.add_f32(name, shape, std::vector<float>(d, d + n));
+    });
+    w.set_metadata("format", "pt");
+    w.write(out + "/model.safetensors");
+    const nlohmann::json cfg = {{"architectures", {"LlamaForCausalLM"}}, {"model_type", "llama"},
+                                {"hidden_size", c.hidden_size}, {"intermediate_size", c.intermediate_size},
+                                {"num_hidden_layers", c.num_layers}, {"num_attention_heads", c.num_heads},
+                                {"num_key_value_heads", c.num_kv_heads}, {"head_dim", c.head_dim},
+                                {"vocab_size", c.vocab_size}, {"max_position_embeddings", 4096},
+                                {"rms_norm_eps", c.rms_norm_eps}, {"rope_theta", 10000.0},
+                                {"tie_word_embeddings", false}, {"hidden_act", "silu"},
+                                {"bos_token_id", 1}, {"eos_token_id", 2}, {"torch_dtype", "float32"}};
+    std::ofstream(out + "/config.json") << cfg.dump(2) << "\n";
+    return 0;
+  });
+}
