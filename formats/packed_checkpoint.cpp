@@ -3,14 +3,9 @@
 #include <algorithm>
 
 #include "lib/common/error.h"
+#include "lib/quant/quant_common.h"
 
 namespace mpq {
-
-std::string shape_str(const std::vector<int64_t>& shape) {
-  std::string s = "[";
-  for (std::size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
-  return s + "]";
-}
 
 std::string detect_linear_format(const TensorStore& store, const std::string& prefix) {
   const std::string wname = prefix + ".weight";
@@ -30,15 +25,15 @@ std::string detect_linear_format(const TensorStore& store, const std::string& pr
 PackedTensor read_packed(const TensorStore& store, const std::string& prefix,
                          const std::string& format, int64_t rows, int64_t cols) {
   const Quantizer& q = quantizer_for(format);
-  // The expected part names, dtypes and shapes come from encoding a zero tensor of the same
-  // logical shape: one source of truth for the layout.
-  const std::vector<float> zeros(static_cast<std::size_t>(rows * cols), 0.0f);
-  const PackedTensor expect = q.encode(prefix, zeros.data(), rows, cols);
+  // The expected part names, dtypes and shapes come from the quantizer's layout(), the one
+  // source of truth that encode() also builds from. Checking the shape first keeps an
+  // invalid one reported as "<prefix>: invalid shape [rows, cols]" (layout() names the format).
+  quant_detail::check_shape(prefix, rows, cols);
   PackedTensor p;
   p.format = format;
   p.rows = rows;
   p.cols = cols;
-  for (const PackedPart& e : expect.parts) {
+  for (const PackedPart& e : q.layout(rows, cols)) {
     const std::string name = prefix + "." + e.suffix;
     const TensorView& t = store.get(name);
     if (t.dtype != e.dtype)

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "formats/safetensors.h"
+#include "lib/common/shape.h"  // shape_str(), which includers of this header use
 #include "lib/quant/quantizer.h"
 
 namespace mpq {
@@ -35,8 +36,5 @@ std::vector<float> read_linear_f32(const TensorStore& store, const std::string& 
 
 /// Adds every part of `p` to `w` as "<prefix>.<suffix>".
 void add_packed(SafetensorsWriter& w, const std::string& prefix, const PackedTensor& p);
-
-/// "[a, b, c]" — shapes in error messages.
-std::string shape_str(const std::vector<int64_t>& shape);
 
 }  // namespace mpq

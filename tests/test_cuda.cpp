@@ -16,7 +16,7 @@
 namespace mpq {
 namespace {
 
-std::vector<float> random_weights(int64_t n, uint64_t seed) {
+[[maybe_unused]] std::vector<float> random_weights(int64_t n, uint64_t seed) {
   std::mt19937_64 rng(seed);
   std::student_t_distribution<float> heavy(4.0f);  // heavy tails, like real weights
   std::vector<float> w(static_cast<std::size_t>(n));

@@ -151,6 +151,39 @@ TEST(Quant, PackedTensorHelpers) {
   EXPECT_NE(msg.find("weight_scale_2"), std::string::npos) << msg;
 }
 
+TEST(Quant, LayoutMatchesEncodeAndBytes) {
+  // layout() is the single source of each format's on-disk layout: encode() must produce
+  // exactly its parts (suffix, dtype, shape, in order) and bytes() the sum of their sizes.
+  const std::vector<std::pair<int64_t, int64_t>> shapes = {
+      {1, 1}, {3, 1}, {1, 31}, {5, 172}, {7, 33}, {3, 16}, {64, 256}, {2, 4097}, {0, 20}};
+  for (const FormatInfo& f : format_table()) {
+    const Quantizer& q = quantizer_for(f.name);
+    for (auto [rows, cols] : shapes) {
+      SCOPED_TRACE(std::string(f.name) + " " + std::to_string(rows) + "x" + std::to_string(cols));
+      const std::vector<PackedPart> lay = q.layout(rows, cols);
+      const std::vector<float> w = gaussian(rows, cols, 31u);
+      const PackedTensor p = q.encode("t", w.data(), rows, cols);
+      ASSERT_EQ(lay.size(), p.parts.size());
+      std::size_t sum = 0;
+      for (std::size_t i = 0; i < lay.size(); ++i) {
+        EXPECT_EQ(lay[i].suffix, p.parts[i].suffix);
+        EXPECT_EQ(lay[i].dtype, p.parts[i].dtype) << lay[i].suffix;
+        EXPECT_EQ(lay[i].shape, p.parts[i].shape) << lay[i].suffix;
+        EXPECT_TRUE(lay[i].bytes.empty()) << lay[i].suffix;
+        std::size_t n = dtype_size(lay[i].dtype);
+        for (int64_t d : lay[i].shape) n *= static_cast<std::size_t>(d);
+        EXPECT_EQ(p.parts[i].bytes.size(), n) << lay[i].suffix;
+        sum += n;
+      }
+      EXPECT_EQ(q.bytes(rows, cols), sum);
+      EXPECT_EQ(p.bytes(), sum);
+    }
+    // An invalid shape is an input error naming the format, as bytes() reports it.
+    EXPECT_EQ(expect_error([&] { q.layout(-1, 16); }, ExitCode::kInput),
+              std::string(f.name) + ": invalid shape [-1, 16]");
+  }
+}
+
 // ---- NVFP4 ----
 
 TEST(Nvfp4, ReferenceDecodeMatches) {

@@ -17,7 +17,7 @@ class Fp8Quantizer final : public Quantizer {
   PackedTensor encode(const std::string& name, const float* w, int64_t rows,
                       int64_t cols) const override;
   void decode(const PackedTensor& p, float* out) const override;
-  std::size_t bytes(int64_t rows, int64_t cols) const override;
+  std::vector<PackedPart> layout(int64_t rows, int64_t cols) const override;
 };
 
 }  // namespace mpq

@@ -4,6 +4,7 @@
 #include "lib/common/error.h"
 #include "lib/quant/fp8.h"
 #include "lib/quant/nvfp4.h"
+#include "lib/quant/quant_common.h"
 
 namespace mpq {
 
@@ -24,6 +25,10 @@ const PackedPart& PackedTensor::part(const std::string& suffix) const {
     if (p.suffix == suffix) return p;
   throw Error(ExitCode::kInput, "packed " + format + " tensor [" + std::to_string(rows) + " x " +
                                     std::to_string(cols) + "]: missing part '" + suffix + "'");
+}
+
+std::size_t Quantizer::bytes(int64_t rows, int64_t cols) const {
+  return quant_detail::layout_bytes(layout(rows, cols));
 }
 
 const std::vector<FormatInfo>& format_table() {

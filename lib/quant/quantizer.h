@@ -1,5 +1,5 @@
-// One interface for every weight format (faiss-style fit/encode, decode, bytes), and the
-// table of formats that drives parsing, help, validation and dispatch in the tools.
+// One interface for every weight format (faiss-style fit/encode, decode, layout, bytes),
+// and the table of formats that drives parsing, help, validation and dispatch in the tools.
 //
 // Weights are row-major fp32 [rows = out_features, cols = in_features] (PyTorch nn.Linear
 // layout). Blocks run along the input dimension (cols). A cols that is not a multiple of
@@ -60,8 +60,15 @@ class Quantizer {
   /// Expands a packed tensor back to fp32 rows x cols (the logical shape).
   /// Throws Error(kInput) if a part is missing or has the wrong dtype/shape.
   virtual void decode(const PackedTensor& p, float* out) const = 0;
-  /// Exact bytes encode() produces for a rows x cols weight.
-  virtual std::size_t bytes(int64_t rows, int64_t cols) const = 0;
+  /// The parts encode() produces for a rows x cols weight, in encode()'s order: suffix,
+  /// dtype and shape filled in, bytes left empty. The one source of the format's on-disk
+  /// layout: encode() and bytes() derive from it, and read_packed() checks a checkpoint
+  /// against it. Throws Error(kInput) "<format>: invalid shape [rows, cols]" if rows or
+  /// cols is negative or the sizes overflow.
+  virtual std::vector<PackedPart> layout(int64_t rows, int64_t cols) const = 0;
+  /// Exact bytes encode() produces for a rows x cols weight: the sum over layout() of
+  /// dtype size times the shape's element count. Throws as layout() does.
+  virtual std::size_t bytes(int64_t rows, int64_t cols) const;
 };
 
 /// The format table: every format mpq can pack, in CLI order.
