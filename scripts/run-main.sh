@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Command 1: install what is missing, build, then on a real model (default
 # ../shared/data/models/stories260K-hf, or the folder given as $1):
+#   sensitivities (Fisher, layer Hessian) from the calibration text ->
 #   fp32 perplexity -> pack FP8 and NVFP4 -> their perplexity and KL vs fp32 -> a table.
+# Calibration: $MPQ_CALIB (default ../shared/data/text/tinystories_valid_calib.txt).
 # Text: $MPQ_TEXT (default ../shared/data/text/tinystories_valid_eval.txt), first
 # $MPQ_MAX_TOKENS tokens (default 20480), ctx 512. Outputs under ./out/.
 set -euo pipefail
@@ -9,6 +11,7 @@ cd "$(dirname "$0")/.."
 DATA="${MPQ_DATA:-../shared/data}"
 MODEL="${1:-$DATA/models/stories260K-hf}"
 TEXT="${MPQ_TEXT:-$DATA/text/tinystories_valid_eval.txt}"
+CALIB="${MPQ_CALIB:-$DATA/text/tinystories_valid_calib.txt}"
 MAXTOK="${MPQ_MAX_TOKENS:-20480}"
 if [ ! -f "$MODEL/config.json" ]; then
   echo "run-main: no model at '$MODEL' (give a Hugging Face Llama folder as the first argument)" >&2
@@ -20,6 +23,10 @@ OUT=out/$(basename "$MODEL")
 mkdir -p "$OUT"
 
 $B/mpq-inspect "$MODEL" --json "$OUT/inspect-fp32.json" >/dev/null
+if [ -f "$CALIB" ]; then
+  $B/mpq-sensitivity --model "$MODEL" --calib "$CALIB" --samples 128 --seq-len 256 \
+    --kind fisher,hessian --out "$OUT/sensitivity.safetensors" --json "$OUT/sensitivity.json" -q | tail -n 1
+fi
 $B/mpq-eval --model "$MODEL" --text "$TEXT" --ctx 512 --max-tokens "$MAXTOK" --json "$OUT/eval-fp32.json"
 for fmt in fp8 nvfp4; do
   $B/mpq-pack --model "$MODEL" --format "$fmt" --out "$OUT/$fmt" --force -q
@@ -31,10 +38,11 @@ done
 python3 - "$OUT" <<'PY'
 import json, sys
 out = sys.argv[1]
-print(f"\n{'format':<8} {'ppl':>9} {'mean KL':>10} {'linear bpw':>11} {'model bpw':>10} {'tokens/s':>10}")
+print(f"\n{'format':<8} {'ppl':>9} {'mean KL':>10} {'linear bpw':>11} {'model bpw':>10} {'tokens/s*':>10}")
 for fmt in ("fp32", "fp8", "nvfp4"):
     e = json.load(open(f"{out}/eval-{fmt}.json"))
     i = json.load(open(f"{out}/inspect-{fmt}.json"))
     kl = "-" if e["mean_kl"] is None else f"{e['mean_kl']:.5f}"
     print(f"{fmt:<8} {e['ppl']:>9.4f} {kl:>10} {e['linear_bpw']:>11.4f} {i['total']['bpw']:>10.4f} {e['tokens_per_second']:>10.0f}")
+print("* forward throughput of mpq-eval; FP8/NVFP4 rows also run the fp32 base model for KL")
 PY
