@@ -72,11 +72,9 @@ std::vector<double*> param_pointers(LlamaParams<double>& p, std::vector<Eigen::I
 // Windows run in parallel (one per thread) for models up to this many parameters.
 constexpr int64_t kWindowParallelMaxParams = 64LL << 20;
 
-int parallel_windows(const LlamaModel& m) {
+int parallel_windows(const LlamaParams<float>& p) {
   int64_t n = 0;
-  for (const auto& L : m.weights().layers)
-    for (const auto& l : L.linear) n += l.w.size();
-  n += m.weights().embed.size() + m.weights().lm_head.size();
+  p.for_each([&](const std::string&, const float*, Eigen::Index k) { n += k; });
   return n <= kWindowParallelMaxParams ? omp_get_max_threads() : 1;
 }
 
@@ -85,7 +83,14 @@ int parallel_windows(const LlamaModel& m) {
 SensitivityResult compute_sensitivities(const LlamaModel& model, const std::vector<int32_t>& ids,
                                         const std::vector<int64_t>& window_starts, int64_t seq_len,
                                         const SensitivityOptions& opt, const SensitivityProgress& progress) {
-  const LlamaConfig& c = model.config();
+  return compute_sensitivities(model.config(), to_params<float>(model.weights()), ids, window_starts, seq_len, opt,
+                               progress);
+}
+
+SensitivityResult compute_sensitivities(const LlamaConfig& c, const LlamaParams<float>& pf,
+                                        const std::vector<int32_t>& ids,
+                                        const std::vector<int64_t>& window_starts, int64_t seq_len,
+                                        const SensitivityOptions& opt, const SensitivityProgress& progress) {
   const int64_t begin = opt.layer_begin, end = opt.layer_end < 0 ? c.num_layers : opt.layer_end;
   if (begin < 0 || end > c.num_layers || begin >= end)
     throw Error(ExitCode::kUsage, "--layers " + std::to_string(begin) + ":" + std::to_string(end) +
@@ -113,18 +118,18 @@ SensitivityResult compute_sensitivities(const LlamaModel& model, const std::vect
   // Small models run one window per thread (Eigen's own GEMM threading only adds overhead
   // at their sizes); thread k takes windows k, k + P, ... and the per-thread sums are
   // reduced in thread order, so the result is identical from run to run.
-  const int P = parallel_windows(model);
+  const int P = parallel_windows(pf);
   if (opt.fisher || opt.hessian) {
-    const LlamaParams<float> pf = to_params<float>(model.weights());
     struct Partial {
       LlamaParams<float> grad;
       std::vector<std::vector<float>> fisher;  // per tensor in range
       std::unique_ptr<HessianAccumulator> hacc;
     };
     std::vector<Partial> part(static_cast<std::size_t>(P));
+    // With one thread the result's own accumulators serve (no second copy of the Fisher).
     for (auto& pt : part) {
       pt.hacc = std::make_unique<HessianAccumulator>(begin, end, opt.full_hessian);
-      if (opt.fisher)
+      if (opt.fisher && P > 1)
         for (const auto& t : res.tensors) pt.fisher.emplace_back(static_cast<std::size_t>(t.rows * t.cols), 0.0f);
     }
     const auto tf = Clock::now();
@@ -141,7 +146,8 @@ SensitivityResult compute_sensitivities(const LlamaModel& model, const std::vect
           for (int64_t l = begin; l < end; ++l)
             for (int i = 0; i < 7; ++i) {
               const MatRM<float>& g = pt.grad.layers[static_cast<std::size_t>(l)].w[static_cast<std::size_t>(i)];
-              float* f = pt.fisher[static_cast<std::size_t>((l - begin) * 7 + i)].data();
+              const std::size_t k = static_cast<std::size_t>((l - begin) * 7 + i);
+              float* f = P > 1 ? pt.fisher[k].data() : res.tensors[k].fisher.data();
               const float* gd = g.data();
               for (Eigen::Index k = 0; k < g.size(); ++k) f[k] += gd[k] * gd[k];
             }
@@ -163,8 +169,9 @@ SensitivityResult compute_sensitivities(const LlamaModel& model, const std::vect
         const std::size_t k = static_cast<std::size_t>((l - begin) * 7 + i);
         TensorSensitivity& t = res.tensors[k];
         if (opt.fisher) {
-          for (const auto& pt : part)
-            for (std::size_t j = 0; j < t.fisher.size(); ++j) t.fisher[j] += pt.fisher[k][j];
+          if (P > 1)
+            for (const auto& pt : part)
+              for (std::size_t j = 0; j < t.fisher.size(); ++j) t.fisher[j] += pt.fisher[k][j];
           double sum = 0;
           for (float& f : t.fisher) {
             f /= static_cast<float>(N);
@@ -198,7 +205,7 @@ SensitivityResult compute_sensitivities(const LlamaModel& model, const std::vect
   // of P samples run in parallel and are folded into the running means in sample order:
   // the result does not depend on the thread count.
   if (opt.hutchinson) {
-    const LlamaParams<double> theta0 = to_params<double>(model.weights());
+    const LlamaParams<double> theta0 = cast_params<double>(pf);
     const std::size_t n_tensors = res.tensors.size();
     struct Worker {
       LlamaParams<double> theta, v, g_plus, g_minus;

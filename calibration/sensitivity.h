@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "lib/model/llama.h"
+#include "lib/model/llama_grad.h"
 
 namespace mpq {
 
@@ -65,6 +66,13 @@ using SensitivityProgress = std::function<void(const std::string&, int64_t, int6
 /// Runs the passes over `windows` (each of the same length, ids in the vocabulary).
 /// Windows are streamed: memory does not grow with their number. Throws Error(kUsage) for
 /// an empty layer range.
+SensitivityResult compute_sensitivities(const LlamaConfig& config, const LlamaParams<float>& params,
+                                        const std::vector<int32_t>& ids,
+                                        const std::vector<int64_t>& window_starts, int64_t seq_len,
+                                        const SensitivityOptions& opt,
+                                        const SensitivityProgress& progress = nullptr);
+
+/// Convenience overload: copies the model's weights into parameters first.
 SensitivityResult compute_sensitivities(const LlamaModel& model, const std::vector<int32_t>& ids,
                                         const std::vector<int64_t>& window_starts, int64_t seq_len,
                                         const SensitivityOptions& opt,

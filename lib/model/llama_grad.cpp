@@ -127,6 +127,25 @@ LlamaParams<S> to_params(const LlamaWeights& w) {
   return p;
 }
 
+LlamaParams<float> to_params(LlamaWeights&& w) {
+  LlamaParams<float> p;
+  p.embed = std::move(w.embed);
+  for (auto& L : w.layers) {
+    LlamaParams<float>::Layer l;
+    l.input_norm = std::move(L.input_norm);
+    l.post_attn_norm = std::move(L.post_attn_norm);
+    for (std::size_t i = 0; i < 7; ++i) {
+      l.w[i] = std::move(L.linear[i].w);
+      l.b[i] = std::move(L.linear[i].b);
+    }
+    p.layers.push_back(std::move(l));
+  }
+  p.final_norm = std::move(w.final_norm);
+  p.lm_head = std::move(w.lm_head);
+  w = LlamaWeights();
+  return p;
+}
+
 template <typename S>
 S llama_loss_and_grad(const LlamaConfig& c, const LlamaParams<S>& p, const int32_t* tokens, int64_t T,
                       LlamaParams<S>* grad, LinearInputObserver* observer) {

@@ -58,6 +58,29 @@ struct LlamaParams {
 template <typename S>
 LlamaParams<S> to_params(const LlamaWeights& w);
 
+/// Moves loaded fp32 weights into parameters without copying them (`w` is left empty).
+LlamaParams<float> to_params(LlamaWeights&& w);
+
+/// Converts parameters between scalar types (same shapes).
+template <typename T, typename S>
+LlamaParams<T> cast_params(const LlamaParams<S>& p) {
+  LlamaParams<T> out;
+  out.embed = p.embed.template cast<T>();
+  for (const auto& L : p.layers) {
+    typename LlamaParams<T>::Layer l;
+    l.input_norm = L.input_norm.template cast<T>();
+    l.post_attn_norm = L.post_attn_norm.template cast<T>();
+    for (std::size_t i = 0; i < 7; ++i) {
+      l.w[i] = L.w[i].template cast<T>();
+      l.b[i] = L.b[i].template cast<T>();
+    }
+    out.layers.push_back(std::move(l));
+  }
+  out.final_norm = p.final_norm.template cast<T>();
+  out.lm_head = p.lm_head.template cast<T>();
+  return out;
+}
+
 /// Receives, during the forward pass, the input X [T, in] of each group of linears of a
 /// layer: group 0 = q/k/v (normed h), 1 = o_proj (attention output), 2 = gate/up (normed
 /// residual), 3 = down_proj (silu(gate) * up). Used for layer Hessians (sum of X^T X).

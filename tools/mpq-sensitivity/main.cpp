@@ -82,7 +82,7 @@ int main(int argc, char** argv) {
     std::tie(opt.layer_begin, opt.layer_end) = parse_layers(layers);
     opt.seed = seed;
 
-    const LlamaModel model = LlamaModel::load(model_dir);
+    LlamaModel model = LlamaModel::load(model_dir);
     for (const auto& L : model.weights().layers)
       for (const auto& lin : L.linear)
         if (lin.format != "f32" && lin.format != "f16" && lin.format != "bf16")
@@ -107,7 +107,9 @@ int main(int argc, char** argv) {
                    static_cast<long long>(total), tool::format_seconds(secs).c_str(),
                    tool::format_seconds(per * static_cast<double>(total - done)).c_str());
     };
-    const SensitivityResult r = compute_sensitivities(model, ids, starts, seq_len, opt, progress);
+    const LlamaConfig config = model.config();
+    const LlamaParams<float> params = to_params(std::move(model.mutable_weights()));  // no copy
+    const SensitivityResult r = compute_sensitivities(config, params, ids, starts, seq_len, opt, progress);
 
     nlohmann::json model_sha = nlohmann::json::object();
     const TensorStore store = TensorStore::open(model_dir);
@@ -117,7 +119,7 @@ int main(int argc, char** argv) {
     std::string kinds;
     for (auto [on, name] : {std::pair{opt.fisher, "fisher"}, {opt.hessian, "hessian"}, {opt.hutchinson, "hutchinson"}})
       if (on) kinds += (kinds.empty() ? "" : ",") + std::string(name);
-    const int64_t layer_end = opt.layer_end < 0 ? model.config().num_layers : opt.layer_end;
+    const int64_t layer_end = opt.layer_end < 0 ? config.num_layers : opt.layer_end;
     const std::map<std::string, std::string> meta = {
         {"tool", "mpq-sensitivity " + std::string(MPQ_VERSION)},
         {"kinds", kinds},
