@@ -149,7 +149,9 @@ SensitivityResult compute_sensitivities(const LlamaConfig& c, const LlamaParams<
               const std::size_t k = static_cast<std::size_t>((l - begin) * 7 + i);
               float* f = P > 1 ? pt.fisher[k].data() : res.tensors[k].fisher.data();
               const float* gd = g.data();
-              for (Eigen::Index k = 0; k < g.size(); ++k) f[k] += gd[k] * gd[k];
+              // Inside the window loop when P > 1; its own threads when windows run serially.
+#pragma omp parallel for schedule(static) if (P == 1 && g.size() >= (1 << 16))
+              for (Eigen::Index j = 0; j < g.size(); ++j) f[j] += gd[j] * gd[j];
             }
 #pragma omp critical(mpq_sensitivity_progress)
         {

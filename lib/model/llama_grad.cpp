@@ -221,12 +221,10 @@ S llama_loss_and_grad(const LlamaConfig& c, const LlamaParams<S>& p, const int32
   // Loss and dL/dlogits (softmax - onehot) / (T - 1), row T-1 unscored.
   const S inv_n = S(1) / static_cast<S>(T - 1);
   double loss = 0;
-  for (int64_t t = 0; t < T; ++t) {
+  dlogits.row(T - 1).setZero();
+#pragma omp parallel for reduction(+ : loss) schedule(static) if (T * V >= (int64_t{1} << 20))
+  for (int64_t t = 0; t < T - 1; ++t) {
     auto row = dlogits.row(t);
-    if (t == T - 1) {
-      row.setZero();
-      break;
-    }
     const S mx = row.maxCoeff();
     const int32_t y = tokens[t + 1];
     const double shifted_y = static_cast<double>(row[y]) - static_cast<double>(mx);
@@ -242,7 +240,14 @@ S llama_loss_and_grad(const LlamaConfig& c, const LlamaParams<S>& p, const int32
   // ---- backward ----
   LlamaParams<S>& g = *grad;
   if (g.layers.size() != p.layers.size()) g = p.zeros_like();
-  g.for_each([](const std::string&, S* d0, Eigen::Index n) { std::fill(d0, d0 + n, S(0)); });
+  // Weight gradients and lm_head are assigned by their GEMMs; only what is accumulated
+  // (embedding rows, norm gains) starts from zero.
+  g.embed.setZero();
+  g.final_norm.setZero();
+  for (auto& L : g.layers) {
+    L.input_norm.setZero();
+    L.post_attn_norm.setZero();
+  }
 
   MatRM<S> dhead(V, H);
   dhead.noalias() = dlogits.transpose() * nf;
