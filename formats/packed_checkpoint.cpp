@@ -4,10 +4,13 @@
 
 #include "lib/common/error.h"
 #include "lib/quant/quant_common.h"
+#include "lib/quant/squeezellm.h"
 
 namespace mpq {
 
 std::string detect_linear_format(const TensorStore& store, const std::string& prefix) {
+  // squeezellm has no "<prefix>.weight" (its parts are qweight, lookup_table, sparse_*).
+  if (store.has(prefix + ".lookup_table")) return "squeezellm";
   const std::string wname = prefix + ".weight";
   const TensorView& w = store.get(wname);  // throws "missing tensor"
   if (store.has(prefix + ".weight_scale_2")) return "nvfp4";
@@ -22,8 +25,75 @@ std::string detect_linear_format(const TensorStore& store, const std::string& pr
   }
 }
 
+namespace {
+
+// Copies a store tensor into a part after checking it against its layout entry `e`.
+PackedPart checked_store_part(const TensorStore& store, const std::string& prefix,
+                              const PackedPart& e, const std::string& format, int64_t rows,
+                              int64_t cols) {
+  const std::string name = prefix + "." + e.suffix;
+  const TensorView& t = store.get(name);
+  if (t.dtype != e.dtype)
+    throw_input(t.file, "tensor '" + name + "': dtype " + dtype_name(t.dtype) + ", expected " +
+                            dtype_name(e.dtype) + " for " + format);
+  // A scalar scale may be stored as [] or [1] (both occur in ModelOpt exports).
+  const bool scalar_ok = e.shape.empty() && t.numel() == 1;
+  if (t.shape != e.shape && !scalar_ok)
+    throw_input(t.file, "tensor '" + name + "': shape " + shape_str(t.shape) + ", expected " +
+                            shape_str(e.shape) + " for " + format + " of logical shape " +
+                            shape_str({rows, cols}));
+  return PackedPart{e.suffix, e.dtype, e.shape, std::vector<uint8_t>(t.data, t.data + t.nbytes)};
+}
+
+// squeezellm: the bit width comes from the lookup_table's width, nnz from sparse_rowptr's
+// last entry; the CSR structure is validated here so errors name the file and tensor.
+PackedTensor read_squeezellm(const TensorStore& store, const std::string& prefix, int64_t rows,
+                             int64_t cols) {
+  const std::string format = "squeezellm";
+  const std::string lname = prefix + ".lookup_table";
+  const TensorView& lt = store.get(lname);
+  const int bits = lt.shape.size() == 2 ? squeezellm_bits_for_lut(lt.shape[1]) : 0;
+  if (bits == 0 || lt.shape[0] != rows)
+    throw_input(lt.file, "tensor '" + lname + "': shape " + shape_str(lt.shape) + ", expected [" +
+                             std::to_string(rows) + ", 4|8|16] for squeezellm of logical shape " +
+                             shape_str({rows, cols}));
+  PackedTensor p;
+  p.format = format;
+  p.rows = rows;
+  p.cols = cols;
+  std::vector<PackedPart> lay = SqueezeLLMQuantizer(bits, 0.0, 0.0).layout(rows, cols);
+  lay.resize(3);  // qweight, lookup_table, sparse_rowptr; the sparse shapes come from nnz
+  for (const PackedPart& e : lay)
+    p.parts.push_back(checked_store_part(store, prefix, e, format, rows, cols));
+  const std::vector<uint8_t>& rp = p.parts[2].bytes;  // sparse_rowptr I32 [rows + 1]
+  const std::size_t last = static_cast<std::size_t>(4 * rows);
+  const int64_t nnz = static_cast<int32_t>(static_cast<uint32_t>(rp[last]) | static_cast<uint32_t>(rp[last + 1]) << 8 |
+                                           static_cast<uint32_t>(rp[last + 2]) << 16 |
+                                           static_cast<uint32_t>(rp[last + 3]) << 24);
+  const TensorView& rpt = store.get(prefix + ".sparse_rowptr");
+  if (nnz < 0 || nnz > rows * cols)
+    throw_input(rpt.file, "tensor '" + rpt.name + "': last entry (nnz) " + std::to_string(nnz) +
+                              " outside [0, " + std::to_string(rows * cols) + "]");
+  for (const PackedPart& e : squeezellm_sparse_layout(cols, nnz))
+    p.parts.push_back(checked_store_part(store, prefix, e, format, rows, cols));
+  std::string field;
+  const std::string msg = squeezellm_check_sparse(rows, cols, rp.data(), p.parts[3].bytes.data(),
+                                                  p.parts[3].dtype, nnz, &field);
+  if (!msg.empty()) {
+    const TensorView& t = store.get(prefix + "." + field);
+    throw_input(t.file, "tensor '" + t.name + "': " + msg);
+  }
+  return p;
+}
+
+}  // namespace
+
 PackedTensor read_packed(const TensorStore& store, const std::string& prefix,
                          const std::string& format, int64_t rows, int64_t cols) {
+  if (format == "squeezellm") {
+    quant_detail::check_shape(prefix, rows, cols);
+    return read_squeezellm(store, prefix, rows, cols);
+  }
   const Quantizer& q = quantizer_for(format);
   // The expected part names, dtypes and shapes come from the quantizer's layout(), the one
   // source of truth that encode() also builds from. Checking the shape first keeps an
@@ -33,21 +103,8 @@ PackedTensor read_packed(const TensorStore& store, const std::string& prefix,
   p.format = format;
   p.rows = rows;
   p.cols = cols;
-  for (const PackedPart& e : q.layout(rows, cols)) {
-    const std::string name = prefix + "." + e.suffix;
-    const TensorView& t = store.get(name);
-    if (t.dtype != e.dtype)
-      throw_input(t.file, "tensor '" + name + "': dtype " + dtype_name(t.dtype) + ", expected " +
-                              dtype_name(e.dtype) + " for " + format);
-    // A scalar scale may be stored as [] or [1] (both occur in ModelOpt exports).
-    const bool scalar_ok = e.shape.empty() && t.numel() == 1;
-    if (t.shape != e.shape && !scalar_ok)
-      throw_input(t.file, "tensor '" + name + "': shape " + shape_str(t.shape) + ", expected " +
-                              shape_str(e.shape) + " for " + format + " of logical shape " +
-                              shape_str({rows, cols}));
-    PackedPart part{e.suffix, e.dtype, e.shape, std::vector<uint8_t>(t.data, t.data + t.nbytes)};
-    p.parts.push_back(std::move(part));
-  }
+  for (const PackedPart& e : q.layout(rows, cols))
+    p.parts.push_back(checked_store_part(store, prefix, e, format, rows, cols));
   return p;
 }
 

@@ -14,6 +14,7 @@
 namespace mpq {
 
 /// Format of the linear stored under `prefix` (e.g. "model.layers.0.mlp.down_proj"):
+/// "squeezellm" when "<prefix>.lookup_table" exists (both of its grid modes);
 /// "nvfp4" when "<prefix>.weight_scale_2" exists; "fp8" when "<prefix>.weight" is F8_E4M3
 /// with "<prefix>.weight_scale"; otherwise the dense dtype of "<prefix>.weight" in lower case
 /// ("f32", "f16", "bf16"). Throws Error(kInput) naming the folder and tensor when
@@ -23,6 +24,9 @@ std::string detect_linear_format(const TensorStore& store, const std::string& pr
 /// The packed tensor of `prefix` in `format` with logical shape [rows, cols], its parts
 /// copied from the store. Throws Error(kInput) "<file>: tensor '<prefix>.<part>': ..." when a
 /// part is missing or its dtype/shape disagrees with the layout for [rows, cols].
+/// squeezellm: the bit width is the lookup_table's width (4/8/16 entries), nnz is
+/// sparse_rowptr's last entry; additionally the CSR row pointer must start at 0, never
+/// decrease and end at nnz, and the columns must lie in [0, cols), increasing within a row.
 PackedTensor read_packed(const TensorStore& store, const std::string& prefix,
                          const std::string& format, int64_t rows, int64_t cols);
 

@@ -114,7 +114,9 @@ std::string expect_error(F&& f, ExitCode code) {
 
 TEST(Quant, FormatTable) {
   const std::vector<FormatInfo>& t = format_table();
-  ASSERT_EQ(t.size(), 2u);
+  ASSERT_EQ(t.size(), 4u);
+  EXPECT_STREQ(t[2].name, "squeezellm");
+  EXPECT_STREQ(t[3].name, "uniform");
   EXPECT_STREQ(t[0].name, "fp8");
   EXPECT_STREQ(t[0].quant_algo, "FP8");
   EXPECT_DOUBLE_EQ(t[0].nominal_bpw, 8.0);
@@ -133,7 +135,7 @@ TEST(Quant, FormatTable) {
 
 TEST(Quant, UnknownFormatIsUsageError) {
   const std::string msg = expect_error([] { quantizer_for("int3"); }, ExitCode::kUsage);
-  EXPECT_EQ(msg, "unknown format 'int3' (known: fp8, nvfp4)");
+  EXPECT_EQ(msg, "unknown format 'int3' (known: fp8, nvfp4, squeezellm, uniform)");
 }
 
 TEST(Quant, PackedTensorHelpers) {

@@ -65,7 +65,12 @@ double PackReport::model_bpw() const {
 
 PackReport pack_model(const std::string& model_dir, const std::string& out_dir, const PackOptions& opt,
                       const PackProgress& progress) {
-  const Quantizer& quant = quantizer_for(opt.format);
+  const bool squeeze = opt.format == "squeezellm" || opt.format == "uniform";
+  const bool fisher_weighted = squeeze && opt.format == "squeezellm" && !opt.sensitivity.empty();
+  QuantizerParams params = opt.params;
+  if (!fisher_weighted) params.sensitive_pct = 0.0;  // needs Fisher; recorded as 0
+  const std::unique_ptr<Quantizer> quant_ptr = make_quantizer(opt.format, params);
+  const Quantizer& quant = *quant_ptr;
   std::vector<std::regex> exclude;
   for (const auto& e : opt.exclude) {
     try {
@@ -79,6 +84,8 @@ PackReport pack_model(const std::string& model_dir, const std::string& out_dir, 
     throw_input((fs::path(model_dir) / "config.json").string(),
                 "quantization_config: the input is already quantized; pack from the original weights");
   const TensorStore store = TensorStore::open(model_dir);
+  std::unique_ptr<TensorStore> sens;
+  if (fisher_weighted) sens = std::make_unique<TensorStore>(TensorStore::open(opt.sensitivity));
 
   // Every tensor of the graph must be there with config.json's shape, before any work.
   for (const auto& [name, shape] : llama_tensor_shapes(cfg)) {
@@ -128,7 +135,18 @@ PackReport pack_model(const std::string& model_dir, const std::string& out_dir, 
                                   std::to_string(i / static_cast<std::size_t>(cols)) + ", " +
                                   std::to_string(i % static_cast<std::size_t>(cols)) + "]; refusing to quantize");
       const std::string module = name.substr(0, name.size() - std::string(".weight").size());
-      const PackedTensor p = quant.encode(module, w.data(), rows, cols);
+      std::vector<float> fisher;
+      if (sens) {
+        const std::string fname = module + ".fisher";
+        if (!sens->has(fname))
+          throw_input(opt.sensitivity, "tensor '" + fname + "' missing (needed to pack " + module + ")");
+        const TensorView& f = sens->get(fname);
+        if (f.dtype != DType::F32 || f.shape != std::vector<int64_t>{rows, cols})
+          throw_input(f.file, "tensor '" + fname + "': " + dtype_name(f.dtype) + " " + shape_str(f.shape) +
+                                  ", expected F32 " + shape_str({rows, cols}));
+        fisher = to_f32(f);
+      }
+      const PackedTensor p = quant.encode_weighted(module, w.data(), sens ? fisher.data() : nullptr, rows, cols);
       add_packed(writer, module, p);
       if (cols % std::max(1, quant.info().block_size) != 0) shapes_meta[module] = {rows, cols};
       rec = {module, opt.format, {rows, cols}, p.bytes(), p.bpw()};
@@ -165,15 +183,26 @@ PackReport pack_model(const std::string& model_dir, const std::string& out_dir, 
                        {"producer", {{"name", "mpq"}, {"version", MPQ_VERSION}}},
                        {"exclude_modules", exclude_modules}};
   if (quant.info().block_size > 0) qc["group_size"] = quant.info().block_size;
+  if (squeeze)
+    qc = {{"quant_method", "squeezellm"},
+          {"wbits", params.bits},
+          {"grid", opt.format == "uniform" ? "uniform" : "kmeans"},
+          {"outlier_pct", opt.format == "uniform" ? 0.0 : params.outlier_pct},
+          {"sensitive_pct", opt.format == "uniform" ? 0.0 : params.sensitive_pct},
+          {"fisher_weighted", fisher_weighted},
+          {"producer", {{"name", "mpq"}, {"version", MPQ_VERSION}}},
+          {"exclude_modules", exclude_modules}};
   nlohmann::json config = cfg.raw;
   config["quantization_config"] = qc;
   write_text_atomic(stage.path / "config.json", config.dump(2) + "\n");
-  nlohmann::json hfq = {{"producer", {{"name", "mpq"}, {"version", MPQ_VERSION}}},
-                        {"quantization", {{"quant_algo", quant.info().quant_algo},
-                                          {"kv_cache_quant_algo", nullptr},
-                                          {"exclude_modules", exclude_modules}}}};
-  if (quant.info().block_size > 0) hfq["quantization"]["group_size"] = quant.info().block_size;
-  write_text_atomic(stage.path / "hf_quant_config.json", hfq.dump(2) + "\n");
+  if (!squeeze) {
+    nlohmann::json hfq = {{"producer", {{"name", "mpq"}, {"version", MPQ_VERSION}}},
+                          {"quantization", {{"quant_algo", quant.info().quant_algo},
+                                            {"kv_cache_quant_algo", nullptr},
+                                            {"exclude_modules", exclude_modules}}}};
+    if (quant.info().block_size > 0) hfq["quantization"]["group_size"] = quant.info().block_size;
+    write_text_atomic(stage.path / "hf_quant_config.json", hfq.dump(2) + "\n");
+  }
 
   // Tokenizer files and input hashes.
   nlohmann::json inputs = nlohmann::json::object();
@@ -195,6 +224,7 @@ PackReport pack_model(const std::string& model_dir, const std::string& out_dir, 
                   {"command_line", opt.command_line},
                   {"source", fs::absolute(model_dir).string()},
                   {"format", opt.format},
+                  {"quantization_config", qc},
                   {"inputs_sha256", inputs},
                   {"tensors", tensors_json},
                   {"totals", {{"quantized_params", rep.quantized_params},
@@ -204,6 +234,9 @@ PackReport pack_model(const std::string& model_dir, const std::string& out_dir, 
                               {"total_bytes", rep.total_bytes},
                               {"model_bpw", rep.model_bpw()},
                               {"bpw_4096x4096", rep.bpw_4096x4096}}}};
+  if (fisher_weighted)
+    rep.manifest["sensitivity"] = {{"file", fs::absolute(opt.sensitivity).string()},
+                                   {"sha256", sha256_file(opt.sensitivity)}};
   write_text_atomic(stage.path / "mpq_manifest.json", rep.manifest.dump(2) + "\n");
 
   // Swap the staged folder into place.

@@ -6,7 +6,11 @@
 //                         tensor copied unchanged; __metadata__ {"format": "pt",
 //                         "mpq_format_version": "1", "mpq_logical_shapes": JSON of padded tensors}
 //   config.json           the input's, plus "quantization_config" as ModelOpt writes it
-//   hf_quant_config.json  ModelOpt's producer/quantization record (older vLLM loaders read it)
+//                         (squeezellm/uniform: {"quant_method": "squeezellm", "wbits", "grid",
+//                         "outlier_pct", "sensitive_pct", "fisher_weighted", "exclude_modules",
+//                         "producer"})
+//   hf_quant_config.json  ModelOpt's producer/quantization record (older vLLM loaders read
+//                         it); not written for squeezellm/uniform
 //   mpq_manifest.json     tool version, command line, sha256 of every input file, per-tensor
 //                         format, logical shape, bytes and bits per weight, totals
 //   tokenizer files       copied (tokenizer.model, tokenizer_config.json, ...)
@@ -19,10 +23,17 @@
 
 #include <nlohmann/json.hpp>
 
+#include "lib/quant/quantizer.h"
+
 namespace mpq {
 
 struct PackOptions {
-  std::string format;                ///< a format_table() name: "nvfp4", "fp8"
+  std::string format;                ///< a format_table() name: "nvfp4", "fp8", "squeezellm", "uniform"
+  QuantizerParams params;            ///< bits and sparse percentages (squeezellm, uniform)
+  /// Sensitivity file (formats/sensitivity_file.h) whose "<module>.fisher" F32 [out, in]
+  /// weights the squeezellm fit; empty = uniform weights (then sensitive_pct is not used
+  /// and recorded as 0). Ignored by the other formats.
+  std::string sensitivity;
   std::vector<std::string> exclude;  ///< ECMAScript regexes over module names ("model.layers.0.mlp.down_proj")
   std::string command_line;          ///< recorded in the manifest
   bool force = false;                ///< replace an existing non-empty output folder
@@ -53,7 +64,8 @@ struct PackReport {
 using PackProgress = std::function<void(std::size_t, std::size_t, const std::string&)>;
 
 /// Packs `model_dir` into `out_dir`. Throws Error(kInput) for a bad input (naming file and
-/// tensor: NaN/Inf weights, shapes that disagree with config.json, unsupported architecture),
+/// tensor: NaN/Inf weights, shapes that disagree with config.json, unsupported architecture,
+/// a sensitivity file without "<module>.fisher" of shape [out, in] for a quantized module),
 /// Error(kUsage) for an unknown format or bad regex, Error(kOutput) when the output cannot
 /// be written or exists without `force`. On any error nothing is left at `out_dir`.
 PackReport pack_model(const std::string& model_dir, const std::string& out_dir,

@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -57,6 +58,14 @@ class Quantizer {
   /// (the message names `name`, the tensor's name, and the first bad index).
   virtual PackedTensor encode(const std::string& name, const float* w, int64_t rows,
                               int64_t cols) const = 0;
+  /// Quantizes w like encode(), given per-weight sensitivities `fisher` (rows x cols fp32,
+  /// row-major, >= 0; e.g. the diagonal Fisher "<module>.fisher" of a sensitivity file), or
+  /// nullptr for uniform sensitivities. Formats that fit something to the weights (SqueezeLLM:
+  /// the lookup tables and the sparse set) use them; the default ignores them and calls
+  /// encode() (fp8, nvfp4). Throws as encode() does, and Error(kInput) naming `name` when a
+  /// sensitivity is negative, NaN or Inf.
+  virtual PackedTensor encode_weighted(const std::string& name, const float* w,
+                                       const float* fisher, int64_t rows, int64_t cols) const;
   /// Expands a packed tensor back to fp32 rows x cols (the logical shape).
   /// Throws Error(kInput) if a part is missing or has the wrong dtype/shape.
   virtual void decode(const PackedTensor& p, float* out) const = 0;
@@ -68,12 +77,31 @@ class Quantizer {
   virtual std::vector<PackedPart> layout(int64_t rows, int64_t cols) const = 0;
   /// Exact bytes encode() produces for a rows x cols weight: the sum over layout() of
   /// dtype size times the shape's element count. Throws as layout() does.
+  /// A format with a data-dependent part (squeezellm's sparse matrix, whose nnz can grow
+  /// with Fisher sensitivities) gives the layout of encode(); encode_weighted() may produce
+  /// larger variable parts, and a reader sizes them from the tensor itself (read_packed()).
+  /// The exact size of an encoded tensor is always PackedTensor::bytes().
   virtual std::size_t bytes(int64_t rows, int64_t cols) const;
+};
+
+/// Parameters of the parameterized formats (squeezellm, uniform); fp8/nvfp4 ignore them.
+struct QuantizerParams {
+  int bits = 4;                 ///< index bits: 2, 3 or 4 (lookup table of 2^bits entries)
+  double outlier_pct = 0.45;    ///< percent of weights, largest |w|, kept sparse in fp16
+  double sensitive_pct = 0.05;  ///< percent of weights, largest Fisher, kept sparse (needs Fisher)
 };
 
 /// The format table: every format mpq can pack, in CLI order.
 const std::vector<FormatInfo>& format_table();
 /// The quantizer for a format name; throws Error(kUsage) listing the known names.
+/// "squeezellm" and "uniform" give instances with the default QuantizerParams; their
+/// decode() reads the bit width from the tensor, so any squeezellm tensor decodes with them.
 const Quantizer& quantizer_for(const std::string& format);
+/// A quantizer for `format` with `params` (the parameterized formats: "squeezellm" = k-means
+/// lookup tables plus a sparse fp16 outlier matrix, "uniform" = per-row min-max uniform grid
+/// in the same layout, no sparse part); fp8/nvfp4 ignore params. Throws Error(kUsage) for an
+/// unknown format or parameters out of range (bits not in {2, 3, 4}, a percentage outside
+/// [0, 100]).
+std::unique_ptr<Quantizer> make_quantizer(const std::string& format, const QuantizerParams& params);
 
 }  // namespace mpq

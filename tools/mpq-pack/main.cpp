@@ -27,6 +27,21 @@ int main(int argc, char** argv) {
   app.add_option("--model", model_dir, "Input model folder (config.json, *.safetensors, tokenizer)")->required();
   app.add_option("--format", opt.format, formats_help)->required()->check(CLI::IsMember(names));
   app.add_option("--out", out_dir, "Output folder (written atomically)")->required();
+  app.add_option("--bits", opt.params.bits, "Index bits for squeezellm/uniform (2, 3 or 4)")
+      ->check(CLI::Range(2, 4))
+      ->capture_default_str();
+  app.add_option("--sensitivity", opt.sensitivity,
+                 "squeezellm: sensitivity file (mpq-sensitivity --kind fisher) whose "
+                 "<module>.fisher weights the k-means fit and picks sensitive weights; "
+                 "without it the fit is unweighted");
+  app.add_option("--outlier-pct", opt.params.outlier_pct,
+                 "squeezellm: percent of weights (largest |w|) kept sparse in fp16")
+      ->check(CLI::Range(0.0, 100.0))
+      ->capture_default_str();
+  app.add_option("--sensitive-pct", opt.params.sensitive_pct,
+                 "squeezellm: percent of weights (largest Fisher) kept sparse; needs --sensitivity")
+      ->check(CLI::Range(0.0, 100.0))
+      ->capture_default_str();
   app.add_option("--exclude", opt.exclude, "Regex over module names to keep unquantized (repeatable)");
   app.add_flag("--force", opt.force, "Replace an existing non-empty output folder");
   app.add_option("--threads", threads, "OpenMP threads (0 = all cores)")->check(CLI::NonNegativeNumber);
@@ -35,12 +50,29 @@ int main(int argc, char** argv) {
 
   return tool::run(app, argc, argv, [&]() -> int {
     if (threads > 0) omp_set_num_threads(threads);
+    const bool squeeze = opt.format == "squeezellm" || opt.format == "uniform";
+    for (const char* flag : {"--bits", "--sensitivity", "--outlier-pct", "--sensitive-pct"})
+      if (!squeeze && app.count(flag) > 0)
+        throw Error(ExitCode::kUsage, std::string(flag) + " applies to --format squeezellm/uniform only");
+    if (opt.format == "uniform" &&
+        (app.count("--sensitivity") + app.count("--outlier-pct") + app.count("--sensitive-pct")) > 0)
+      std::fprintf(stderr, "mpq-pack: note: --format uniform has no sparse part and no weighted fit; "
+                           "--sensitivity/--outlier-pct/--sensitive-pct are ignored\n");
+    else if (opt.format == "squeezellm" && opt.sensitivity.empty() && opt.params.sensitive_pct > 0)
+      std::fprintf(stderr, "mpq-pack: note: no --sensitivity: unweighted k-means, and --sensitive-pct "
+                           "(%g) is ignored (recorded as 0)\n", opt.params.sensitive_pct);
+    if (opt.format == "uniform") opt.sensitivity.clear();
     for (int i = 0; i < argc; ++i) opt.command_line += (i ? " " : "") + std::string(argv[i]);
     const PackReport r = pack_model(model_dir, out_dir, opt, [&](std::size_t i, std::size_t n, const std::string& name) {
       if (!quiet) std::fprintf(stderr, "[%zu/%zu] %s\n", i, n, name.c_str());
     });
     std::printf("wrote        %s\n", out_dir.c_str());
     std::printf("format       %s\n", opt.format.c_str());
+    if (squeeze)
+      std::printf("params       bits %d, outlier %g%%, sensitive %g%%, fisher %s\n", opt.params.bits,
+                  opt.format == "uniform" ? 0.0 : opt.params.outlier_pct,
+                  opt.format == "squeezellm" && !opt.sensitivity.empty() ? opt.params.sensitive_pct : 0.0,
+                  opt.format == "squeezellm" && !opt.sensitivity.empty() ? "yes" : "no");
     std::printf("quantized    %lld weights, %zu bytes, %.4f bpw\n", static_cast<long long>(r.quantized_params),
                 r.quantized_bytes, r.quantized_bpw());
     std::printf("whole model  %lld params, %zu bytes, %.4f bpw\n", static_cast<long long>(r.total_params),
