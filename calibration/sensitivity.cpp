@@ -72,6 +72,28 @@ std::vector<double*> param_pointers(LlamaParams<double>& p, std::vector<Eigen::I
 // Windows run in parallel (one per thread) for models up to this many parameters.
 constexpr int64_t kWindowParallelMaxParams = 64LL << 20;
 
+// Runs fn(i, thread) for i in [0, n): P > 1 threads with a static round-robin schedule and the
+// first exception rethrown; P == 1 runs outside any parallel region, so the GEMMs inside fn
+// use the OpenMP thread pool (a one-thread team would make every GEMM start nested threads).
+template <typename F>
+void parallel_loop(int64_t n, int P, F&& fn) {
+  if (P == 1) {
+    for (int64_t i = 0; i < n; ++i) fn(i, 0);
+    return;
+  }
+  std::exception_ptr failure;
+#pragma omp parallel for num_threads(P) schedule(static, 1)
+  for (int64_t i = 0; i < n; ++i) {
+    try {
+      fn(i, omp_get_thread_num());
+    } catch (...) {
+#pragma omp critical(mpq_parallel_loop_failure)
+      if (!failure) failure = std::current_exception();
+    }
+  }
+  if (failure) std::rethrow_exception(failure);
+}
+
 int parallel_windows(const LlamaParams<float>& p) {
   int64_t n = 0;
   p.for_each([&](const std::string&, const float*, Eigen::Index k) { n += k; });
@@ -134,36 +156,28 @@ SensitivityResult compute_sensitivities(const LlamaConfig& c, const LlamaParams<
     }
     const auto tf = Clock::now();
     int64_t done = 0;
-    std::exception_ptr failure;
-#pragma omp parallel for num_threads(P) schedule(static, 1)
-    for (int64_t n = 0; n < N; ++n) {
-      try {
-        Partial& pt = part[static_cast<std::size_t>(omp_get_thread_num())];
-        const int32_t* tok = ids.data() + window_starts[static_cast<std::size_t>(n)];
-        llama_loss_and_grad<float>(c, pf, tok, seq_len, opt.fisher ? &pt.grad : nullptr,
-                                   opt.hessian ? pt.hacc.get() : nullptr);
-        if (opt.fisher)
-          for (int64_t l = begin; l < end; ++l)
-            for (int i = 0; i < 7; ++i) {
-              const MatRM<float>& g = pt.grad.layers[static_cast<std::size_t>(l)].w[static_cast<std::size_t>(i)];
-              const std::size_t k = static_cast<std::size_t>((l - begin) * 7 + i);
-              float* f = P > 1 ? pt.fisher[k].data() : res.tensors[k].fisher.data();
-              const float* gd = g.data();
-              // Inside the window loop when P > 1; its own threads when windows run serially.
+    parallel_loop(N, P, [&](int64_t n, int thread) {
+      Partial& pt = part[static_cast<std::size_t>(thread)];
+      const int32_t* tok = ids.data() + window_starts[static_cast<std::size_t>(n)];
+      llama_loss_and_grad<float>(c, pf, tok, seq_len, opt.fisher ? &pt.grad : nullptr,
+                                 opt.hessian ? pt.hacc.get() : nullptr);
+      if (opt.fisher)
+        for (int64_t l = begin; l < end; ++l)
+          for (int i = 0; i < 7; ++i) {
+            const MatRM<float>& g = pt.grad.layers[static_cast<std::size_t>(l)].w[static_cast<std::size_t>(i)];
+            const std::size_t k = static_cast<std::size_t>((l - begin) * 7 + i);
+            float* f = P > 1 ? pt.fisher[k].data() : res.tensors[k].fisher.data();
+            const float* gd = g.data();
+            // Windows run serially for large models: then the accumulation uses the threads.
 #pragma omp parallel for schedule(static) if (P == 1 && g.size() >= (1 << 16))
-              for (Eigen::Index j = 0; j < g.size(); ++j) f[j] += gd[j] * gd[j];
-            }
+            for (Eigen::Index j = 0; j < g.size(); ++j) f[j] += gd[j] * gd[j];
+          }
 #pragma omp critical(mpq_sensitivity_progress)
-        {
-          ++done;
-          if (progress) progress(opt.fisher ? "fisher" : "hessian", done, N, since(t0));
-        }
-      } catch (...) {
-#pragma omp critical(mpq_sensitivity_progress)
-        if (!failure) failure = std::current_exception();
+      {
+        ++done;
+        if (progress) progress(opt.fisher ? "fisher" : "hessian", done, N, since(t0));
       }
-    }
-    if (failure) std::rethrow_exception(failure);
+    });
     res.fisher_tokens_per_second = static_cast<double>(N * seq_len) / std::max(since(tf), 1e-9);
     const double T = static_cast<double>(N * seq_len);
     for (int64_t l = begin; l < end; ++l)
@@ -249,18 +263,10 @@ SensitivityResult compute_sensitivities(const LlamaConfig& c, const LlamaParams<
     for (int batch = 0; batch < opt.hutchinson_iters && !converged; batch += P) {
       const int nb = std::min(P, opt.hutchinson_iters - batch);
       std::vector<std::vector<double>> samples(static_cast<std::size_t>(nb));
-      std::exception_ptr failure;
-#pragma omp parallel for num_threads(P) schedule(static, 1)
-      for (int k = 0; k < nb; ++k) {
-        try {
-          run_sample(workers[static_cast<std::size_t>(omp_get_thread_num())], batch + k,
-                     samples[static_cast<std::size_t>(k)]);
-        } catch (...) {
-#pragma omp critical(mpq_hutchinson_failure)
-          if (!failure) failure = std::current_exception();
-        }
-      }
-      if (failure) std::rethrow_exception(failure);
+      parallel_loop(nb, P, [&](int64_t k, int thread) {
+        run_sample(workers[static_cast<std::size_t>(thread)], batch + static_cast<int>(k),
+                   samples[static_cast<std::size_t>(k)]);
+      });
       for (int k = 0; k < nb && !converged; ++k) {
         double max_change = 0;
         for (std::size_t t = 0; t < n_tensors; ++t) {
