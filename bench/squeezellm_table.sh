@@ -8,7 +8,7 @@
 # Environment overrides:
 #   MODEL   model folder          (default ../shared/data/models/stories260K-hf, from the repo root)
 #   DATA    text folder           (default ../shared/data/text)
-#   BUILD   mpq build folder      (default build-sq)
+#   BUILD   mpq build folder      (default build)
 #   WORK    scratch folder        (default /tmp/sq)
 #   BITS    bit widths            (default "3 4")
 # The table (markdown) goes to stdout; per-run JSON stays in $WORK.
@@ -18,7 +18,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 MODEL="${MODEL:-../shared/data/models/stories260K-hf}"
 DATA="${DATA:-../shared/data/text}"
-BUILD="${BUILD:-build-sq}"
+BUILD="${BUILD:-build}"
 WORK="${WORK:-/tmp/sq}"
 BITS="${BITS:-3 4}"
 T="$BUILD/tools"
