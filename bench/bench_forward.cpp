@@ -47,16 +47,7 @@ void BM_ForwardStories260K(benchmark::State& state) {
 BENCHMARK(BM_ForwardStories260K)->Unit(benchmark::kMillisecond)->UseRealTime();
 
 void BM_ForwardRandomH2048L8(benchmark::State& state) {
-  mpq::LlamaConfig c;
-  c.architecture = "LlamaForCausalLM";
-  c.hidden_size = 2048;
-  c.intermediate_size = 5632;
-  c.num_layers = 8;
-  c.num_heads = 16;
-  c.num_kv_heads = 16;
-  c.head_dim = 128;
-  c.vocab_size = 32000;
-  c.rms_norm_eps = 1e-5;
+  const mpq::LlamaConfig c = mpq::llama_config();  // hidden 2048, 8 layers
   static const auto model = std::make_unique<mpq::LlamaModel>(c, mpq::random_llama_weights(c, 1));
   run_windows(state, *model, 512);
 }

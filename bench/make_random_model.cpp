@@ -17,15 +17,7 @@ int main(int argc, char** argv) {
   using namespace mpq;
   CLI::App app{"Write a random Llama model folder for benchmarks", "mpq-make-random-model"};
   std::string out;
-  LlamaConfig c;
-  c.architecture = "LlamaForCausalLM";
-  c.hidden_size = 2048;
-  c.intermediate_size = 5632;
-  c.num_layers = 8;
-  c.num_heads = 16;
-  c.num_kv_heads = 16;
-  c.vocab_size = 32000;
-  c.rms_norm_eps = 1e-5;
+  LlamaConfig c = llama_config();  // hidden 2048, 8 layers unless overridden
   uint64_t seed = 1;
   float std = 0.02f;
   app.add_option("--out", out, "Output folder")->required();
@@ -38,7 +30,7 @@ int main(int argc, char** argv) {
   app.add_option("--seed", seed)->capture_default_str();
   app.add_option("--std", std, "Weight standard deviation")->capture_default_str();
   return tool::run(app, argc, argv, [&]() -> int {
-    c.head_dim = c.hidden_size / c.num_heads;
+    c = llama_config(c.hidden_size, c.intermediate_size, c.num_layers, c.num_heads, c.num_kv_heads, c.vocab_size);
     const LlamaParams<float> p = to_params<float>(random_llama_weights(c, seed, std));
     std::filesystem::create_directories(out);
     SafetensorsWriter w;
@@ -54,7 +46,7 @@ int main(int argc, char** argv) {
                                 {"hidden_size", c.hidden_size}, {"intermediate_size", c.intermediate_size},
                                 {"num_hidden_layers", c.num_layers}, {"num_attention_heads", c.num_heads},
                                 {"num_key_value_heads", c.num_kv_heads}, {"head_dim", c.head_dim},
-                                {"vocab_size", c.vocab_size}, {"max_position_embeddings", 4096},
+                                {"vocab_size", c.vocab_size}, {"max_position_embeddings", c.max_position_embeddings},
                                 {"rms_norm_eps", c.rms_norm_eps}, {"rope_theta", 10000.0},
                                 {"tie_word_embeddings", false}, {"hidden_act", "silu"},
                                 {"bos_token_id", 1}, {"eos_token_id", 2}, {"torch_dtype", "float32"}};

@@ -25,14 +25,6 @@ std::vector<TensorRef> tensors(LlamaParams<double>& p) {
   return out;
 }
 
-std::vector<int32_t> random_tokens(int64_t n, int64_t vocab, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::uniform_int_distribution<int32_t> u(0, static_cast<int32_t>(vocab - 1));
-  std::vector<int32_t> t(static_cast<std::size_t>(n));
-  for (auto& x : t) x = u(rng);
-  return t;
-}
-
 test::TinyLlamaSpec grad_spec(bool tie, bool bias, int kv) {
   test::TinyLlamaSpec s;
   s.hidden = 32;
@@ -54,7 +46,7 @@ TEST_P(GradCheck, CentralFiniteDifferencesFloat64) {
   const LlamaModel m = LlamaModel::load(dir);
   const LlamaConfig& c = m.config();
   LlamaParams<double> p = to_params<double>(m.weights());
-  const auto tok = random_tokens(12, c.vocab_size, 5);
+  const auto tok = test::random_tokens(12, c.vocab_size, 5);
   LlamaParams<double> g;
   llama_loss_and_grad<double>(c, p, tok.data(), 12, &g);
   auto pt = tensors(p);
@@ -104,7 +96,7 @@ TEST(Grad, FloatAgreesWithDoubleAndEvalForward) {
   s.kv_heads = 2;
   test::write_tiny_llama(dir, s);
   const LlamaModel m = LlamaModel::load(dir);
-  const auto tok = random_tokens(64, m.config().vocab_size, 3);
+  const auto tok = test::random_tokens(64, m.config().vocab_size, 3);
   LlamaParams<double> gd;
   LlamaParams<float> gf;
   const double ld = llama_loss_and_grad<double>(m.config(), to_params<double>(m.weights()), tok.data(), 64, &gd);

@@ -109,14 +109,6 @@ Mat reference_forward(const LlamaModel& m, const std::vector<int32_t>& tok) {
   return ref_linear(n, head);
 }
 
-std::vector<int32_t> random_tokens(int64_t n, int64_t vocab, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::uniform_int_distribution<int32_t> u(0, static_cast<int32_t>(vocab - 1));
-  std::vector<int32_t> t(static_cast<std::size_t>(n));
-  for (auto& x : t) x = u(rng);
-  return t;
-}
-
 double max_abs_diff(const MatrixRM& a, const Mat& b) {
   double m = 0;
   for (Eigen::Index t = 0; t < a.rows(); ++t)
@@ -131,7 +123,7 @@ TEST_P(TinyLlama, MatchesFloat64Reference) {
   const std::string dir = test::scratch_dir("tiny");
   test::write_tiny_llama(dir, GetParam());
   const LlamaModel m = LlamaModel::load(dir);
-  const auto tok = random_tokens(40, m.config().vocab_size, 7);
+  const auto tok = test::random_tokens(40, m.config().vocab_size, 7);
   const MatrixRM logits = m.forward(tok.data(), static_cast<int64_t>(tok.size()));
   const Mat ref = reference_forward(m, tok);
   EXPECT_LT(max_abs_diff(logits, ref), 2e-4);
@@ -155,7 +147,7 @@ TEST(Llama, CausalAndFreshContext) {
   const std::string dir = test::scratch_dir("causal");
   test::write_tiny_llama(dir, {});
   const LlamaModel m = LlamaModel::load(dir);
-  auto tok = random_tokens(32, m.config().vocab_size, 3);
+  auto tok = test::random_tokens(32, m.config().vocab_size, 3);
   const MatrixRM full = m.forward(tok.data(), 32);
   const MatrixRM prefix = m.forward(tok.data(), 20);
   EXPECT_LT((full.topRows(20) - prefix).cwiseAbs().maxCoeff(), 1e-5);
@@ -177,7 +169,7 @@ TEST(Perplexity, WindowsAndThreadIndependence) {
   const std::string dir = test::scratch_dir("ppl");
   test::write_tiny_llama(dir, {});
   const LlamaModel m = LlamaModel::load(dir);
-  const auto tok = random_tokens(100, m.config().vocab_size, 11);
+  const auto tok = test::random_tokens(100, m.config().vocab_size, 11);
   PerplexityOptions opt;
   opt.ctx = 16;
   const PerplexityResult r = evaluate_perplexity(m, tok, opt);

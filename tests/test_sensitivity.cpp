@@ -22,14 +22,6 @@
 namespace mpq {
 namespace {
 
-std::vector<int32_t> random_ids(int64_t n, int64_t vocab, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::uniform_int_distribution<int32_t> u(0, static_cast<int32_t>(vocab - 1));
-  std::vector<int32_t> t(static_cast<std::size_t>(n));
-  for (auto& x : t) x = u(rng);
-  return t;
-}
-
 LlamaModel tiny(const std::string& tag, test::TinyLlamaSpec s = {}) {
   const std::string dir = test::scratch_dir(tag);
   test::write_tiny_llama(dir, s);
@@ -51,7 +43,7 @@ TEST(Windows, SampledAndSequential) {
 
 TEST(Sensitivity, LayerHessianOfFirstLayerFromIndependentInput) {
   const LlamaModel m = tiny("hess");
-  const auto ids = random_ids(200, m.config().vocab_size, 1);
+  const auto ids = test::random_tokens(200, m.config().vocab_size, 1);
   const std::vector<int64_t> starts = {0, 37, 120};
   SensitivityOptions o;
   o.fisher = false;
@@ -84,7 +76,7 @@ TEST(Sensitivity, LayerHessianOfFirstLayerFromIndependentInput) {
 
 TEST(Sensitivity, FisherIsMeanSquaredWindowGradient) {
   const LlamaModel m = tiny("fisher");
-  const auto ids = random_ids(300, m.config().vocab_size, 2);
+  const auto ids = test::random_tokens(300, m.config().vocab_size, 2);
   const std::vector<int64_t> starts = {5, 100, 180, 240};
   SensitivityOptions o;
   o.hessian = false;
@@ -120,7 +112,7 @@ TEST(Sensitivity, HutchinsonMatchesExactTraceWithinItsError) {
   s.layers = 1;
   s.weight_std = 0.3f;
   const LlamaModel m = tiny("hutch", s);
-  const auto ids = random_ids(24, m.config().vocab_size, 3);
+  const auto ids = test::random_tokens(24, m.config().vocab_size, 3);
   SensitivityOptions o;
   o.fisher = o.hessian = false;
   o.hutchinson = true;
@@ -156,7 +148,7 @@ TEST(Sensitivity, LayerRangeComputesOnlyThoseLayersWithTheSameValues) {
   test::TinyLlamaSpec s;
   s.layers = 3;
   const LlamaModel m = tiny("range", s);
-  const auto ids = random_ids(200, m.config().vocab_size, 4);
+  const auto ids = test::random_tokens(200, m.config().vocab_size, 4);
   SensitivityOptions all;
   const SensitivityResult a = compute_sensitivities(m, ids, {0, 50}, 64, all);
   SensitivityOptions part = all;
@@ -177,7 +169,7 @@ TEST(Sensitivity, LayerRangeComputesOnlyThoseLayersWithTheSameValues) {
 TEST(SensitivityTool, SameSeedSameBytesAndInspectable) {
   const std::string dir = test::scratch_dir("senstool");
   test::write_tiny_llama(dir, {});
-  std::vector<int32_t> ids = random_ids(2000, 128, 5);
+  std::vector<int32_t> ids = test::random_tokens(2000, 128, 5);
   std::vector<uint8_t> b(ids.size() * 4);
   std::memcpy(b.data(), ids.data(), b.size());
   test::write_bytes(dir + "/calib.i32", b);

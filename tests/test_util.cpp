@@ -76,6 +76,14 @@ void write_text(const std::string& path, const std::string& text) {
   out << text;
 }
 
+std::vector<int32_t> random_tokens(int64_t n, int64_t vocab, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::uniform_int_distribution<int32_t> u(0, static_cast<int32_t>(vocab - 1));
+  std::vector<int32_t> t(static_cast<std::size_t>(n));
+  for (auto& x : t) x = u(rng);
+  return t;
+}
+
 void write_tiny_llama(const std::string& dir, const TinyLlamaSpec& s) {
   fs::create_directories(dir);
   const int hd = s.hidden / s.heads;

@@ -35,6 +35,9 @@ std::vector<uint8_t> read_bytes(const std::string& path);
 void write_bytes(const std::string& path, const std::vector<uint8_t>& bytes);
 void write_text(const std::string& path, const std::string& text);
 
+/// n token ids uniform in [0, vocab), deterministic in `seed`.
+std::vector<int32_t> random_tokens(int64_t n, int64_t vocab, uint64_t seed);
+
 /// Shape of a tiny random Llama for unit tests.
 struct TinyLlamaSpec {
   int hidden = 64;

@@ -107,6 +107,22 @@ std::vector<std::pair<std::string, std::vector<int64_t>>> llama_tensor_shapes(co
   return t;
 }
 
+LlamaConfig llama_config(int64_t hidden, int64_t intermediate, int64_t layers, int64_t heads, int64_t kv_heads,
+                         int64_t vocab) {
+  LlamaConfig c;
+  c.architecture = "LlamaForCausalLM";
+  c.hidden_size = hidden;
+  c.intermediate_size = intermediate;
+  c.num_layers = layers;
+  c.num_heads = heads;
+  c.num_kv_heads = kv_heads;
+  c.head_dim = hidden / heads;
+  c.vocab_size = vocab;
+  c.max_position_embeddings = 4096;
+  c.rms_norm_eps = 1e-5;
+  return c;
+}
+
 LlamaWeights random_llama_weights(const LlamaConfig& c, uint64_t seed, float std) {
   std::mt19937_64 rng(seed);
   std::normal_distribution<float> normal(0.0f, std);

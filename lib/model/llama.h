@@ -61,6 +61,12 @@ std::array<int64_t, 2> linear_shape(const LlamaConfig& c, int index);
 /// unless tied). Names are the HF ones ("model.layers.0.self_attn.q_proj.weight").
 std::vector<std::pair<std::string, std::vector<int64_t>>> llama_tensor_shapes(const LlamaConfig& c);
 
+/// A LlamaForCausalLM config from its sizes (head_dim = hidden / heads, rms eps 1e-5,
+/// rope theta 10000, untied head), for benchmarks and random models. The defaults are the
+/// hidden-2048, 8-layer benchmark model of docs/results.md.
+LlamaConfig llama_config(int64_t hidden = 2048, int64_t intermediate = 5632, int64_t layers = 8,
+                         int64_t heads = 16, int64_t kv_heads = 16, int64_t vocab = 32000);
+
 /// Random fp32 weights for a config (for tests and benchmarks): matrices N(0, std^2),
 /// norms 1, deterministic in `seed`.
 LlamaWeights random_llama_weights(const LlamaConfig& c, uint64_t seed, float std = 0.02f);
