@@ -1,0 +1,232 @@
+// SqueezeLLM LUT GEMV (kernels/cpu/lut_gemv.h) against dense GEMVs on the same shapes:
+// fp32 weights (Eigen RowMajor MatrixXf * VectorXf, row blocks split over OpenMP threads)
+// and fp16 weights (F16C decode on the fly, same split). Counter weight_gbps = weight bytes
+// read per second (packed bytes, LUTs and CSR for the LUT kernel). Every benchmark rotates
+// over several copies of its weights (>= ~512 MB in all, at most 16 copies) so each
+// iteration reads from DRAM, not from the last-level cache. BM_Memcpy (256 MB) and
+// BM_ReadSum (256 MB, all threads) are the bandwidth references measured in the same run.
+//
+//   build/bench/bench_lut_gemv --benchmark_counters_tabular=true
+#include <benchmark/benchmark.h>
+#include <immintrin.h>  // F16C for the fp16 baseline (under a target attribute)
+#include <omp.h>
+
+#include <Eigen/Dense>
+#include <cstdint>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "kernels/cpu/lut_gemv.h"
+#include "lib/numeric/codecs.h"
+
+namespace {
+
+constexpr int64_t kRotateBytes = int64_t{512} << 20;
+constexpr double kSparsePct = 0.45;  // SqueezeLLM's default outlier share
+
+int copies_for(int64_t bytes) {
+  const int64_t n = (kRotateBytes + bytes - 1) / bytes;
+  return static_cast<int>(n < 2 ? 2 : (n > 16 ? 16 : n));
+}
+
+std::vector<float> random_floats(int64_t n, uint64_t seed) {
+  std::mt19937 g(static_cast<uint32_t>(seed));
+  std::uniform_real_distribution<float> u(-0.05f, 0.05f);
+  std::vector<float> v(static_cast<std::size_t>(n));
+  for (float& x : v) x = u(g);
+  return v;
+}
+
+// One random packed layer; copies share LUTs/CSR contents but not memory.
+struct LutLayer {
+  int bits;
+  int64_t rows, cols;
+  std::vector<uint8_t> qweight;
+  std::vector<uint16_t> lut;
+  std::vector<int32_t> rowptr;
+  std::vector<int16_t> col;
+  std::vector<uint16_t> val;
+
+  mpq::LutWeightView view() const {
+    return {bits, rows, cols, qweight.data(), lut.data(), rowptr.data(), col.data(), true,
+            val.data()};
+  }
+  int64_t bytes() const {
+    return static_cast<int64_t>(qweight.size() + 2 * lut.size() + 4 * rowptr.size() +
+                                2 * col.size() + 2 * val.size());
+  }
+};
+
+LutLayer make_lut_layer(int bits, int64_t rows, int64_t cols) {
+  LutLayer L{bits, rows, cols, {}, {}, {}, {}, {}};
+  std::mt19937_64 g(bits * 1000 + rows);
+  L.qweight.resize(static_cast<std::size_t>(rows * ((cols + 7) / 8 * bits)));
+  for (uint8_t& b : L.qweight) b = static_cast<uint8_t>(g());
+  const int k = 1 << bits;
+  for (int64_t r = 0; r < rows; ++r)
+    for (int i = 0; i < k; ++i) L.lut.push_back(mpq::fp32_to_fp16(0.01f * (i - k / 2)));
+  const int64_t per_row = static_cast<int64_t>(kSparsePct / 100.0 * cols + 0.5);
+  L.rowptr.push_back(0);
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t e = 0; e < per_row; ++e) {
+      L.col.push_back(static_cast<int16_t>(e * (cols / per_row) + static_cast<int64_t>(g() % 8)));
+      L.val.push_back(mpq::fp32_to_fp16(0.1f));
+    }
+    L.rowptr.push_back(static_cast<int32_t>(L.col.size()));
+  }
+  return L;
+}
+
+void set_counters(benchmark::State& state, int64_t weight_bytes, int copies) {
+  state.counters["weight_gbps"] = benchmark::Counter(
+      static_cast<double>(weight_bytes), benchmark::Counter::kIsIterationInvariantRate,
+      benchmark::Counter::kIs1000);
+  state.counters["weight_MB"] = static_cast<double>(weight_bytes) / 1e6;
+  state.counters["copies"] = copies;
+  state.counters["threads"] = omp_get_max_threads();
+}
+
+// Args: bits, rows (cols = 4096).
+void BM_LutGemv(benchmark::State& state) {
+  const int bits = static_cast<int>(state.range(0));
+  const int64_t rows = state.range(1), cols = 4096;
+  const LutLayer first = make_lut_layer(bits, rows, cols);
+  const int copies = copies_for(first.bytes());
+  std::vector<LutLayer> layers(static_cast<std::size_t>(copies), first);
+  const std::vector<float> x = random_floats(cols, 1);
+  std::vector<float> y(static_cast<std::size_t>(rows));
+  std::size_t i = 0;
+  for (auto _ : state) {
+    mpq::lut_gemv(layers[i].view(), x.data(), y.data());
+    benchmark::DoNotOptimize(y.data());
+    i = (i + 1) % layers.size();
+  }
+  set_counters(state, first.bytes(), copies);
+  state.SetLabel(mpq::lut_cpu_has_avx2() ? "avx2" : "scalar");
+}
+BENCHMARK(BM_LutGemv)
+    ->ArgNames({"bits", "rows"})
+    ->ArgsProduct({{3, 4}, {4096, 11008}})
+    ->Unit(benchmark::kMicrosecond)
+    ->UseRealTime();
+
+// Args: rows (cols = 4096). Dense fp32, Eigen row-major GEMV per thread row block.
+void BM_DenseF32Gemv(benchmark::State& state) {
+  using Mat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  const int64_t rows = state.range(0), cols = 4096;
+  const int64_t bytes = rows * cols * 4;
+  const int copies = copies_for(bytes);
+  std::vector<Mat> ws(static_cast<std::size_t>(copies));
+  ws[0] = Mat::Random(rows, cols) * 0.05f;
+  for (int c = 1; c < copies; ++c) ws[static_cast<std::size_t>(c)] = ws[0];
+  const Eigen::VectorXf x = Eigen::VectorXf::Random(cols);
+  Eigen::VectorXf y(rows);
+  std::size_t i = 0;
+  for (auto _ : state) {
+    const Mat& W = ws[i];
+#pragma omp parallel
+    {
+      const int nt = omp_get_num_threads(), t = omp_get_thread_num();
+      const int64_t r0 = rows * t / nt, r1 = rows * (t + 1) / nt;
+      y.segment(r0, r1 - r0).noalias() = W.middleRows(r0, r1 - r0) * x;
+    }
+    benchmark::DoNotOptimize(y.data());
+    i = (i + 1) % ws.size();
+  }
+  set_counters(state, bytes, copies);
+}
+BENCHMARK(BM_DenseF32Gemv)->ArgName("rows")->Arg(4096)->Arg(11008)->Unit(benchmark::kMicrosecond)
+    ->UseRealTime();
+
+float f16_row_dot_scalar(const uint16_t* w, const float* x, int64_t n) {
+  float s = 0.0f;
+  for (int64_t j = 0; j < n; ++j) s += mpq::fp16_to_fp32(w[j]) * x[j];
+  return s;
+}
+
+__attribute__((target("avx2,fma,f16c"), noinline)) float f16_row_dot(const uint16_t* w, const float* x,
+                                                             int64_t n) {
+  __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+  int64_t j = 0;
+  for (; j + 16 <= n; j += 16) {
+    const __m256 w0 = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + j)));
+    const __m256 w1 =
+        _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + j + 8)));
+    a0 = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x + j), a0);
+    a1 = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x + j + 8), a1);
+  }
+  alignas(32) float t[8];
+  _mm256_store_ps(t, _mm256_add_ps(a0, a1));
+  float s = t[0] + t[1] + t[2] + t[3] + t[4] + t[5] + t[6] + t[7];
+  return s + f16_row_dot_scalar(w + j, x + j, n - j);
+}
+
+// Args: rows (cols = 4096). Dense fp16 weights, F16C decode on the fly.
+void BM_DenseF16Gemv(benchmark::State& state) {
+  const int64_t rows = state.range(0), cols = 4096;
+  const int64_t bytes = rows * cols * 2;
+  const int copies = copies_for(bytes);
+  std::vector<std::vector<uint16_t>> ws(static_cast<std::size_t>(copies));
+  {
+    const std::vector<float> w = random_floats(rows * cols, 2);
+    ws[0].resize(w.size());
+    for (std::size_t j = 0; j < w.size(); ++j) ws[0][j] = mpq::fp32_to_fp16(w[j]);
+  }
+  for (int c = 1; c < copies; ++c) ws[static_cast<std::size_t>(c)] = ws[0];
+  const std::vector<float> x = random_floats(cols, 3);
+  std::vector<float> y(static_cast<std::size_t>(rows));
+  const bool f16c = mpq::lut_cpu_has_avx2() && __builtin_cpu_supports("f16c");
+  std::size_t i = 0;
+  for (auto _ : state) {
+    const uint16_t* W = ws[i].data();
+#pragma omp parallel for schedule(static)
+    for (int64_t r = 0; r < rows; ++r)
+      y[r] = f16c ? f16_row_dot(W + r * cols, x.data(), cols)
+                  : f16_row_dot_scalar(W + r * cols, x.data(), cols);
+    benchmark::DoNotOptimize(y.data());
+    i = (i + 1) % ws.size();
+  }
+  set_counters(state, bytes, copies);
+  state.SetLabel(f16c ? "f16c" : "scalar");
+}
+BENCHMARK(BM_DenseF16Gemv)->ArgName("rows")->Arg(4096)->Arg(11008)->Unit(benchmark::kMicrosecond)
+    ->UseRealTime();
+
+constexpr int64_t kBandwidthBytes = int64_t{256} << 20;
+
+// memcpy of 256 MB (one thread): bytes copied per second (DRAM traffic is read + write).
+void BM_Memcpy(benchmark::State& state) {
+  std::vector<char> a(static_cast<std::size_t>(kBandwidthBytes), 1),
+      b(static_cast<std::size_t>(kBandwidthBytes), 0);
+  for (auto _ : state) {
+    std::memcpy(b.data(), a.data(), a.size());
+    benchmark::DoNotOptimize(b.data());
+    benchmark::ClobberMemory();
+  }
+  state.counters["copy_gbps"] = benchmark::Counter(
+      static_cast<double>(kBandwidthBytes), benchmark::Counter::kIsIterationInvariantRate,
+      benchmark::Counter::kIs1000);
+}
+BENCHMARK(BM_Memcpy)->Unit(benchmark::kMillisecond)->UseRealTime();
+
+// Sum of 256 MB of floats over all OpenMP threads: the read bandwidth a GEMV can reach.
+void BM_ReadSum(benchmark::State& state) {
+  const std::vector<float> a = random_floats(kBandwidthBytes / 4, 4);
+  const int64_t n = static_cast<int64_t>(a.size());
+  for (auto _ : state) {
+    float s = 0.0f;
+#pragma omp parallel for simd reduction(+ : s) schedule(static)
+    for (int64_t j = 0; j < n; ++j) s += a[static_cast<std::size_t>(j)];
+    benchmark::DoNotOptimize(s);
+  }
+  state.counters["read_gbps"] = benchmark::Counter(
+      static_cast<double>(kBandwidthBytes), benchmark::Counter::kIsIterationInvariantRate,
+      benchmark::Counter::kIs1000);
+  state.counters["threads"] = omp_get_max_threads();
+}
+BENCHMARK(BM_ReadSum)->Unit(benchmark::kMillisecond)->UseRealTime();
+
+}  // namespace
+
+BENCHMARK_MAIN();
