@@ -330,7 +330,7 @@ TEST(SqueezeLLMPack, LoadedWeightsEqualDecodeAndEvalRuns) {
       ASSERT_EQ(test::run_command("sha256sum " + sens, &sum), 0);
       EXPECT_EQ(man["sensitivity"]["sha256"], sum.substr(0, 64));
     }
-    const LlamaModel packed = LlamaModel::load(dir);
+    const LlamaModel packed = LlamaModel::load(dir, LoadOptions{/*expand_packed=*/true});
     const SqueezeLLMQuantizer q(3, 0.45, weighted ? 0.05 : 0.0);
     for (std::size_t l = 0; l < 2; ++l)
       for (int i = 0; i < 7; ++i) {

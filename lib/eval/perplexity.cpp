@@ -27,7 +27,7 @@ int64_t parameter_count(const LlamaModel& m) {
   const auto& w = m.weights();
   int64_t n = w.embed.size() + w.lm_head.size();
   for (const auto& L : w.layers)
-    for (const auto& l : L.linear) n += l.w.size();
+    for (const auto& l : L.linear) n += l.numel();
   return n;
 }
 

@@ -7,6 +7,7 @@
 #include "formats/packed_checkpoint.h"
 #include "formats/safetensors.h"
 #include "lib/common/error.h"
+#include "lib/quant/squeezellm.h"
 
 namespace mpq {
 namespace {
@@ -44,9 +45,18 @@ MatrixRM rms_norm(const MatrixRM& x, const Eigen::VectorXf& g, double eps) {
   return y;
 }
 
+// y = x W^T + b: Eigen (BLAS) on the fp32 w, or the LUT kernel straight from the packed
+// form. x is row-major [T, cols], so it is lut_gemm's X as is.
 MatrixRM apply_linear(const MatrixRM& x, const Linear& l) {
-  MatrixRM y(x.rows(), l.w.rows());
-  y.noalias() = x * l.w.transpose();
+  MatrixRM y;
+  if (l.packed) {
+    MPQ_ASSERT(x.cols() == l.packed->view.cols);
+    y.resize(x.rows(), l.packed->view.rows);
+    lut_gemm(l.packed->view, x.data(), x.rows(), y.data());
+  } else {
+    y.resize(x.rows(), l.w.rows());
+    y.noalias() = x * l.w.transpose();
+  }
   if (l.b.size()) y.rowwise() += l.b.transpose();
   return y;
 }
@@ -140,6 +150,8 @@ LlamaWeights random_llama_weights(const LlamaConfig& c, uint64_t seed, float std
     for (int i = 0; i < 7; ++i) {
       const auto [rows, cols] = linear_shape(c, i);
       L.linear[static_cast<std::size_t>(i)].w = matrix(rows, cols);
+      L.linear[static_cast<std::size_t>(i)].rows = rows;
+      L.linear[static_cast<std::size_t>(i)].cols = cols;
       L.linear[static_cast<std::size_t>(i)].stored_bytes = static_cast<std::size_t>(rows * cols * 4);
       if ((i < 3 && c.qkv_bias) || (i == 3 && c.o_bias)) L.linear[static_cast<std::size_t>(i)].b = Eigen::VectorXf::Zero(rows);
     }
@@ -175,12 +187,45 @@ std::vector<double> rope_inv_freq(const LlamaConfig& c) {
   return f;
 }
 
+PackedLinear::PackedLinear(PackedTensor t) : tensor(std::move(t)) {
+  const PackedPart& qw = tensor.part("qweight");
+  const PackedPart& lt = tensor.part("lookup_table");
+  const PackedPart& rp = tensor.part("sparse_rowptr");
+  const PackedPart& col = tensor.part("sparse_col");
+  const PackedPart& val = tensor.part("sparse_val");
+  view.bits = lt.shape.size() == 2 ? squeezellm_bits_for_lut(lt.shape[1]) : 0;
+  if (view.bits == 0)
+    throw Error(ExitCode::kInput, "squeezellm lookup_table of shape " + shape_str(lt.shape) +
+                                      ": expected 4, 8 or 16 entries per row");
+  view.rows = tensor.rows;
+  view.cols = tensor.cols;
+  view.qweight = qw.bytes.data();
+  view.lut_f16 = reinterpret_cast<const uint16_t*>(lt.bytes.data());
+  // read_packed() validated the CSR part; with no entries the kernels skip it entirely.
+  const bool has_sparse = !val.bytes.empty();
+  view.rowptr = has_sparse ? reinterpret_cast<const int32_t*>(rp.bytes.data()) : nullptr;
+  view.col = has_sparse ? static_cast<const void*>(col.bytes.data()) : nullptr;
+  view.col_is_i16 = col.dtype == DType::I16;
+  view.val_f16 = has_sparse ? reinterpret_cast<const uint16_t*>(val.bytes.data()) : nullptr;
+}
+
+std::shared_ptr<const PackedLinear> make_packed_linear(PackedTensor t) {
+  return std::make_shared<const PackedLinear>(std::move(t));
+}
+
 LlamaModel::LlamaModel(LlamaConfig config, LlamaWeights weights)
     : config_(std::move(config)), weights_(std::move(weights)), inv_freq_(rope_inv_freq(config_)) {
   MPQ_ASSERT(static_cast<int64_t>(weights_.layers.size()) == config_.num_layers);
+  // Weights built by hand (tests, random models) may leave the logical shape unset.
+  for (auto& L : weights_.layers)
+    for (Linear& lin : L.linear)
+      if (!lin.packed && lin.rows == 0 && lin.cols == 0) {
+        lin.rows = lin.w.rows();
+        lin.cols = lin.w.cols();
+      }
 }
 
-LlamaModel LlamaModel::load(const std::string& dir) {
+LlamaModel LlamaModel::load(const std::string& dir, const LoadOptions& opt) {
   LlamaConfig c = load_llama_config(dir);
   const TensorStore store = TensorStore::open(dir);
   const int64_t H = c.hidden_size, V = c.vocab_size;
@@ -196,9 +241,19 @@ LlamaModel LlamaModel::load(const std::string& dir) {
       const auto [rows, cols] = linear_shape(c, i);
       const std::string name = p + kLinearNames[i];
       Linear& lin = L.linear[i];
-      const std::vector<float> v =
-          read_linear_f32(store, name, rows, cols, &lin.format, &lin.stored_bytes);
-      lin.w = Eigen::Map<const MatrixRM>(v.data(), rows, cols);
+      lin.rows = rows;
+      lin.cols = cols;
+      if (!opt.expand_packed && detect_linear_format(store, name) == "squeezellm") {
+        // Kept packed: the forward pass runs the LUT kernels on it, w stays empty.
+        lin.format = "squeezellm";
+        PackedTensor p = read_packed(store, name, lin.format, rows, cols);
+        lin.stored_bytes = p.bytes();
+        lin.packed = make_packed_linear(std::move(p));
+      } else {
+        const std::vector<float> v =
+            read_linear_f32(store, name, rows, cols, &lin.format, &lin.stored_bytes);
+        lin.w = Eigen::Map<const MatrixRM>(v.data(), rows, cols);
+      }
       const bool biased = (i < 3 && c.qkv_bias) || (i == 3 && c.o_bias);
       if (biased) lin.b = load_vector(store, name + ".bias", rows);
     }

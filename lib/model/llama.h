@@ -13,26 +13,55 @@
 
 #include <array>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include <Eigen/Core>
 
 #include "formats/hf_config.h"
+#include "kernels/cpu/lut_gemv.h"
+#include "lib/quant/quantizer.h"
 
 namespace mpq {
 
 /// Row-major fp32 matrix (the PyTorch/safetensors layout).
 using MatrixRM = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 
-/// One linear layer y = x W^T + b. w is fp32 [out, in]; b is empty or [out].
-/// `format` is where the fp32 values came from ("f32", "f16", "bf16", "fp8", "nvfp4"),
-/// `stored_bytes` the bytes its on-disk form takes (for bits-per-weight accounting).
+/// A packed SqueezeLLM weight kept in its on-disk form, with the LUT-kernel view of it
+/// (kernels/cpu/lut_gemv.h). `view` points into `tensor`'s part bytes, so the struct is
+/// neither copyable nor movable; share it through std::shared_ptr (make_packed_linear).
+struct PackedLinear {
+  PackedTensor tensor;  ///< format "squeezellm", parts as read_packed() validated them
+  LutWeightView view;   ///< bits, shape and pointers into tensor.parts
+
+  explicit PackedLinear(PackedTensor t);
+  PackedLinear(const PackedLinear&) = delete;
+  PackedLinear& operator=(const PackedLinear&) = delete;
+};
+
+/// A shared PackedLinear for a validated squeezellm PackedTensor (read_packed()). Throws
+/// Error(kInput) when the lookup table's width is not 4, 8 or 16 entries.
+std::shared_ptr<const PackedLinear> make_packed_linear(PackedTensor t);
+
+/// One linear layer y = x W^T + b, logical shape [rows, cols] = [out, in]; b is empty or
+/// [out]. Dense and decoded layers hold w, fp32 [rows, cols], and packed is null. Packed
+/// squeezellm layers (LlamaModel::load without expand_packed) hold packed and leave w EMPTY:
+/// the forward pass runs lut_gemm on the packed form. `format` is where the values came
+/// from ("f32", "f16", "bf16", "fp8", "nvfp4", "squeezellm"), `stored_bytes` the bytes its
+/// on-disk form takes (for bits-per-weight accounting).
 struct Linear {
   MatrixRM w;
   Eigen::VectorXf b;
   std::string format = "f32";
   std::size_t stored_bytes = 0;
+  int64_t rows = 0;  ///< out_features (always set, also when w is empty)
+  int64_t cols = 0;  ///< in_features (always set, also when w is empty)
+  std::shared_ptr<const PackedLinear> packed;  ///< set for squeezellm kept packed; then w is empty
+
+  /// Logical weight count rows * cols (use this, not w.size(), to count parameters: w is
+  /// empty for packed layers).
+  int64_t numel() const { return rows * cols; }
 };
 
 /// The seven quantizable projections of a layer, in this order.
@@ -71,14 +100,23 @@ LlamaConfig llama_config(int64_t hidden = 2048, int64_t intermediate = 5632, int
 /// norms 1, deterministic in `seed`.
 LlamaWeights random_llama_weights(const LlamaConfig& c, uint64_t seed, float std = 0.02f);
 
+/// Options of LlamaModel::load.
+struct LoadOptions {
+  /// Decode squeezellm linears to fp32 w at load (the expanded reference) instead of keeping
+  /// them packed for the LUT kernels. Needed by anything that reads Linear::w.
+  bool expand_packed = false;
+};
+
 /// A loaded Llama-family model.
 class LlamaModel {
  public:
   /// Loads `<dir>/config.json` and its safetensors (single or sharded). Quantized linears in
-  /// mpq/ModelOpt layouts (nvfp4, fp8) are decoded to fp32 at load time.
+  /// mpq/ModelOpt layouts (nvfp4, fp8) are decoded to fp32 at load time; squeezellm linears
+  /// are kept packed (Linear::packed, w empty) and run through the CPU LUT kernels, unless
+  /// opt.expand_packed asks for fp32 w.
   /// Throws Error(kInput) naming the file and tensor for a missing tensor, a shape that
   /// disagrees with config.json, or an unsupported dtype/layout.
-  static LlamaModel load(const std::string& dir);
+  static LlamaModel load(const std::string& dir, const LoadOptions& opt = {});
   LlamaModel(LlamaConfig config, LlamaWeights weights);
 
   const LlamaConfig& config() const { return config_; }

@@ -108,6 +108,14 @@ LlamaParams<S> LlamaParams<S>::zeros_like() const {
   return z;
 }
 
+// Gradients need fp32 w: a squeezellm linear kept packed (LlamaModel::load without
+// expand_packed) has none.
+static void require_dense(const Linear& l) {
+  if (l.packed)
+    throw Error(ExitCode::kUsage, "linear in format " + l.format +
+                                      " is kept packed; load the model with expand_packed for gradients");
+}
+
 template <typename S>
 LlamaParams<S> to_params(const LlamaWeights& w) {
   LlamaParams<S> p;
@@ -117,6 +125,7 @@ LlamaParams<S> to_params(const LlamaWeights& w) {
     l.input_norm = L.input_norm.cast<S>();
     l.post_attn_norm = L.post_attn_norm.cast<S>();
     for (int i = 0; i < 7; ++i) {
+      require_dense(L.linear[i]);
       l.w[i] = L.linear[i].w.cast<S>();
       l.b[i] = L.linear[i].b.cast<S>();
     }
@@ -135,6 +144,7 @@ LlamaParams<float> to_params(LlamaWeights&& w) {
     l.input_norm = std::move(L.input_norm);
     l.post_attn_norm = std::move(L.post_attn_norm);
     for (std::size_t i = 0; i < 7; ++i) {
+      require_dense(L.linear[i]);
       l.w[i] = std::move(L.linear[i].w);
       l.b[i] = std::move(L.linear[i].b);
     }

@@ -83,7 +83,7 @@ int main(int argc, char** argv) {
     for (const auto& L : model.weights().layers)
       for (const auto& l : L.linear) {
         linear_bytes += l.stored_bytes;
-        linear_params += l.w.size();
+        linear_params += l.numel();
         formats[l.format] += 1;
       }
     const double linear_bpw = 8.0 * static_cast<double>(linear_bytes) / static_cast<double>(linear_params);
