@@ -2,6 +2,7 @@
 
 #include <openssl/evp.h>
 
+#include <filesystem>
 #include <fstream>
 #include <memory>
 #include <vector>
@@ -30,6 +31,17 @@ std::string sha256_file(const std::string& path) {
     s += hex[md[i] & 15];
   }
   return s;
+}
+
+std::map<std::string, std::string> sha256_model_inputs(const std::string& model_dir,
+                                                       const std::vector<std::string>& weight_files) {
+  namespace fs = std::filesystem;
+  std::map<std::string, std::string> out;
+  for (const auto& f : weight_files) out[fs::path(f).filename().string()] = sha256_file(f);
+  const fs::path index = fs::path(model_dir) / "model.safetensors.index.json";
+  if (fs::exists(index)) out[index.filename().string()] = sha256_file(index.string());
+  out["config.json"] = sha256_file((fs::path(model_dir) / "config.json").string());
+  return out;
 }
 
 }  // namespace mpq

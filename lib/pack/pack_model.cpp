@@ -205,9 +205,9 @@ PackReport pack_model(const std::string& model_dir, const std::string& out_dir, 
   }
 
   // Tokenizer files and input hashes.
-  nlohmann::json inputs = nlohmann::json::object();
-  for (const auto& f : store.files()) inputs[fs::path(f->path()).filename().string()] = sha256_file(f->path());
-  inputs["config.json"] = sha256_file((fs::path(model_dir) / "config.json").string());
+  std::vector<std::string> weight_files;
+  for (const auto& f : store.files()) weight_files.push_back(f->path());
+  nlohmann::json inputs = sha256_model_inputs(model_dir, weight_files);
   for (const char* f : kTokenizerFiles) {
     const fs::path src = fs::path(model_dir) / f;
     if (!fs::exists(src)) continue;
@@ -215,8 +215,6 @@ PackReport pack_model(const std::string& model_dir, const std::string& out_dir, 
     fs::copy_file(src, stage.path / f, fs::copy_options::overwrite_existing, ec);
     if (ec) throw_output((stage.path / f).string(), "cannot copy: " + ec.message());
   }
-  if (fs::exists(fs::path(model_dir) / "model.safetensors.index.json"))
-    inputs["model.safetensors.index.json"] = sha256_file((fs::path(model_dir) / "model.safetensors.index.json").string());
 
   rep.manifest = {{"tool", std::string("mpq-pack ") + MPQ_VERSION},
                   {"mpq_format_version", 1},

@@ -111,11 +111,10 @@ int main(int argc, char** argv) {
     const LlamaParams<float> params = to_params(std::move(model.mutable_weights()));  // no copy
     const SensitivityResult r = compute_sensitivities(config, params, ids, starts, seq_len, opt, progress);
 
-    nlohmann::json model_sha = nlohmann::json::object();
+    std::vector<std::string> weight_files;
     const TensorStore store = TensorStore::open(model_dir);
-    for (const auto& f : store.files())
-      model_sha[fs::path(f->path()).filename().string()] = sha256_file(f->path());
-    model_sha["config.json"] = sha256_file((fs::path(model_dir) / "config.json").string());
+    for (const auto& f : store.files()) weight_files.push_back(f->path());
+    const nlohmann::json model_sha = sha256_model_inputs(model_dir, weight_files);
     std::string kinds;
     for (auto [on, name] : {std::pair{opt.fisher, "fisher"}, {opt.hessian, "hessian"}, {opt.hutchinson, "hutchinson"}})
       if (on) kinds += (kinds.empty() ? "" : ",") + std::string(name);
