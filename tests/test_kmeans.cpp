@@ -217,15 +217,15 @@ TEST(KMeans1D, NeverWorseThanReferenceLloyd) {
 
 // ---- Exactness against brute force on small inputs ----
 
-/// Optimal weighted SSE over all partitions of the sorted distinct positive-weight values
-/// into k contiguous non-empty groups (0 when there are at most k such values).
-double brute_force_optimum(const std::vector<float>& x, const std::vector<double>& w, int k) {
+/// The distinct positive-weight values of (x, w), sorted, with the weights of equal values
+/// summed, in scalar type T (both reference solvers below start from it).
+template <typename T>
+void distinct_weighted_points(const std::vector<float>& x, const std::vector<double>& w, std::vector<T>& v,
+                              std::vector<T>& vw) {
   std::vector<std::pair<float, double>> p;
   for (std::size_t i = 0; i < x.size(); ++i)
     if (w[i] > 0.0) p.emplace_back(x[i], w[i]);
   std::sort(p.begin(), p.end());
-  std::vector<float> v;
-  std::vector<double> vw;
   for (const auto& [val, wt] : p) {
     if (!v.empty() && v.back() == val) {
       vw.back() += wt;
@@ -234,6 +234,13 @@ double brute_force_optimum(const std::vector<float>& x, const std::vector<double
       vw.push_back(wt);
     }
   }
+}
+
+/// Optimal weighted SSE over all partitions of the sorted distinct positive-weight values
+/// into k contiguous non-empty groups (0 when there are at most k such values).
+double brute_force_optimum(const std::vector<float>& x, const std::vector<double>& w, int k) {
+  std::vector<double> v, vw;
+  distinct_weighted_points(x, w, v, vw);
   const int m = static_cast<int>(v.size());
   if (m <= k) return 0.0;
   auto cost = [&](int a, int b) {
@@ -315,19 +322,8 @@ TEST(KMeans1D, MatchesBruteForceOnSmallInputs) {
 /// Optimal weighted SSE by a plain O(k m^2) DP over the sorted distinct positive-weight
 /// values, interval costs accumulated in long double (independent of the library's DP).
 double plain_dp_optimum(const std::vector<float>& x, const std::vector<double>& w, int k) {
-  std::vector<std::pair<float, double>> p;
-  for (std::size_t i = 0; i < x.size(); ++i)
-    if (w[i] > 0.0) p.emplace_back(x[i], w[i]);
-  std::sort(p.begin(), p.end());
   std::vector<long double> v, vw;
-  for (const auto& [val, wt] : p) {
-    if (!v.empty() && v.back() == val) {
-      vw.back() += wt;
-    } else {
-      v.push_back(val);
-      vw.push_back(wt);
-    }
-  }
+  distinct_weighted_points(x, w, v, vw);
   const int m = static_cast<int>(v.size());
   if (m <= k) return 0.0;
   // cost[a][b] for the interval [a, b), by a running weighted mean/variance update.
