@@ -69,8 +69,6 @@ std::vector<double*> param_pointers(LlamaParams<double>& p, std::vector<Eigen::I
   return out;
 }
 
-// Windows run in parallel (one per thread) for models up to this many parameters.
-constexpr int64_t kWindowParallelMaxParams = 64LL << 20;
 
 // Runs fn(i, thread) for i in [0, n): P > 1 threads with a static round-robin schedule and the
 // first exception rethrown; P == 1 runs outside any parallel region, so the GEMMs inside fn
@@ -97,7 +95,7 @@ void parallel_loop(int64_t n, int P, F&& fn) {
 int parallel_windows(const LlamaParams<float>& p) {
   int64_t n = 0;
   p.for_each([&](const std::string&, const float*, Eigen::Index k) { n += k; });
-  return n <= kWindowParallelMaxParams ? omp_get_max_threads() : 1;
+  return window_threads(n);
 }
 
 }  // namespace

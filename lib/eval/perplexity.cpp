@@ -20,9 +20,7 @@ double log_sum_exp(const float* row, int64_t n) {
   return mx + std::log(s);
 }
 
-// Models this small run one window per thread; larger ones parallelize inside forward().
-constexpr int64_t kWindowParallelMaxParams = 64LL << 20;
-
+// Weights of the model (embedding, LM head, linears), for window_threads().
 int64_t parameter_count(const LlamaModel& m) {
   const auto& w = m.weights();
   int64_t n = w.embed.size() + w.lm_head.size();
@@ -98,7 +96,7 @@ PerplexityResult evaluate_perplexity(const LlamaModel& model, const std::vector<
     }
   };
 
-  const bool window_parallel = parameter_count(model) <= kWindowParallelMaxParams && omp_get_max_threads() > 1;
+  const bool window_parallel = window_threads(parameter_count(model)) > 1;
   std::exception_ptr failure;
   if (window_parallel) {
 #pragma omp parallel for schedule(dynamic, 1)

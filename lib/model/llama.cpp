@@ -1,5 +1,7 @@
 #include "lib/model/llama.h"
 
+#include <omp.h>
+
 #include <cmath>
 #include <random>
 #include <string>
@@ -11,9 +13,6 @@
 
 namespace mpq {
 namespace {
-
-// Multiply-adds of one attention layer (T^2 * d * heads) below which it runs on one thread.
-constexpr int64_t kParallelAttentionWork = int64_t{1} << 22;
 
 Eigen::VectorXf load_vector(const TensorStore& store, const std::string& name, int64_t n) {
   const TensorView& t = store.get(name);
@@ -81,6 +80,11 @@ void apply_rope(MatrixRM& x, int64_t n_heads, int64_t d, const std::vector<float
 }
 
 }  // namespace
+
+int window_threads(int64_t params) {
+  constexpr int64_t kWindowParallelMaxParams = int64_t{64} << 20;
+  return params <= kWindowParallelMaxParams ? omp_get_max_threads() : 1;
+}
 
 std::array<int64_t, 2> linear_shape(const LlamaConfig& c, int index) {
   const int64_t H = c.hidden_size, q = c.num_heads * c.head_dim, kv = c.num_kv_heads * c.head_dim,

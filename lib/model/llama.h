@@ -85,6 +85,15 @@ struct LlamaWeights {
 /// Expected [out, in] shape of linear `index` (see kLinearNames) for a config.
 std::array<int64_t, 2> linear_shape(const LlamaConfig& c, int index);
 
+/// Multiply-adds of one attention layer (T^2 * head_dim * heads) below which its per-head
+/// loops run on one thread (forward and backward): smaller forks cost more than they save.
+constexpr int64_t kParallelAttentionWork = int64_t{1} << 22;
+
+/// Threads to run whole windows in parallel (one window per thread) for a model of
+/// `params` weights: all OpenMP threads up to 64M weights, whose GEMMs are too small to
+/// thread well; 1 above, where the threads go inside each window's GEMMs instead.
+int window_threads(int64_t params);
+
 /// Every tensor a dense checkpoint of this config holds, with its shape, in graph order
 /// (embedding, per layer: norms, q/k/v/o (+ biases), gate/up/down; final norm; lm_head
 /// unless tied). Names are the HF ones ("model.layers.0.self_attn.q_proj.weight").

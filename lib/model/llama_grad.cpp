@@ -8,9 +8,6 @@
 namespace mpq {
 namespace {
 
-// Multiply-adds of one attention layer (T^2 * d * heads) below which it runs on one thread.
-constexpr int64_t kParallelAttentionWork = int64_t{1} << 22;
-
 template <typename S>
 struct LayerCache {
   MatRM<S> x;             // layer input h [T, H]

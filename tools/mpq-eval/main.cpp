@@ -31,13 +31,12 @@ int main(int argc, char** argv) {
   app.add_option("--json", json_out, "Write the results as JSON to this file");
   app.add_option("--base", base_dir, "Base model folder: also report mean KL(base || model)");
   app.add_option("--threads", threads, "OpenMP threads (0 = all cores)")->check(CLI::NonNegativeNumber);
-  auto* gate_max = app.add_option("--max-ppl", max_ppl, "Gate: exit 5 if ppl > X");
+  app.add_option("--max-ppl", max_ppl, "Gate: exit 5 if ppl > X");
   auto* gate_base = app.add_option("--baseline-ppl", baseline_ppl, "Gate: baseline ppl for --max-increase-pct");
   auto* gate_pct = app.add_option("--max-increase-pct", max_increase_pct,
                                   "Gate: exit 5 if ppl > baseline * (1 + P/100)");
   gate_pct->needs(gate_base);
   gate_base->needs(gate_pct);
-  (void)gate_max;
   app.add_flag("-q,--quiet", quiet, "No per-window progress on stderr");
   app.set_version_flag("--version", tool::version());
 
