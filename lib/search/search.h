@@ -1,0 +1,113 @@
+// mpq-search's engine: per-tensor candidate formats with their exact bytes and predicted
+// loss increase, the budgeted assignment (lib/search/ilp.h), and the plan file.
+//
+// Predicted loss increase of quantizing weight W [out, in] to Q(W) (Q computed by actually
+// encoding and decoding W with the candidate's quantizer):
+//   Fisher form (SqueezeLLM, Kim et al. 2024, eq. 4; the diagonal-Fisher second-order
+//   model):       Omega = 1/2 * sum_ij F_ij (Q(W)_ij - W_ij)^2,  F = "<module>.fisher"
+//   HAWQ form (HAWQ-V3, Yao et al. 2021, eq. 8 with HAWQ-V2's trace):
+//                 Omega = (Tr(H) / n) * ||Q(W) - W||^2,  Tr(H) the Hutchinson trace of the
+//                 loss Hessian block of W (sensitivity metadata "traces"), n = out * in.
+// The source dtype ("source" candidate) has Omega = 0 and the source's bytes.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <limits>
+#include <tuple>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "lib/quant/quantizer.h"
+#include "lib/search/ilp.h"
+
+namespace mpq {
+
+/// One candidate: a label (its name in --formats, plans and reports), the mpq-pack format
+/// and its parameters. format "source" keeps the tensor in its source dtype.
+struct CandidateSpec {
+  std::string label;
+  std::string format;
+  QuantizerParams params;
+};
+
+/// Parses a candidate label: "source", "fp8", "nvfp4", "squeezellm-<b>bit" (b = 2, 3, 4;
+/// Fisher-weighted k-means LUT, no sparse part), "squeezellm-<b>bit-sparse" (plus the
+/// default 0.45% outlier + 0.05% sensitive CSR part), "uniform-<b>bit" (min-max RTN grid).
+/// Throws Error(kUsage) listing the accepted forms.
+CandidateSpec parse_candidate(const std::string& label);
+
+/// The default candidate labels (every format mpq packs, at its usual settings).
+std::vector<std::string> default_candidate_labels();
+
+/// Costs of one candidate for one tensor.
+struct CandidateCost {
+  double bytes = 0;         ///< exact stored bytes (PackedTensor::bytes(), every part)
+  double omega_fisher = 0;  ///< Fisher-form Omega (NaN without "<module>.fisher")
+  double omega_hawq = 0;    ///< HAWQ-form Omega (NaN without a Hutchinson trace)
+};
+
+/// One quantizable linear and the costs of every candidate (indexed like the specs).
+struct TensorCandidates {
+  std::string module;  ///< "model.layers.0.self_attn.q_proj"
+  int64_t rows = 0, cols = 0;
+  std::string source_dtype;  ///< "f32", "f16", "bf16"
+  std::vector<CandidateCost> costs;
+};
+
+/// (tensor index, tensor count, module) after each tensor.
+using SearchProgress = std::function<void(std::size_t, std::size_t, const std::string&)>;
+
+/// Encodes and decodes every linear projection of the Llama-family model at `model_dir`
+/// with every candidate and computes bytes and both Omega forms. `sensitivity` is a
+/// mpq-sensitivity file (formats/sensitivity_file.h); its Fisher also weights the squeezellm
+/// k-means. Throws Error(kInput) naming file and tensor for a missing/misshaped tensor,
+/// NaN weights, or a sensitivity file without "<module>.fisher" [out, in] F32.
+std::vector<TensorCandidates> evaluate_candidates(const std::string& model_dir,
+                                                  const std::string& sensitivity,
+                                                  const std::vector<CandidateSpec>& specs,
+                                                  const SearchProgress& progress = nullptr);
+
+/// Per-shape, per-candidate latency in microseconds (the table mpq-bench writes), JSON:
+/// {"device": "...", "entries": [{"rows": R, "cols": C, "candidate": "nvfp4", "us": 12.5}, ...]}.
+struct LatencyTable {
+  std::string device;
+  /// Latency of `candidate` on a [rows, cols] layer; throws Error(kInput) naming `file`,
+  /// the shape and the candidate when the table has no such entry.
+  double lookup(int64_t rows, int64_t cols, const std::string& candidate) const;
+  std::string file;
+  std::vector<std::tuple<int64_t, int64_t, std::string, double>> entries;
+};
+
+/// Reads a latency table; throws Error(kInput) naming the file and field.
+LatencyTable read_latency_table(const std::string& path);
+
+/// What to optimize and under which budgets.
+struct SearchOptions {
+  std::string cost = "fisher";  ///< "fisher" or "hawq"
+  double max_bytes = std::numeric_limits<double>::infinity();       ///< linear bytes budget
+  double max_latency_us = std::numeric_limits<double>::infinity();  ///< needs a latency table
+  /// Tie specs, each a comma list of module suffixes ("q_proj,k_proj,v_proj"): within a
+  /// layer, the modules ending in those names take one candidate.
+  std::vector<std::string> ties;
+  const LatencyTable* latency = nullptr;
+};
+
+/// The ILP of `tensors` under `opt` (candidates with a NaN cost of the chosen form make it
+/// throw Error(kInput) naming the missing sensitivity, "<module>.fisher" or its trace).
+IlpProblem build_problem(const std::vector<TensorCandidates>& tensors,
+                         const std::vector<CandidateSpec>& specs, const SearchOptions& opt);
+
+/// The plan document (docs/formats.md, "Plan file") for a solved problem: per tensor the
+/// candidate label, format, parameters, bytes and Omega; totals; solver status and gaps.
+/// `inputs` goes in verbatim (sha256 of the model files and the sensitivity file).
+nlohmann::json make_plan(const std::vector<TensorCandidates>& tensors,
+                         const std::vector<CandidateSpec>& specs, const SearchOptions& opt,
+                         const IlpSolution& sol, double solve_seconds, const nlohmann::json& inputs);
+
+/// Linear weights of all tensors (sum of rows * cols).
+int64_t total_linear_params(const std::vector<TensorCandidates>& tensors);
+
+}  // namespace mpq

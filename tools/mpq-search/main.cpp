@@ -1,0 +1,161 @@
+// mpq-search: mixed-precision format assignment per linear tensor under a size (and
+// optionally latency) budget, solved exactly as an ILP (HAWQ-V3 style). See docs/cli.md and
+// docs/formats.md ("Plan file").
+#include <omp.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+
+#include "formats/safetensors.h"
+#include "lib/common/sha256.h"
+#include "lib/search/search.h"
+#include "tools/common.h"
+
+namespace {
+
+std::vector<std::string> split_commas(const std::string& s) {
+  std::vector<std::string> out;
+  std::stringstream ss(s);
+  for (std::string x; std::getline(ss, x, ',');)
+    if (!x.empty()) out.push_back(x);
+  return out;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  using namespace mpq;
+  CLI::App app{"Choose a format per linear tensor (squeezellm 2/3/4-bit with/without sparse part, nvfp4, fp8, "
+               "source dtype) minimizing the predicted loss increase under a bits-per-weight or byte budget "
+               "(exact ILP, GLPK), and write a plan for mpq-pack --plan.",
+               "mpq-search"};
+  std::string model_dir, sens_path, out_path, formats, latency_path, pareto_prefix;
+  SearchOptions opt;
+  double target_bpw = NAN, max_bytes = NAN, max_latency = NAN;
+  int pareto_points = 12, threads = 0;
+  bool quiet = false;
+  app.add_option("--model", model_dir, "Input model folder (config.json, *.safetensors)")->required();
+  app.add_option("--sensitivity", sens_path, "Sensitivity file (mpq-sensitivity: fisher for --cost fisher, "
+                                             "hutchinson for --cost hawq)")->required();
+  auto* o_bpw = app.add_option("--target-bpw", target_bpw, "Budget in bits per weight of the linear layers "
+                                                           "(every stored byte counted)");
+  auto* o_bytes = app.add_option("--max-bytes", max_bytes, "Budget in bytes of the linear layers");
+  o_bpw->excludes(o_bytes);
+  app.add_option("--formats", formats, "Comma list of candidates (default: all): source, fp8, nvfp4, "
+                                       "squeezellm-<2|3|4>bit[-sparse], uniform-<2|3|4>bit");
+  app.add_option("--cost", opt.cost, "Predicted loss increase: fisher = 1/2 sum F (Q(W)-W)^2, "
+                                     "hawq = Tr(H)/n ||Q(W)-W||^2 (Hutchinson)")
+      ->check(CLI::IsMember({"fisher", "hawq"}))
+      ->capture_default_str();
+  app.add_option("--tie", opt.ties, "Comma list of module names that take one format within a layer, "
+                                    "e.g. 'q_proj,k_proj,v_proj' (repeatable)");
+  app.add_option("--latency-table", latency_path, "Per-shape, per-candidate latency table (JSON, microseconds)");
+  app.add_option("--max-latency-us", max_latency, "Latency budget: sum of the chosen latencies (needs --latency-table)");
+  app.add_option("--out", out_path, "Plan file to write (JSON)");
+  app.add_option("--pareto", pareto_prefix, "Sweep the budget and write the frontier to PREFIX.json and PREFIX.csv");
+  app.add_option("--pareto-points", pareto_points, "Budgets in the sweep")->check(CLI::Range(2, 1000))->capture_default_str();
+  app.add_option("--threads", threads, "OpenMP threads (0 = all cores)")->check(CLI::NonNegativeNumber);
+  app.add_flag("-q,--quiet", quiet, "No per-tensor progress on stderr");
+  app.set_version_flag("--version", tool::version());
+
+  return tool::run(app, argc, argv, [&]() -> int {
+    if (threads > 0) omp_set_num_threads(threads);
+    if (out_path.empty() && pareto_prefix.empty()) throw Error(ExitCode::kUsage, "give --out and/or --pareto");
+    if (!out_path.empty() && std::isnan(target_bpw) && std::isnan(max_bytes))
+      throw Error(ExitCode::kUsage, "--out needs a budget: --target-bpw or --max-bytes");
+    std::vector<CandidateSpec> specs;
+    for (const auto& l : formats.empty() ? default_candidate_labels() : split_commas(formats))
+      specs.push_back(parse_candidate(l));
+    LatencyTable lat;
+    if (!latency_path.empty()) {
+      lat = read_latency_table(latency_path);
+      opt.latency = &lat;
+    }
+    if (!std::isnan(max_latency)) opt.max_latency_us = max_latency;
+
+    const auto t0 = std::chrono::steady_clock::now();
+    const auto tensors = evaluate_candidates(model_dir, sens_path, specs, [&](std::size_t i, std::size_t n, const std::string& m) {
+      if (!quiet) std::fprintf(stderr, "[%zu/%zu] %s: %zu candidates\n", i, n, m.c_str(), specs.size());
+    });
+    const double eval_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    const double n = static_cast<double>(total_linear_params(tensors));
+
+    nlohmann::json inputs;
+    {
+      const TensorStore store = TensorStore::open(model_dir);
+      std::vector<std::string> files;
+      for (const auto& f : store.files()) files.push_back(f->path());
+      for (const auto& [k, v] : sha256_model_inputs(model_dir, files)) inputs[k] = v;
+      inputs["sensitivity"] = sha256_file(sens_path);
+    }
+    auto solve = [&](double budget_bytes, double* seconds) {
+      SearchOptions o = opt;
+      o.max_bytes = budget_bytes;
+      const IlpProblem p = build_problem(tensors, specs, o);
+      const auto s0 = std::chrono::steady_clock::now();
+      IlpSolution s = solve_assignment_ilp(p);
+      *seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - s0).count();
+      return std::make_pair(s, make_plan(tensors, specs, o, s, *seconds, inputs));
+    };
+
+    if (!out_path.empty()) {
+      const double budget = !std::isnan(max_bytes) ? max_bytes : target_bpw * n / 8.0;
+      double secs = 0;
+      auto [sol, plan] = solve(budget, &secs);
+      plan["candidate_evaluation_seconds"] = eval_s;
+      tool::write_json(out_path, plan);
+      std::printf("wrote        %s\n", out_path.c_str());
+      std::printf("status       %s (GLPK, %lld variables, %.3f s)\n", sol.status.c_str(),
+                  static_cast<long long>(sol.variables), secs);
+      if (sol.status != "optimal") {
+        std::fprintf(stderr, "mpq-search: no assignment fits the budget (%.0f bytes = %.4f bpw)\n", budget, 8 * budget / n);
+        return static_cast<int>(ExitCode::kInput);
+      }
+      std::printf("bpw          %.4f (budget %.4f)\n", 8.0 * sol.bytes / n, 8.0 * budget / n);
+      std::printf("omega        %.6g (%s)\n", sol.cost, opt.cost.c_str());
+      for (const auto& [label, count] : plan["totals"]["candidate_counts"].items())
+        std::printf("  %-24s %d tensors\n", label.c_str(), count.get<int>());
+    }
+
+    if (!pareto_prefix.empty()) {
+      // Budgets from the smallest assignment to the one where every tensor takes its
+      // lowest-cost candidate (more bytes cannot help).
+      const IlpProblem p0 = build_problem(tensors, specs, opt);
+      double lo = 0, hi = 0;
+      for (const auto& cs : p0.tensors) {
+        double mn = 1e300, best_cost = 1e300, best_bytes = 0;
+        for (const auto& c : cs) {
+          mn = std::min(mn, c.bytes);
+          if (c.cost < best_cost || (c.cost == best_cost && c.bytes < best_bytes)) best_cost = c.cost, best_bytes = c.bytes;
+        }
+        lo += mn, hi += best_bytes;
+      }
+      nlohmann::json points = nlohmann::json::array();
+      std::string csv = "bpw,bytes,omega,status";
+      for (const auto& s : specs) csv += "," + s.label;
+      csv += "\n";
+      for (int k = 0; k < pareto_points; ++k) {
+        const double budget = lo + (hi - lo) * k / (pareto_points - 1);
+        double secs = 0;
+        auto [sol, plan] = solve(budget, &secs);
+        points.push_back(plan);
+        char line[160];
+        std::snprintf(line, sizeof line, "%.6f,%.0f,%.9g,%s", 8.0 * sol.bytes / n, sol.bytes, sol.cost, sol.status.c_str());
+        csv += line;
+        for (const auto& s : specs)
+          csv += "," + std::to_string(sol.status == "optimal" ? plan["totals"]["candidate_counts"].value(s.label, 0) : 0);
+        csv += "\n";
+        if (!quiet) std::fprintf(stderr, "pareto %d/%d: %.4f bpw, omega %.6g\n", k + 1, pareto_points, 8.0 * sol.bytes / n, sol.cost);
+      }
+      tool::write_json(pareto_prefix + ".json", {{"mpq_pareto_version", 1}, {"cost", opt.cost}, {"points", points}});
+      write_file_atomic(pareto_prefix + ".csv", csv.data(), csv.size());
+      std::printf("wrote        %s.json, %s.csv (%d budgets, %.4f to %.4f bpw)\n", pareto_prefix.c_str(),
+                  pareto_prefix.c_str(), pareto_points, 8 * lo / n, 8 * hi / n);
+    }
+    return 0;
+  });
+}
