@@ -139,7 +139,8 @@ int main(int argc, char** argv) {
       for (const auto& s : specs) csv += "," + s.label;
       csv += "\n";
       for (int k = 0; k < pareto_points; ++k) {
-        const double budget = lo + (hi - lo) * k / (pareto_points - 1);
+        // Log-spaced: the interesting low-bpw end gets most points.
+        const double budget = lo * std::pow(hi / lo, static_cast<double>(k) / (pareto_points - 1));
         double secs = 0;
         auto [sol, plan] = solve(budget, &secs);
         points.push_back(plan);
