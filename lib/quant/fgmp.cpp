@@ -63,9 +63,13 @@ Fp4Block quantize_fp4(const float* w, const float* f, int64_t n, float s2,
   };
   double best_err = error(best);
   Fp4Block cand;
+  uint8_t last = best.scale;
   for (int k = 1; k < kFgmpClipSteps; ++k) {  // alpha = 1.00 is `best` already
     const float alpha = static_cast<float>(kFgmpClipMax - k * kFgmpClipStep);
     cand.scale = nvfp4_block_scale(alpha * bamax, s2);
+    // Neighbouring ratios often round to the same E4M3 scale (3 mantissa bits): same error.
+    if (cand.scale == last) continue;
+    last = cand.scale;
     nvfp4_encode_block(w, n, e4m3_to_fp32(cand.scale) * s2, cand.codes.data());
     const double e = error(cand);
     if (e < best_err) {
