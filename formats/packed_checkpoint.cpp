@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "lib/common/error.h"
+#include "lib/quant/fgmp.h"
 #include "lib/quant/quant_common.h"
 #include "lib/quant/squeezellm.h"
 
@@ -11,6 +12,8 @@ namespace mpq {
 std::string detect_linear_format(const TensorStore& store, const std::string& prefix) {
   // squeezellm has no "<prefix>.weight" (its parts are qweight, lookup_table, sparse_*).
   if (store.has(prefix + ".lookup_table")) return "squeezellm";
+  // Neither has fgmp (weight_block_map, weight_fp4, weight_fp8, ...).
+  if (store.has(prefix + ".weight_block_map")) return "fgmp";
   const std::string wname = prefix + ".weight";
   const TensorView& w = store.get(wname);  // throws "missing tensor"
   if (store.has(prefix + ".weight_scale_2")) return "nvfp4";
@@ -86,6 +89,32 @@ PackedTensor read_squeezellm(const TensorStore& store, const std::string& prefix
   return p;
 }
 
+// fgmp: N8 comes from weight_fp8's first dimension, N4 = R * NB - N8 from it; the block
+// map, row offsets and scales are validated here so errors name the file and tensor.
+PackedTensor read_fgmp(const TensorStore& store, const std::string& prefix, int64_t rows,
+                       int64_t cols) {
+  const std::string format = "fgmp";
+  const TensorView& f8 = store.get(prefix + ".weight_fp8");
+  const int64_t total = rows * ((cols + 15) / 16);
+  fgmp_layout(rows, cols, 0);  // the shape and block-count limits
+  if (f8.shape.size() != 2 || f8.shape[1] != 16 || f8.shape[0] < 0 || f8.shape[0] > total)
+    throw_input(f8.file, "tensor '" + f8.name + "': shape " + shape_str(f8.shape) + ", expected [N8, 16] with 0 <= N8 <= " +
+                             std::to_string(total) + " for fgmp of logical shape " + shape_str({rows, cols}));
+  PackedTensor p;
+  p.format = format;
+  p.rows = rows;
+  p.cols = cols;
+  for (const PackedPart& e : fgmp_layout(rows, cols, f8.shape[0]))
+    p.parts.push_back(checked_store_part(store, prefix, e, format, rows, cols));
+  std::string field;
+  const std::string msg = fgmp_check(p, &field);
+  if (!msg.empty()) {
+    const TensorView& t = store.get(prefix + "." + field);
+    throw_input(t.file, "tensor '" + t.name + "': " + msg);
+  }
+  return p;
+}
+
 }  // namespace
 
 PackedTensor read_packed(const TensorStore& store, const std::string& prefix,
@@ -93,6 +122,10 @@ PackedTensor read_packed(const TensorStore& store, const std::string& prefix,
   if (format == "squeezellm") {
     quant_detail::check_shape(prefix, rows, cols);
     return read_squeezellm(store, prefix, rows, cols);
+  }
+  if (format == "fgmp") {
+    quant_detail::check_shape(prefix, rows, cols);
+    return read_fgmp(store, prefix, rows, cols);
   }
   const Quantizer& q = quantizer_for(format);
   // The expected part names, dtypes and shapes come from the quantizer's layout(), the one

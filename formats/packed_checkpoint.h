@@ -14,7 +14,8 @@
 namespace mpq {
 
 /// Format of the linear stored under `prefix` (e.g. "model.layers.0.mlp.down_proj"):
-/// "squeezellm" when "<prefix>.lookup_table" exists (both of its grid modes);
+/// "squeezellm" when "<prefix>.lookup_table" exists (both of its grid modes); "fgmp" when
+/// "<prefix>.weight_block_map" exists;
 /// "nvfp4" when "<prefix>.weight_scale_2" exists; "fp8" when "<prefix>.weight" is F8_E4M3
 /// with "<prefix>.weight_scale"; otherwise the dense dtype of "<prefix>.weight" in lower case
 /// ("f32", "f16", "bf16"). Throws Error(kInput) naming the folder and tensor when
@@ -27,6 +28,10 @@ std::string detect_linear_format(const TensorStore& store, const std::string& pr
 /// squeezellm: the bit width is the lookup_table's width (4/8/16 entries), nnz is
 /// sparse_rowptr's last entry; additionally the CSR row pointer must start at 0, never
 /// decrease and end at nnz, and the columns must lie in [0, cols), increasing within a row.
+/// fgmp: N8 is weight_fp8's first dimension (0 <= N8 <= rows * ceil(cols / 16)), every other
+/// part must have fgmp_layout(rows, cols, N8)'s shape (so N4 = R * NB - N8), and the contents
+/// must pass fgmp_check() (offsets from 0, non-decreasing, ending at N8; per-row map popcount
+/// = offset step; map padding bits 0; finite scales, no E4M3 NaN).
 PackedTensor read_packed(const TensorStore& store, const std::string& prefix,
                          const std::string& format, int64_t rows, int64_t cols);
 

@@ -114,9 +114,12 @@ std::string expect_error(F&& f, ExitCode code) {
 
 TEST(Quant, FormatTable) {
   const std::vector<FormatInfo>& t = format_table();
-  ASSERT_EQ(t.size(), 4u);
+  ASSERT_EQ(t.size(), 5u);
   EXPECT_STREQ(t[2].name, "squeezellm");
   EXPECT_STREQ(t[3].name, "uniform");
+  EXPECT_STREQ(t[4].name, "fgmp");
+  EXPECT_STREQ(t[4].quant_algo, "FGMP");
+  EXPECT_NEAR(t[4].nominal_bpw, 5.6203, 1e-4);  // 30% FP8 on 4096 x 4096 (docs/formats.md)
   EXPECT_STREQ(t[0].name, "fp8");
   EXPECT_STREQ(t[0].quant_algo, "FP8");
   EXPECT_DOUBLE_EQ(t[0].nominal_bpw, 8.0);
@@ -135,7 +138,7 @@ TEST(Quant, FormatTable) {
 
 TEST(Quant, UnknownFormatIsUsageError) {
   const std::string msg = expect_error([] { quantizer_for("int3"); }, ExitCode::kUsage);
-  EXPECT_EQ(msg, "unknown format 'int3' (known: fp8, nvfp4, squeezellm, uniform)");
+  EXPECT_EQ(msg, "unknown format 'int3' (known: fp8, nvfp4, squeezellm, uniform, fgmp)");
 }
 
 TEST(Quant, PackedTensorHelpers) {

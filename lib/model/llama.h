@@ -48,7 +48,7 @@ std::shared_ptr<const PackedLinear> make_packed_linear(PackedTensor t);
 /// [out]. Dense and decoded layers hold w, fp32 [rows, cols], and packed is null. Packed
 /// squeezellm layers (LlamaModel::load without expand_packed) hold packed and leave w EMPTY:
 /// the forward pass runs lut_gemm on the packed form. `format` is where the values came
-/// from ("f32", "f16", "bf16", "fp8", "nvfp4", "squeezellm"), `stored_bytes` the bytes its
+/// from ("f32", "f16", "bf16", "fp8", "nvfp4", "fgmp", "squeezellm"), `stored_bytes` the bytes its
 /// on-disk form takes (for bits-per-weight accounting).
 struct Linear {
   MatrixRM w;
@@ -120,7 +120,7 @@ struct LoadOptions {
 class LlamaModel {
  public:
   /// Loads `<dir>/config.json` and its safetensors (single or sharded). Quantized linears in
-  /// mpq/ModelOpt layouts (nvfp4, fp8) are decoded to fp32 at load time; squeezellm linears
+  /// mpq/ModelOpt layouts (nvfp4, fp8) and fgmp linears are decoded to fp32 at load time; squeezellm linears
   /// are kept packed (Linear::packed, w empty) and run through the CPU LUT kernels, unless
   /// opt.expand_packed asks for fp32 w.
   /// Throws Error(kInput) naming the file and tensor for a missing tensor, a shape that

@@ -9,6 +9,7 @@
 #include <ctime>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <regex>
 
 #include "formats/hf_config.h"
@@ -66,10 +67,14 @@ double PackReport::model_bpw() const {
 PackReport pack_model(const std::string& model_dir, const std::string& out_dir, const PackOptions& opt,
                       const PackProgress& progress) {
   const bool squeeze = opt.format == "squeezellm" || opt.format == "uniform";
-  const bool fisher_weighted = squeeze && opt.format == "squeezellm" && !opt.sensitivity.empty();
+  const bool fgmp = opt.format == "fgmp";
+  const bool fisher_weighted = (opt.format == "squeezellm" || fgmp) && !opt.sensitivity.empty();
   QuantizerParams params = opt.params;
   if (!fisher_weighted) params.sensitive_pct = 0.0;  // needs Fisher; recorded as 0
-  const std::unique_ptr<Quantizer> quant_ptr = make_quantizer(opt.format, params);
+  FgmpParams fgmp_params = opt.fgmp;
+  fgmp_params.score_threshold = std::numeric_limits<double>::quiet_NaN();  // the packer ranks globally
+  const std::unique_ptr<Quantizer> quant_ptr =
+      fgmp ? std::make_unique<FgmpQuantizer>(fgmp_params) : make_quantizer(opt.format, params);
   const Quantizer& quant = *quant_ptr;
   std::vector<std::regex> exclude;
   for (const auto& e : opt.exclude) {
@@ -116,11 +121,50 @@ PackReport pack_model(const std::string& model_dir, const std::string& out_dir, 
       if (!skip) linears[module + ".weight"] = linear_shape(cfg, i);
     }
 
+  // A quantized linear's fp32 weights (checked finite) and, with a sensitivity file, its Fisher.
+  auto load_linear = [&](const TensorView& t, const std::string& module, int64_t rows, int64_t cols,
+                         std::vector<float>& w, std::vector<float>& fisher) {
+    w = to_f32(t);
+    for (std::size_t i = 0; i < w.size(); ++i)
+      if (!std::isfinite(w[i]))
+        throw_input(t.file, "tensor '" + t.name + "': " + (std::isnan(w[i]) ? "NaN" : "Inf") + " at [" +
+                                std::to_string(i / static_cast<std::size_t>(cols)) + ", " +
+                                std::to_string(i % static_cast<std::size_t>(cols)) + "]; refusing to quantize");
+    fisher.clear();
+    if (!sens) return;
+    const std::string fname = module + ".fisher";
+    if (!sens->has(fname))
+      throw_input(opt.sensitivity, "tensor '" + fname + "' missing (needed to pack " + module + ")");
+    const TensorView& f = sens->get(fname);
+    if (f.dtype != DType::F32 || f.shape != std::vector<int64_t>{rows, cols})
+      throw_input(f.file, "tensor '" + fname + "': " + dtype_name(f.dtype) + " " + shape_str(f.shape) +
+                              ", expected F32 " + shape_str({rows, cols}));
+    fisher = to_f32(f);
+  };
+  auto module_of = [](const std::string& name) { return name.substr(0, name.size() - std::string(".weight").size()); };
+
+  // fgmp: one global ranking of every quantized block gives each tensor its FP8 block count.
+  const std::vector<std::string> names = store.names();
+  FgmpSelection fgmp_sel;
+  if (fgmp) {
+    std::vector<FgmpTensorScores> scored;
+    for (const std::string& name : names) {
+      auto it = linears.find(name);
+      if (it == linears.end()) continue;
+      const auto [rows, cols] = it->second;
+      std::vector<float> w, fisher;
+      load_linear(store.get(name), module_of(name), rows, cols, w, fisher);
+      const auto& fq = static_cast<const FgmpQuantizer&>(quant);
+      scored.push_back({name, rows, cols,
+                        fq.block_scores(module_of(name), w.data(), sens ? fisher.data() : nullptr, rows, cols)});
+    }
+    fgmp_sel = fgmp_select_global(scored, opt.fgmp.fp8_fraction, opt.target_bpw);
+  }
+
   PackReport rep;
   SafetensorsWriter writer;
   nlohmann::json shapes_meta = nlohmann::json::object();
   nlohmann::json tensors_json = nlohmann::json::object();
-  const std::vector<std::string> names = store.names();
   for (std::size_t k = 0; k < names.size(); ++k) {
     const std::string& name = names[k];
     const TensorView& t = store.get(name);
@@ -128,25 +172,14 @@ PackReport pack_model(const std::string& model_dir, const std::string& out_dir, 
     PackedTensorRecord rec;
     if (it != linears.end()) {
       const auto [rows, cols] = it->second;  // shape checked above
-      const std::vector<float> w = to_f32(t);
-      for (std::size_t i = 0; i < w.size(); ++i)
-        if (!std::isfinite(w[i]))
-          throw_input(t.file, "tensor '" + name + "': " + (std::isnan(w[i]) ? "NaN" : "Inf") + " at [" +
-                                  std::to_string(i / static_cast<std::size_t>(cols)) + ", " +
-                                  std::to_string(i % static_cast<std::size_t>(cols)) + "]; refusing to quantize");
-      const std::string module = name.substr(0, name.size() - std::string(".weight").size());
-      std::vector<float> fisher;
-      if (sens) {
-        const std::string fname = module + ".fisher";
-        if (!sens->has(fname))
-          throw_input(opt.sensitivity, "tensor '" + fname + "' missing (needed to pack " + module + ")");
-        const TensorView& f = sens->get(fname);
-        if (f.dtype != DType::F32 || f.shape != std::vector<int64_t>{rows, cols})
-          throw_input(f.file, "tensor '" + fname + "': " + dtype_name(f.dtype) + " " + shape_str(f.shape) +
-                                  ", expected F32 " + shape_str({rows, cols}));
-        fisher = to_f32(f);
-      }
-      const PackedTensor p = quant.encode_weighted(module, w.data(), sens ? fisher.data() : nullptr, rows, cols);
+      const std::string module = module_of(name);
+      std::vector<float> w, fisher;
+      load_linear(t, module, rows, cols, w, fisher);
+      const float* f = sens ? fisher.data() : nullptr;
+      const PackedTensor p =
+          fgmp ? static_cast<const FgmpQuantizer&>(quant).encode_count(module, w.data(), f, rows, cols,
+                                                                        fgmp_sel.fp8_blocks.at(name))
+               : quant.encode_weighted(module, w.data(), f, rows, cols);
       add_packed(writer, module, p);
       if (cols % std::max(1, quant.info().block_size) != 0) shapes_meta[module] = {rows, cols};
       rec = {module, opt.format, {rows, cols}, p.bytes(), p.bpw()};
@@ -160,11 +193,16 @@ PackReport pack_model(const std::string& model_dir, const std::string& out_dir, 
     for (auto d : rec.shape) numel *= d;
     rep.total_params += numel;
     tensors_json[rec.name] = {{"format", rec.format}, {"shape", rec.shape}, {"bytes", rec.bytes}, {"bpw", rec.bpw}};
+    if (fgmp && it != linears.end()) tensors_json[rec.name]["fp8_blocks"] = fgmp_sel.fp8_blocks.at(name);
     rep.tensors.push_back(std::move(rec));
     if (progress) progress(k + 1, names.size(), name);
   }
   rep.total_bytes = writer.data_bytes();
   rep.bpw_4096x4096 = 8.0 * static_cast<double>(quant.bytes(4096, 4096)) / (4096.0 * 4096.0);
+  if (fgmp)  // at the achieved fraction
+    rep.bpw_4096x4096 =
+        8.0 * static_cast<double>(fgmp_bytes(4096, 4096, std::llround(fgmp_sel.fraction() * 4096.0 * 256.0))) /
+        (4096.0 * 4096.0);
 
   writer.set_metadata("format", "pt");
   writer.set_metadata("mpq_format_version", "1");
@@ -192,10 +230,27 @@ PackReport pack_model(const std::string& model_dir, const std::string& out_dir, 
           {"fisher_weighted", fisher_weighted},
           {"producer", {{"name", "mpq"}, {"version", MPQ_VERSION}}},
           {"exclude_modules", exclude_modules}};
+  if (fgmp) {
+    qc = {{"quant_method", "fgmp"},
+          {"layout_version", 1},
+          {"block_size", kFgmpBlockSize},
+          {"fp8_fraction", fgmp_sel.fraction()},
+          {"fp8_blocks", fgmp_sel.fp8_total},
+          {"total_blocks", fgmp_sel.blocks_total},
+          {"selection", fgmp_selection_name(opt.fgmp.selection)},
+          {"clipping", fgmp_clipping_name(opt.fgmp.clipping)},
+          {"clip_grid", {{"min", kFgmpClipMin}, {"max", kFgmpClipMax}, {"step", kFgmpClipStep}}},
+          {"fisher_weighted", fisher_weighted},
+          {"score_threshold", fgmp_sel.score_threshold},
+          {"producer", {{"name", "mpq"}, {"version", MPQ_VERSION}}},
+          {"exclude_modules", exclude_modules}};
+    if (opt.target_bpw > 0) qc["target_bpw"] = opt.target_bpw;
+    if (opt.fgmp.selection == FgmpParams::Selection::kRandom) qc["seed"] = opt.fgmp.seed;
+  }
   nlohmann::json config = cfg.raw;
   config["quantization_config"] = qc;
   write_text_atomic(stage.path / "config.json", config.dump(2) + "\n");
-  if (!squeeze) {
+  if (!squeeze && !fgmp) {
     nlohmann::json hfq = {{"producer", {{"name", "mpq"}, {"version", MPQ_VERSION}}},
                           {"quantization", {{"quant_algo", quant.info().quant_algo},
                                             {"kv_cache_quant_algo", nullptr},

@@ -9,8 +9,11 @@
 //                         (squeezellm/uniform: {"quant_method": "squeezellm", "wbits", "grid",
 //                         "outlier_pct", "sensitive_pct", "fisher_weighted", "exclude_modules",
 //                         "producer"})
+//                         (fgmp: {"quant_method": "fgmp", "block_size": 16, "fp8_fraction",
+//                         "fp8_blocks", "total_blocks", "target_bpw" (if given), "selection",
+//                         "clipping", "clip_grid", "fisher_weighted", "score_threshold", ...})
 //   hf_quant_config.json  ModelOpt's producer/quantization record (older vLLM loaders read
-//                         it); not written for squeezellm/uniform
+//                         it); not written for squeezellm/uniform/fgmp
 //   mpq_manifest.json     tool version, command line, sha256 of every input file, per-tensor
 //                         format, logical shape, bytes and bits per weight, totals
 //   tokenizer files       copied (tokenizer.model, tokenizer_config.json, ...)
@@ -23,6 +26,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "lib/quant/fgmp.h"
 #include "lib/quant/quantizer.h"
 
 namespace mpq {
@@ -34,6 +38,13 @@ struct PackOptions {
   /// weights the squeezellm fit; empty = uniform weights (then sensitive_pct is not used
   /// and recorded as 0). Ignored by the other formats.
   std::string sensitivity;
+  /// fgmp: selection, clipping, seed, and fp8_fraction = the fraction of ALL quantized blocks
+  /// (over every quantized tensor) stored in FP8, chosen by one global ranking of the block
+  /// scores (score_threshold is ignored: the packer derives it).
+  FgmpParams fgmp;
+  /// fgmp: when > 0, replaces fgmp.fp8_fraction: the largest global FP8 block count whose
+  /// PackReport::quantized_bpw() (all parts of the quantized linears) is <= target_bpw.
+  double target_bpw = 0.0;
   std::vector<std::string> exclude;  ///< ECMAScript regexes over module names ("model.layers.0.mlp.down_proj")
   std::string command_line;          ///< recorded in the manifest
   bool force = false;                ///< replace an existing non-empty output folder
@@ -66,7 +77,8 @@ using PackProgress = std::function<void(std::size_t, std::size_t, const std::str
 /// Packs `model_dir` into `out_dir`. Throws Error(kInput) for a bad input (naming file and
 /// tensor: NaN/Inf weights, shapes that disagree with config.json, unsupported architecture,
 /// a sensitivity file without "<module>.fisher" of shape [out, in] for a quantized module),
-/// Error(kUsage) for an unknown format or bad regex, Error(kOutput) when the output cannot
+/// Error(kUsage) for an unknown format or bad regex, an fgmp target_bpw below the size with
+/// 0% FP8, or an fgmp fp8_fraction outside [0, 1], Error(kOutput) when the output cannot
 /// be written or exists without `force`. On any error nothing is left at `out_dir`.
 PackReport pack_model(const std::string& model_dir, const std::string& out_dir,
                       const PackOptions& opt, const PackProgress& progress = nullptr);

@@ -19,6 +19,11 @@ using namespace quant_detail;  // lib/quant/quant_common.h
 
 constexpr const char* kFormat = "fp8";
 
+float fp8_tensor_scale(float amax) {
+  const float scale = amax / kE4M3Max;
+  return scale > 0.0f ? scale : 1.0f;
+}
+
 const FormatInfo& Fp8Quantizer::info() const { return format_info(kFormat); }
 
 std::vector<PackedPart> Fp8Quantizer::layout(int64_t rows, int64_t cols) const {
@@ -30,8 +35,7 @@ std::vector<PackedPart> Fp8Quantizer::layout(int64_t rows, int64_t cols) const {
 PackedTensor Fp8Quantizer::encode(const std::string& name, const float* w, int64_t rows,
                                   int64_t cols) const {
   const float amax = checked_amax(name, w, rows, cols);
-  float scale = amax / kE4M3Max;
-  if (!(scale > 0.0f)) scale = 1.0f;
+  const float scale = fp8_tensor_scale(amax);
 
   PackedTensor out = packed_from_layout(kFormat, rows, cols, layout(rows, cols));
   PackedPart& wq = out.parts[0];  // weight

@@ -10,6 +10,10 @@
 
 namespace mpq {
 
+/// FP8 per-tensor scale amax / 448 for a tensor amax >= 0; 1 when that is not > 0 (an
+/// all-zero tensor, or an amax so small the quotient underflows).
+float fp8_tensor_scale(float amax);
+
 /// FP8 E4M3 per-tensor quantizer (format name "fp8").
 class Fp8Quantizer final : public Quantizer {
  public:

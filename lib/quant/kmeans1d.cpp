@@ -29,12 +29,7 @@ constexpr double kDirectWeightFraction = 1e-6;
 
 // ---- splitmix64 (Steele, Lea & Flood 2014): the only randomness ----
 
-uint64_t splitmix64_next(uint64_t& state) {
-  uint64_t z = (state += 0x9e3779b97f4a7c15ULL);
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-  return z ^ (z >> 31);
-}
+using quant_detail::splitmix64_next;
 
 /// Uniform double in [0, 1) from the top 53 bits.
 double uniform01(uint64_t& state) {

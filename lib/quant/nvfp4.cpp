@@ -23,6 +23,22 @@ using namespace quant_detail;  // lib/quant/quant_common.h
 
 constexpr const char* kFormat = "nvfp4";
 
+float nvfp4_scale_2(float amax) { return amax / (6.0f * kE4M3Max); }
+
+uint8_t nvfp4_block_scale(float block_amax, float s2) {
+  const float denom = 6.0f * s2;  // block scale = block_amax / (6 * s2), as ModelOpt computes it
+  return denom > 0.0f ? fp32_to_e4m3(block_amax / denom) : uint8_t{0};
+}
+
+void nvfp4_encode_block(const float* w, int64_t n, float scale, uint8_t* dst) {
+  std::fill(dst, dst + kNvfp4BlockSize / 2, uint8_t{0});
+  if (!(scale > 0.0f)) return;  // zero scale: all codes stay 0 (decode gives 0)
+  for (int64_t c = 0; c < n; ++c) {
+    const uint8_t code = fp32_to_e2m1(w[c] / scale);
+    dst[c >> 1] |= static_cast<uint8_t>(code << ((c & 1) * 4));
+  }
+}
+
 const FormatInfo& Nvfp4Quantizer::info() const { return format_info(kFormat); }
 
 std::vector<PackedPart> Nvfp4Quantizer::layout(int64_t rows, int64_t cols) const {
@@ -38,8 +54,7 @@ PackedTensor Nvfp4Quantizer::encode(const std::string& name, const float* w, int
                                     int64_t cols) const {
   const float amax = checked_amax(name, w, rows, cols);
 
-  const float s2 = amax / (6.0f * kE4M3Max);
-  const float denom = 6.0f * s2;  // block scale = block_amax / (6 * s2), as ModelOpt computes it
+  const float s2 = nvfp4_scale_2(amax);
 
   PackedTensor out = packed_from_layout(kFormat, rows, cols, layout(rows, cols));
   PackedPart& wq = out.parts[0];  // weight          [rows, row_bytes]
@@ -60,14 +75,9 @@ PackedTensor Nvfp4Quantizer::encode(const std::string& name, const float* w, int
       const int64_t c1 = std::min(cols, c0 + kNvfp4BlockSize);
       float bamax = 0.0f;
       for (int64_t c = c0; c < c1; ++c) bamax = std::max(bamax, std::fabs(wr[c]));
-      const uint8_t sb = denom > 0.0f ? fp32_to_e4m3(bamax / denom) : uint8_t{0};
+      const uint8_t sb = nvfp4_block_scale(bamax, s2);
       s[r * nb + b] = sb;
-      const float scale = e4m3_to_fp32(sb) * s2;
-      if (!(scale > 0.0f)) continue;  // zero scale: all codes stay 0 (decode gives 0)
-      for (int64_t c = c0; c < c1; ++c) {
-        const uint8_t code = fp32_to_e2m1(wr[c] / scale);
-        qr[c >> 1] |= static_cast<uint8_t>(code << ((c & 1) * 4));
-      }
+      nvfp4_encode_block(wr + c0, c1 - c0, e4m3_to_fp32(sb) * s2, qr + b * (kNvfp4BlockSize / 2));
     }
   }
   return out;

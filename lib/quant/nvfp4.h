@@ -19,6 +19,18 @@ namespace mpq {
 
 constexpr int kNvfp4BlockSize = 16;
 
+/// NVFP4 per-tensor (second-level) scale s2 = amax / (6 * 448) for a tensor amax >= 0.
+float nvfp4_scale_2(float amax);
+
+/// NVFP4 E4M3 block scale byte for a block whose (possibly clipped) amax is `block_amax`:
+/// E4M3(block_amax / (6 * s2)), or 0 when 6 * s2 is 0 (ModelOpt's computation).
+uint8_t nvfp4_block_scale(float block_amax, float s2);
+
+/// Encodes n <= 16 weights w of one block with the decode scale `scale` =
+/// e4m3_to_fp32(block scale) * s2 into 8 bytes at dst (E2M1 codes, element 2k in the low
+/// nibble of byte k; padding codes 0). All codes are 0 when scale is not > 0.
+void nvfp4_encode_block(const float* w, int64_t n, float scale, uint8_t* dst);
+
 /// NVFP4 quantizer (format name "nvfp4").
 class Nvfp4Quantizer final : public Quantizer {
  public:

@@ -47,6 +47,23 @@ float checked_amax(const std::string& name, const float* w, int64_t rows, int64_
   return amax;
 }
 
+void check_sensitivity(const std::string& name, const float* fisher, int64_t rows, int64_t cols) {
+  if (!fisher) return;
+  const int64_t n = rows * cols;
+  for (int64_t i = 0; i < n; ++i)
+    if (!std::isfinite(fisher[i]) || fisher[i] < 0.0f)
+      throw Error(ExitCode::kInput, name + ": Fisher sensitivity " + std::to_string(fisher[i]) +
+                                        " at index (" + std::to_string(i / cols) + ", " +
+                                        std::to_string(i % cols) + "), expected finite >= 0");
+}
+
+uint64_t splitmix64_next(uint64_t& state) {
+  uint64_t z = (state += 0x9e3779b97f4a7c15ULL);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+  return z ^ (z >> 31);
+}
+
 const FormatInfo& format_info(const char* format) {
   for (const FormatInfo& f : format_table())
     if (std::strcmp(f.name, format) == 0) return f;

@@ -37,6 +37,14 @@ float checked_amax(const std::string& name, const float* w, int64_t rows, int64_
 /// Returns p's parts in layout order.
 std::vector<const PackedPart*> checked_parts(const Quantizer& q, const PackedTensor& p);
 
+/// Throws Error(kInput) "<name>: Fisher sensitivity <v> at index (r, c), expected finite >= 0"
+/// for the first negative, NaN or Inf entry of fisher (rows x cols fp32, row-major), which
+/// may be nullptr (uniform sensitivities: nothing to check).
+void check_sensitivity(const std::string& name, const float* fisher, int64_t rows, int64_t cols);
+
+/// splitmix64 (Steele, Lea & Flood 2014): advances `state` and returns the next output.
+uint64_t splitmix64_next(uint64_t& state);
+
 /// The format_table() row named `format` (Quantizer::info()); aborts if absent (a bug).
 const FormatInfo& format_info(const char* format);
 

@@ -2,6 +2,7 @@
 #include "lib/quant/quantizer.h"
 
 #include "lib/common/error.h"
+#include "lib/quant/fgmp.h"
 #include "lib/quant/fp8.h"
 #include "lib/quant/nvfp4.h"
 #include "lib/quant/quant_common.h"
@@ -56,6 +57,12 @@ const std::vector<FormatInfo>& format_table() {
       {"uniform", "SQUEEZELLM", 4.0 + 16.0 * 16.0 / 4096.0 + 32.0 / 4096.0, 0,
        "per-row min-max uniform round-to-nearest grid of 2^bits levels (--bits 2|3|4), "
        "stored in the squeezellm layout without sparse entries (baseline)"},
+      // FGMP at the default 30% FP8 on a 4096-wide layer (lib/quant/fgmp.h): 0.7 * 4.5
+      // (NVFP4 blocks) + 0.3 * 8 (FP8 blocks) + 1/16 (block map) + 32/4096 (row offsets) = 5.62.
+      {"fgmp", "FGMP", 0.7 * 4.5 + 0.3 * 8.0 + 1.0 / 16.0 + 32.0 / 4096.0, kNvfp4BlockSize,
+       "FGMP fine-grained mixed precision: each 16-element block NVFP4 or FP8, the FP8 blocks "
+       "chosen by Fisher-weighted perturbation (--fp8-fraction, default 0.30, or --target-bpw), "
+       "NVFP4 block scales clipped by Fisher-weighted error"},
   };
   return table;
 }
@@ -69,6 +76,8 @@ const Quantizer& quantizer_for(const std::string& format) {
   static const SqueezeLLMQuantizer uniform(4, 0.0, 0.0, SqueezeLLMQuantizer::Grid::kUniform);
   if (format == "squeezellm") return squeezellm;
   if (format == "uniform") return uniform;
+  static const FgmpQuantizer fgmp;
+  if (format == "fgmp") return fgmp;
   std::string known;
   for (const FormatInfo& f : format_table()) {
     if (!known.empty()) known += ", ";
@@ -85,6 +94,7 @@ std::unique_ptr<Quantizer> make_quantizer(const std::string& format, const Quant
   if (format == "uniform")
     return std::make_unique<SqueezeLLMQuantizer>(params.bits, 0.0, 0.0,
                                                  SqueezeLLMQuantizer::Grid::kUniform);
+  if (format == "fgmp") return std::make_unique<FgmpQuantizer>();  // FgmpParams: construct directly
   quantizer_for(format);  // throws the usage error listing the known names
   MPQ_ASSERT(!"quantizer_for() accepted a format make_quantizer() does not know");
   std::abort();

@@ -96,10 +96,13 @@ const std::vector<FormatInfo>& format_table();
 /// The quantizer for a format name; throws Error(kUsage) listing the known names.
 /// "squeezellm" and "uniform" give instances with the default QuantizerParams; their
 /// decode() reads the bit width from the tensor, so any squeezellm tensor decodes with them.
+/// "fgmp" gives FgmpQuantizer with default FgmpParams (lib/quant/fgmp.h); its decode() takes
+/// the FP8/NVFP4 split from the tensor, so any fgmp tensor decodes with it.
 const Quantizer& quantizer_for(const std::string& format);
 /// A quantizer for `format` with `params` (the parameterized formats: "squeezellm" = k-means
 /// lookup tables plus a sparse fp16 outlier matrix, "uniform" = per-row min-max uniform grid
-/// in the same layout, no sparse part); fp8/nvfp4 ignore params. Throws Error(kUsage) for an
+/// in the same layout, no sparse part); fp8/nvfp4 ignore params; "fgmp" gives the default
+/// FgmpParams (construct FgmpQuantizer for others). Throws Error(kUsage) for an
 /// unknown format or parameters out of range (bits not in {2, 3, 4}, a percentage outside
 /// [0, 100]).
 std::unique_ptr<Quantizer> make_quantizer(const std::string& format, const QuantizerParams& params);

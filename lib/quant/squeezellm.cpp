@@ -159,13 +159,7 @@ PackedTensor SqueezeLLMQuantizer::encode_weighted(const std::string& name, const
                                       std::to_string(kMaxAbs) + " (fp16 lookup/residual range)");
   const int64_t n = rows * cols;
   const std::size_t un = static_cast<std::size_t>(n);
-  if (fisher) {
-    for (int64_t i = 0; i < n; ++i)
-      if (!std::isfinite(fisher[i]) || fisher[i] < 0.0f)
-        throw Error(ExitCode::kInput, name + ": Fisher sensitivity " + std::to_string(fisher[i]) +
-                                          " at index (" + std::to_string(i / cols) + ", " +
-                                          std::to_string(i % cols) + "), expected finite >= 0");
-  }
+  check_sensitivity(name, fisher, rows, cols);
   const int k = 1 << bits_;
 
   // 1. The sparse set.

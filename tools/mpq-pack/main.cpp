@@ -5,6 +5,7 @@
 #include <cstdio>
 
 #include "lib/pack/pack_model.h"
+#include "lib/quant/fgmp.h"
 #include "lib/quant/quantizer.h"
 #include "tools/common.h"
 
@@ -33,7 +34,8 @@ int main(int argc, char** argv) {
   app.add_option("--sensitivity", opt.sensitivity,
                  "squeezellm: sensitivity file (mpq-sensitivity --kind fisher) whose "
                  "<module>.fisher weights the k-means fit and picks sensitive weights; "
-                 "without it the fit is unweighted");
+                 "without it the fit is unweighted. fgmp: the Fisher of the block scores and "
+                 "of the clip search; without it both are unweighted");
   app.add_option("--outlier-pct", opt.params.outlier_pct,
                  "squeezellm: percent of weights (largest |w|) kept sparse in fp16")
       ->check(CLI::Range(0.0, 100.0))
@@ -41,6 +43,29 @@ int main(int argc, char** argv) {
   app.add_option("--sensitive-pct", opt.params.sensitive_pct,
                  "squeezellm: percent of weights (largest Fisher) kept sparse; needs --sensitivity")
       ->check(CLI::Range(0.0, 100.0))
+      ->capture_default_str();
+  std::string fgmp_select = "fisher", fgmp_clip = "weighted";
+  auto* fraction_opt = app.add_option("--fp8-fraction", opt.fgmp.fp8_fraction,
+                                      "fgmp: fraction of all quantized blocks stored in FP8 (one global "
+                                      "threshold over every tensor)")
+                           ->check(CLI::Range(0.0, 1.0))
+                           ->capture_default_str();
+  app.add_option("--target-bpw", opt.target_bpw,
+                 "fgmp: instead of --fp8-fraction, the most FP8 blocks whose bits per weight over "
+                 "the quantized linears (all metadata counted) stay <= B")
+      ->check(CLI::PositiveNumber)
+      ->excludes(fraction_opt);
+  app.add_option("--fgmp-select", fgmp_select,
+                 "fgmp: how FP8 blocks are chosen: fisher (FGMP's Fisher-weighted perturbation), "
+                 "random, amax (block amax / tensor amax); the last two are ablations")
+      ->check(CLI::IsMember({"fisher", "random", "amax"}))
+      ->capture_default_str();
+  app.add_option("--fgmp-clip", fgmp_clip,
+                 "fgmp: NVFP4 block-scale clipping: weighted (Fisher-weighted error over clip "
+                 "ratios 0.70..1.00), unweighted, none (plain RTN scale)")
+      ->check(CLI::IsMember({"weighted", "unweighted", "none"}))
+      ->capture_default_str();
+  app.add_option("--seed", opt.fgmp.seed, "fgmp --fgmp-select random: seed of the block scores")
       ->capture_default_str();
   app.add_option("--exclude", opt.exclude, "Regex over module names to keep unquantized (repeatable)");
   app.add_flag("--force", opt.force, "Replace an existing non-empty output folder");
@@ -51,9 +76,21 @@ int main(int argc, char** argv) {
   return tool::run(app, argc, argv, [&]() -> int {
     if (threads > 0) omp_set_num_threads(threads);
     const bool squeeze = opt.format == "squeezellm" || opt.format == "uniform";
-    for (const char* flag : {"--bits", "--sensitivity", "--outlier-pct", "--sensitive-pct"})
+    const bool fgmp = opt.format == "fgmp";
+    for (const char* flag : {"--bits", "--outlier-pct", "--sensitive-pct"})
       if (!squeeze && app.count(flag) > 0)
         throw Error(ExitCode::kUsage, std::string(flag) + " applies to --format squeezellm/uniform only");
+    if (!squeeze && !fgmp && app.count("--sensitivity") > 0)
+      throw Error(ExitCode::kUsage, "--sensitivity applies to --format squeezellm/uniform/fgmp only");
+    for (const char* flag : {"--fp8-fraction", "--target-bpw", "--fgmp-select", "--fgmp-clip", "--seed"})
+      if (!fgmp && app.count(flag) > 0)
+        throw Error(ExitCode::kUsage, std::string(flag) + " applies to --format fgmp only");
+    opt.fgmp.selection = parse_fgmp_selection(fgmp_select);
+    opt.fgmp.clipping = parse_fgmp_clipping(fgmp_clip);
+    if (fgmp && opt.sensitivity.empty() &&
+        (opt.fgmp.selection == FgmpParams::Selection::kFisher || opt.fgmp.clipping == FgmpParams::Clipping::kWeighted))
+      std::fprintf(stderr, "mpq-pack: note: no --sensitivity: fgmp scores and clipping are unweighted "
+                           "(uniform Fisher)\n");
     if (opt.format == "uniform" &&
         (app.count("--sensitivity") + app.count("--outlier-pct") + app.count("--sensitive-pct")) > 0)
       std::fprintf(stderr, "mpq-pack: note: --format uniform has no sparse part and no weighted fit; "
@@ -73,6 +110,13 @@ int main(int argc, char** argv) {
                   opt.format == "uniform" ? 0.0 : opt.params.outlier_pct,
                   opt.format == "squeezellm" && !opt.sensitivity.empty() ? opt.params.sensitive_pct : 0.0,
                   opt.format == "squeezellm" && !opt.sensitivity.empty() ? "yes" : "no");
+    if (fgmp) {
+      const auto& qc = r.manifest["quantization_config"];
+      std::printf("fgmp         %lld of %lld blocks FP8 (%.4f), selection %s, clipping %s, fisher %s\n",
+                  qc["fp8_blocks"].get<long long>(), qc["total_blocks"].get<long long>(),
+                  qc["fp8_fraction"].get<double>(), fgmp_select.c_str(), fgmp_clip.c_str(),
+                  opt.sensitivity.empty() ? "no" : "yes");
+    }
     std::printf("quantized    %lld weights, %zu bytes, %.4f bpw\n", static_cast<long long>(r.quantized_params),
                 r.quantized_bytes, r.quantized_bpw());
     std::printf("whole model  %lld params, %zu bytes, %.4f bpw\n", static_cast<long long>(r.total_params),
