@@ -47,7 +47,8 @@ std::map<std::string, double> hutchinson_traces(const TensorStore& sens, const s
 }  // namespace
 
 CandidateSpec parse_candidate(const std::string& label) {
-  CandidateSpec s{label, label, {}};
+  CandidateSpec s;
+  s.label = s.format = label;
   if (label == "source" || label == "fp8" || label == "nvfp4") return s;
   static const std::regex sq("(squeezellm|uniform)-([234])bit(-sparse)?");
   std::smatch m;
@@ -59,15 +60,37 @@ CandidateSpec parse_candidate(const std::string& label) {
     s.params.sensitive_pct = sparse ? 0.05 : 0.0;
     return s;
   }
+  static const std::regex fg("fgmp-([0-9]{1,3})");
+  if (std::regex_match(label, m, fg) && std::stoi(m[1]) <= 100) {
+    s.format = "fgmp";
+    s.fgmp.fp8_fraction = std::stoi(m[1]) / 100.0;
+    return s;
+  }
   throw Error(ExitCode::kUsage, "unknown candidate '" + label +
-                                    "': expected source, fp8, nvfp4, squeezellm-<2|3|4>bit[-sparse] or "
-                                    "uniform-<2|3|4>bit");
+                                    "': expected source, fp8, nvfp4, squeezellm-<2|3|4>bit[-sparse], "
+                                    "uniform-<2|3|4>bit or fgmp-<0..100>");
+}
+
+std::unique_ptr<Quantizer> make_candidate_quantizer(const CandidateSpec& spec) {
+  if (spec.format == "source") return nullptr;
+  if (spec.format == "fgmp") return std::make_unique<FgmpQuantizer>(spec.fgmp);
+  return make_quantizer(spec.format, spec.params);
+}
+
+nlohmann::json candidate_params_json(const CandidateSpec& s) {
+  if (s.format == "squeezellm" || s.format == "uniform")
+    return {{"bits", s.params.bits}, {"outlier_pct", s.params.outlier_pct}, {"sensitive_pct", s.params.sensitive_pct}};
+  if (s.format == "fgmp")
+    return {{"fp8_fraction", s.fgmp.fp8_fraction},
+            {"selection", fgmp_selection_name(s.fgmp.selection)},
+            {"clipping", fgmp_clipping_name(s.fgmp.clipping)}};
+  return nlohmann::json::object();
 }
 
 std::vector<std::string> default_candidate_labels() {
   return {"squeezellm-2bit", "squeezellm-2bit-sparse", "squeezellm-3bit", "squeezellm-3bit-sparse",
-          "squeezellm-4bit", "squeezellm-4bit-sparse", "nvfp4",           "fp8",
-          "source"};
+          "squeezellm-4bit", "squeezellm-4bit-sparse", "nvfp4",           "fgmp-10",
+          "fgmp-30",         "fgmp-50",                "fp8",             "source"};
 }
 
 std::vector<TensorCandidates> evaluate_candidates(const std::string& model_dir, const std::string& sensitivity,
@@ -80,7 +103,7 @@ std::vector<TensorCandidates> evaluate_candidates(const std::string& model_dir, 
   const TensorStore sens = TensorStore::open(sensitivity);
   const std::map<std::string, double> traces = hutchinson_traces(sens, sensitivity);
   std::vector<std::unique_ptr<Quantizer>> quants;
-  for (const auto& s : specs) quants.push_back(s.format == "source" ? nullptr : make_quantizer(s.format, s.params));
+  for (const auto& s : specs) quants.push_back(make_candidate_quantizer(s));
 
   std::vector<TensorCandidates> out;
   const std::size_t total = static_cast<std::size_t>(cfg.num_layers) * 7;
@@ -248,9 +271,7 @@ nlohmann::json make_plan(const std::vector<TensorCandidates>& tensors, const std
   for (std::size_t t = 0; t < tensors.size(); ++t) {
     const CandidateSpec& s = specs[static_cast<std::size_t>(sol.choice[t])];
     const CandidateCost& cc = tensors[t].costs[static_cast<std::size_t>(sol.choice[t])];
-    nlohmann::json params = nlohmann::json::object();
-    if (s.format == "squeezellm" || s.format == "uniform")
-      params = {{"bits", s.params.bits}, {"outlier_pct", s.params.outlier_pct}, {"sensitive_pct", s.params.sensitive_pct}};
+    const nlohmann::json params = candidate_params_json(s);
     tj[tensors[t].module] = {{"candidate", s.label},
                              {"format", s.format == "source" ? tensors[t].source_dtype : s.format},
                              {"params", params},

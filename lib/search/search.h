@@ -14,12 +14,14 @@
 #include <cstdint>
 #include <functional>
 #include <limits>
+#include <memory>
 #include <tuple>
 #include <string>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
+#include "lib/quant/fgmp.h"
 #include "lib/quant/quantizer.h"
 #include "lib/search/ilp.h"
 
@@ -30,14 +32,22 @@ namespace mpq {
 struct CandidateSpec {
   std::string label;
   std::string format;
-  QuantizerParams params;
+  QuantizerParams params;  ///< squeezellm / uniform
+  FgmpParams fgmp;         ///< fgmp: a per-tensor FP8 fraction (no global threshold)
 };
 
 /// Parses a candidate label: "source", "fp8", "nvfp4", "squeezellm-<b>bit" (b = 2, 3, 4;
 /// Fisher-weighted k-means LUT, no sparse part), "squeezellm-<b>bit-sparse" (plus the
-/// default 0.45% outlier + 0.05% sensitive CSR part), "uniform-<b>bit" (min-max RTN grid).
-/// Throws Error(kUsage) listing the accepted forms.
+/// default 0.45% outlier + 0.05% sensitive CSR part), "uniform-<b>bit" (min-max RTN grid),
+/// "fgmp-<p>" (FGMP with p percent of the tensor's blocks in FP8, Fisher selection and
+/// Fisher-weighted clipping; p an integer 0..100). Throws Error(kUsage) listing the forms.
 CandidateSpec parse_candidate(const std::string& label);
+
+/// The quantizer of a candidate (nullptr for "source").
+std::unique_ptr<Quantizer> make_candidate_quantizer(const CandidateSpec& spec);
+
+/// The candidate's parameters as recorded in a plan ({} for fp8/nvfp4/source).
+nlohmann::json candidate_params_json(const CandidateSpec& spec);
 
 /// The default candidate labels (every format mpq packs, at its usual settings).
 std::vector<std::string> default_candidate_labels();
