@@ -23,6 +23,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "lib/pack/act_calibration.h"
 #include "lib/quant/quantizer.h"
 
 namespace mpq {
@@ -35,6 +36,10 @@ struct PackOptions {
   /// and recorded as 0). Ignored by the other formats.
   std::string sensitivity;
   std::vector<std::string> exclude;  ///< ECMAScript regexes over module names ("model.layers.0.mlp.down_proj")
+  /// FGMP activation thresholds (lib/pack/act_calibration.h), any format; act.text empty =
+  /// none. Adds "<module>.input_act_fisher" F32 [in] and "<module>.input_fgmp_threshold"
+  /// F32 [] for every linear module and quantization_config["activation"].
+  ActCalibOptions act;
   std::string command_line;          ///< recorded in the manifest
   bool force = false;                ///< replace an existing non-empty output folder
 };
@@ -65,7 +70,8 @@ using PackProgress = std::function<void(std::size_t, std::size_t, const std::str
 
 /// Packs `model_dir` into `out_dir`. Throws Error(kInput) for a bad input (naming file and
 /// tensor: NaN/Inf weights, shapes that disagree with config.json, unsupported architecture,
-/// a sensitivity file without "<module>.fisher" of shape [out, in] for a quantized module),
+/// a sensitivity file without "<module>.fisher" of shape [out, in] for a quantized module,
+/// or, with act.text, errors of calibrate_act_thresholds()),
 /// Error(kUsage) for an unknown format or bad regex, Error(kOutput) when the output cannot
 /// be written or exists without `force`. On any error nothing is left at `out_dir`.
 PackReport pack_model(const std::string& model_dir, const std::string& out_dir,
