@@ -13,6 +13,7 @@
 
 #include <array>
 #include <cstdint>
+#include <limits>
 #include <memory>
 #include <string>
 #include <vector>
@@ -21,6 +22,7 @@
 
 #include "formats/hf_config.h"
 #include "kernels/cpu/lut_gemv.h"
+#include "lib/quant/act_quant.h"
 #include "lib/quant/quantizer.h"
 
 namespace mpq {
@@ -58,6 +60,11 @@ struct Linear {
   int64_t rows = 0;  ///< out_features (always set, also when w is empty)
   int64_t cols = 0;  ///< in_features (always set, also when w is empty)
   std::shared_ptr<const PackedLinear> packed;  ///< set for squeezellm kept packed; then w is empty
+  /// FGMP activation calibration (mpq-pack --act-calib; docs/formats.md): the input
+  /// channels' act_fisher, fp32 [cols], >= 0, empty when the checkpoint has none, and the
+  /// block-score threshold (FP8 when score > threshold; +-inf allowed, NaN when absent).
+  std::vector<float> input_act_fisher;
+  float input_fgmp_threshold = std::numeric_limits<float>::quiet_NaN();
 
   /// Logical weight count rows * cols (use this, not w.size(), to count parameters: w is
   /// empty for packed layers).
@@ -133,13 +140,27 @@ class LlamaModel {
   LlamaWeights& mutable_weights() { return weights_; }
 
   /// Logits [T, vocab] for `tokens[0..T)` run as one fresh context (positions 0..T-1).
-  /// Token ids must be in [0, vocab): throws Error(kInput) otherwise.
+  /// Token ids must be in [0, vocab): throws Error(kInput) otherwise. With an activation
+  /// mode set (set_act_quant), each linear's input is fake-quantized per token before its
+  /// matmul, whatever the weight format, and the blocks are counted; safe to call from
+  /// several threads at once.
   MatrixRM forward(const int32_t* tokens, int64_t T) const;
+
+  /// Activation quantization of every linear input in forward() (lib/quant/act_quant.h):
+  /// kNone (default, the fp32 path unchanged), kFp8, kNvfp4, or kFgmp, which needs every
+  /// linear's input_act_fisher and input_fgmp_threshold: otherwise throws Error(kInput)
+  /// "<source>: tensor '<module>.input_fgmp_threshold' missing ...". Resets the counts.
+  void set_act_quant(ActQuantMode mode, const std::string& source = "model");
+  ActQuantMode act_quant() const { return act_mode_; }
+  /// NVFP4 / FP8 activation blocks quantized by forward() since set_act_quant.
+  ActBlockCounts act_block_counts() const { return act_counts_.get(); }
 
  private:
   LlamaConfig config_;
   LlamaWeights weights_;
   std::vector<double> inv_freq_;  ///< [head_dim / 2]
+  ActQuantMode act_mode_ = ActQuantMode::kNone;
+  mutable ActBlockCounter act_counts_;
 };
 
 /// RoPE inverse frequencies [head_dim/2] for a config, rope_scaling applied (float64).
