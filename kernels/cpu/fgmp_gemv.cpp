@@ -11,6 +11,7 @@
 #include <cmath>        // std::isfinite
 #include <cstring>      // std::memcpy
 #include <string>
+#include <type_traits>  // std::integral_constant
 #include <vector>
 
 #include "lib/common/error.h"    // Error, ExitCode, throw_input
@@ -22,8 +23,10 @@ namespace {
 constexpr int64_t kB = kFgmpBlockSize;
 // Layers below this many weights run on one thread: the OpenMP fork costs more.
 constexpr int64_t kParallelMinWeights = int64_t{1} << 16;
-// fgmp_gemm decodes about this many floats of W per thread at a time (256 KiB, L2).
+// fgmp_gemm decodes about this many floats of W per thread at a time (256 KiB, L2) for
+// windows of fewer than kLargeWindow rows, 256 rows at a time for larger ones.
 constexpr int64_t kGemmBlockFloats = int64_t{1} << 16;
+constexpr int64_t kLargeWindow = 64;
 
 void check_view(const FgmpWeightView& w, const char* fn) {
   if (w.rows < 0 || w.cols < 0)
@@ -60,26 +63,48 @@ inline RowStreams row_streams(const FgmpWeightView& w, int64_t r) {
   return {w.fp4 + k4 * 8, w.fp4_scale + k4, w.fp8 + int64_t{w.fp8_row_offset[r]} * kB};
 }
 
-// Splits the row's nb blocks by kind without branches: i4 gets the NVFP4 block indices, i8
-// the FP8 ones, both ascending (each sized nb). Returns the FP8 count.
-inline int64_t split_blocks(const uint8_t* map_row, int64_t nb, int32_t* i4, int32_t* i8) {
-  int64_t n4 = 0, n8 = 0;
-  for (int64_t i = 0; i < nb; ++i) {
-    const int64_t bit = (map_row[i >> 3] >> (i & 7)) & 1;
-    i4[n4] = static_cast<int32_t>(i);
-    i8[n8] = static_cast<int32_t>(i);
-    n8 += bit;
-    n4 += bit ^ 1;
+// Map bytes [byte0, byte0 + 8) of a row as a little-endian word (bytes past mb read as 0).
+inline uint64_t map_word(const uint8_t* map_row, int64_t byte0, int64_t mb) {
+  uint64_t u = 0;
+  if (mb - byte0 >= 8) {
+    std::memcpy(&u, map_row + byte0, 8);
+  } else {
+    for (int64_t b = byte0; b < mb; ++b) u |= uint64_t{map_row[b]} << (8 * (b - byte0));
   }
-  return n8;
+  return u;
 }
 
-// Per-thread scratch of a GEMV: the two block lists of a row.
-struct RowLists {
-  std::vector<int32_t> i4, i8;
-  explicit RowLists(int64_t nb)
-      : i4(static_cast<std::size_t>(nb)), i8(static_cast<std::size_t>(nb)) {}
-};
+using Even = std::integral_constant<int, 0>;
+using Odd = std::integral_constant<int, 1>;
+
+// Walks row r's blocks 64 map bits at a time: first f4(i, parity) for each NVFP4 block i,
+// then f8(i, parity) for each FP8 block, ascending, with bit scans instead of a branch per
+// block (the block kinds are random, so that branch would mispredict about every third
+// block). So the callers read each stream strictly in order. parity (Even / Odd, by the
+// block's rank within the word's blocks of its kind) lets a caller alternate two
+// accumulators. The callers are lambdas carrying their path's target attribute; the walk
+// is inlined into them.
+template <typename F4, typename F8>
+__attribute__((always_inline)) inline void walk_row(const uint8_t* map_row, int64_t nb,
+                                                    int64_t mb, F4&& f4, F8&& f8) {
+  for (int64_t i0 = 0; i0 < nb; i0 += 64) {
+    const uint64_t bits = map_word(map_row, i0 / 8, mb);
+    const int64_t n = std::min<int64_t>(64, nb - i0);
+    const uint64_t valid = n == 64 ? ~uint64_t{0} : (uint64_t{1} << n) - 1;
+    for (uint64_t m = ~bits & valid; m;) {
+      f4(i0 + __builtin_ctzll(m), Even{});
+      if (!(m &= m - 1)) break;
+      f4(i0 + __builtin_ctzll(m), Odd{});
+      m &= m - 1;
+    }
+    for (uint64_t m = bits & valid; m;) {
+      f8(i0 + __builtin_ctzll(m), Even{});
+      if (!(m &= m - 1)) break;
+      f8(i0 + __builtin_ctzll(m), Odd{});
+      m &= m - 1;
+    }
+  }
+}
 
 // x itself when cols is a multiple of 16, else a copy zero-padded to 16 * NB floats (kept
 // in `pad`), so every block reads 16 x values and the kernels have no tail.
@@ -90,18 +115,14 @@ const float* padded_x(const FgmpWeightView& w, const float* x, std::vector<float
   return pad->data();
 }
 
-// Shared GEMV driver: row_dot(r, lists, x) -> y[r].
+// Shared GEMV driver: y[r] = row_dot(w, r, padded x).
 template <typename RowDot>
 void gemv_driver(const FgmpWeightView& w, const float* x, float* y, RowDot row_dot) {
-  const int64_t R = w.rows, nb = blocks_per_row(w);
+  const int64_t R = w.rows;
   std::vector<float> pad;
   const float* xp = padded_x(w, x, &pad);
-#pragma omp parallel if (R * w.cols >= kParallelMinWeights && R > 1)
-  {
-    RowLists lists(nb);
-#pragma omp for schedule(static)
-    for (int64_t r = 0; r < R; ++r) y[r] = row_dot(r, lists, xp);
-  }
+#pragma omp parallel for schedule(static) if (R * w.cols >= kParallelMinWeights && R > 1)
+  for (int64_t r = 0; r < R; ++r) y[r] = row_dot(w, r, xp);
 }
 
 // Shared GEMM driver: decode(r, out) writes row r (16 * NB floats); blocks of rows are
@@ -117,7 +138,12 @@ void gemm_driver(const FgmpWeightView& w, const float* X, int64_t T, float* Y,
     std::fill(Y, Y + T * R, 0.0f);
     return;
   }
-  const int64_t rb = std::max<int64_t>(8, std::min<int64_t>(256, kGemmBlockFloats / ld));
+  // Small windows: an L2-sized block of rows. Large ones: 256 rows, so the GEMM's packing
+  // of X (T * C floats per call) stays small next to its T * C * rb multiply-adds
+  // (measured at T = 512: 16-row blocks ran at ~0.5x the dense GEMM, 256-row ones ~0.9x).
+  const int64_t rb = T >= kLargeWindow
+                         ? 256
+                         : std::max<int64_t>(8, std::min<int64_t>(256, kGemmBlockFloats / ld));
   const int64_t nblk = (R + rb - 1) / rb;
   const Eigen::Map<const MatrixRM> Xm(X, T, C);
 #pragma omp parallel if (R * C >= kParallelMinWeights && nblk > 1)
@@ -168,56 +194,53 @@ float ref_row_dot(const FgmpWeightView& w, int64_t r, const float* x) {
 
 // Units: NVFP4 blocks add e2m1 * e4m3(scale) * x (exact weights before fp4_scale_2), FP8
 // blocks add e4m3 * x; the two tensor scales are applied once per row.
-float scalar_row_dot(const FgmpWeightView& w, int64_t r, RowLists& L, const float* x) {
+float scalar_row_dot(const FgmpWeightView& w, int64_t r, const float* x) {
   const Tables& t = tables();
-  const int64_t nb = blocks_per_row(w);
-  const RowStreams s = row_streams(w, r);
-  const int64_t n8 = split_blocks(w.block_map + r * map_bytes_per_row(w), nb, L.i4.data(),
-                                  L.i8.data());
-  const int64_t n4 = nb - n8;
+  RowStreams s = row_streams(w, r);
   float acc4 = 0.0f, acc8 = 0.0f;
-  for (int64_t k = 0; k < n4; ++k) {
-    const uint8_t* q = s.q4 + k * 8;
-    const float* xb = x + int64_t{L.i4[k]} * kB;
-    float a = 0.0f, b = 0.0f;
-    for (int e = 0; e < 8; e += 2) {
-      a += t.e2m1[q[e] & 0xF] * xb[2 * e] + t.e2m1[q[e] >> 4] * xb[2 * e + 1];
-      b += t.e2m1[q[e + 1] & 0xF] * xb[2 * e + 2] + t.e2m1[q[e + 1] >> 4] * xb[2 * e + 3];
-    }
-    acc4 += t.e4m3[s.s4[k]] * (a + b);
-  }
-  for (int64_t k = 0; k < n8; ++k) {
-    const uint8_t* q = s.q8 + k * kB;
-    const float* xb = x + int64_t{L.i8[k]} * kB;
-    float a = 0.0f, b = 0.0f;
-    for (int e = 0; e < kB; e += 2) {
-      a += t.e4m3[q[e]] * xb[e];
-      b += t.e4m3[q[e + 1]] * xb[e + 1];
-    }
-    acc8 += a + b;
-  }
+  walk_row(
+      w.block_map + r * map_bytes_per_row(w), blocks_per_row(w), map_bytes_per_row(w),
+      [&](int64_t i, auto) {
+        const float* xb = x + i * kB;
+        float a = 0.0f, b = 0.0f;
+        for (int e = 0; e < 8; e += 2) {
+          a += t.e2m1[s.q4[e] & 0xF] * xb[2 * e] + t.e2m1[s.q4[e] >> 4] * xb[2 * e + 1];
+          b += t.e2m1[s.q4[e + 1] & 0xF] * xb[2 * e + 2] +
+               t.e2m1[s.q4[e + 1] >> 4] * xb[2 * e + 3];
+        }
+        acc4 += t.e4m3[*s.s4++] * (a + b);
+        s.q4 += 8;
+      },
+      [&](int64_t i, auto) {
+        const float* xb = x + i * kB;
+        float a = 0.0f, b = 0.0f;
+        for (int e = 0; e < kB; e += 2) {
+          a += t.e4m3[s.q8[e]] * xb[e];
+          b += t.e4m3[s.q8[e + 1]] * xb[e + 1];
+        }
+        acc8 += a + b;
+        s.q8 += kB;
+      });
   return w.fp4_scale_2 * acc4 + w.fp8_scale * acc8;
 }
 
-// Walks the row's blocks in map order (decode is once per row, so no split is needed).
 void scalar_decode_row(const FgmpWeightView& w, int64_t r, float* out) {
   const Tables& t = tables();
-  const int64_t nb = blocks_per_row(w);
-  const uint8_t* map_row = w.block_map + r * map_bytes_per_row(w);
   RowStreams s = row_streams(w, r);
-  for (int64_t i = 0; i < nb; ++i, out += kB) {
-    if ((map_row[i >> 3] >> (i & 7)) & 1) {
-      for (int e = 0; e < kB; ++e) out[e] = t.e4m3[s.q8[e]] * w.fp8_scale;
-      s.q8 += kB;
-    } else {
-      const float sc = t.e4m3[*s.s4++];
-      for (int e = 0; e < 8; ++e) {
-        out[2 * e] = t.e2m1[s.q4[e] & 0xF] * sc * w.fp4_scale_2;
-        out[2 * e + 1] = t.e2m1[s.q4[e] >> 4] * sc * w.fp4_scale_2;
-      }
-      s.q4 += 8;
-    }
-  }
+  walk_row(
+      w.block_map + r * map_bytes_per_row(w), blocks_per_row(w), map_bytes_per_row(w),
+      [&](int64_t i, auto) {  // (e2m1 * e4m3(scale)) * fp4_scale_2, the reference's order
+        const float sc = t.e4m3[*s.s4++];
+        for (int e = 0; e < 8; ++e) {
+          out[i * kB + 2 * e] = t.e2m1[s.q4[e] & 0xF] * sc * w.fp4_scale_2;
+          out[i * kB + 2 * e + 1] = t.e2m1[s.q4[e] >> 4] * sc * w.fp4_scale_2;
+        }
+        s.q4 += 8;
+      },
+      [&](int64_t i, auto) {
+        for (int e = 0; e < kB; ++e) out[i * kB + e] = t.e4m3[s.q8[e]] * w.fp8_scale;
+        s.q8 += kB;
+      });
 }
 
 // ---------------------------------------------------------------- AVX2 path ----------
@@ -241,7 +264,8 @@ MPQ_AVX2 inline __m128i nibbles16(const uint8_t* q) {
 // The 16 codes of an FP8 block as fp16 bit patterns worth e4m3 / 256, exactly: the sign-
 // extended byte shifted left by 7 puts the mantissa at fp16 bits 7-9, the exponent at
 // 10-13 and the sign at 15 (bit 14, a copy of the sign, is masked off). E4M3 subnormals
-// (exponent 0) become fp16 subnormals of the same value / 256.
+// (exponent 0) become fp16 subnormals of the same value / 256, which cvtph converts
+// exactly. (The NaN codes become +-480.)
 MPQ_AVX2 inline __m256i e4m3_to_f16x16(const uint8_t* q) {
   const __m256i h = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q)));
   return _mm256_and_si256(_mm256_slli_epi16(h, 7), _mm256_set1_epi16(static_cast<short>(0xBF80)));
@@ -261,61 +285,63 @@ MPQ_AVX2 inline void e2m1x16(const uint8_t* q, __m256 mag, __m256* lo, __m256* h
   *hi = e2m1x8(_mm256_cvtepu8_epi32(_mm_srli_si128(n, 8)), mag);
 }
 
-MPQ_AVX2 float avx2_row_dot(const FgmpWeightView& w, int64_t r, RowLists& L, const float* x) {
+// The 16 values of an FP8 block as two halves, worth e4m3 / 256.
+MPQ_AVX2 inline void e4m3x16(const uint8_t* q, __m256* lo, __m256* hi) {
+  const __m256i h = e4m3_to_f16x16(q);
+  *lo = _mm256_cvtph_ps(_mm256_castsi256_si128(h));
+  *hi = _mm256_cvtph_ps(_mm256_extracti128_si256(h, 1));
+}
+
+MPQ_AVX2 float avx2_row_dot(const FgmpWeightView& w, int64_t r, const float* x) {
   const Tables& t = tables();
-  const int64_t nb = blocks_per_row(w);
-  const RowStreams s = row_streams(w, r);
-  const int64_t n8 = split_blocks(w.block_map + r * map_bytes_per_row(w), nb, L.i4.data(),
-                                  L.i8.data());
-  const int64_t n4 = nb - n8;
+  RowStreams s = row_streams(w, r);
   const __m256 mag = _mm256_loadu_ps(t.e2m1);
   __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
-  for (int64_t k = 0; k < n4; ++k) {
-    const float* xb = x + int64_t{L.i4[k]} * kB;
-    __m256 lo, hi;
-    e2m1x16(s.q4 + k * 8, mag, &lo, &hi);
-    const __m256 sc = _mm256_broadcast_ss(&t.e4m3[s.s4[k]]);
-    a0 = _mm256_fmadd_ps(_mm256_mul_ps(lo, sc), _mm256_loadu_ps(xb), a0);
-    a1 = _mm256_fmadd_ps(_mm256_mul_ps(hi, sc), _mm256_loadu_ps(xb + 8), a1);
-  }
   __m256 b0 = _mm256_setzero_ps(), b1 = _mm256_setzero_ps();
-  for (int64_t k = 0; k < n8; ++k) {
-    const float* xb = x + int64_t{L.i8[k]} * kB;
-    const __m256i h = e4m3_to_f16x16(s.q8 + k * kB);
-    b0 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm256_castsi256_si128(h)), _mm256_loadu_ps(xb), b0);
-    b1 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm256_extracti128_si256(h, 1)),
-                         _mm256_loadu_ps(xb + 8), b1);
-  }
+  walk_row(
+      w.block_map + r * map_bytes_per_row(w), blocks_per_row(w), map_bytes_per_row(w),
+      [&](int64_t i, auto) MPQ_AVX2 {
+        __m256 lo, hi;
+        e2m1x16(s.q4, mag, &lo, &hi);
+        const __m256 sc = _mm256_broadcast_ss(&t.e4m3[*s.s4++]);
+        a0 = _mm256_fmadd_ps(_mm256_mul_ps(lo, sc), _mm256_loadu_ps(x + i * kB), a0);
+        a1 = _mm256_fmadd_ps(_mm256_mul_ps(hi, sc), _mm256_loadu_ps(x + i * kB + 8), a1);
+        s.q4 += 8;
+      },
+      [&](int64_t i, auto) MPQ_AVX2 {
+        __m256 lo, hi;
+        e4m3x16(s.q8, &lo, &hi);
+        b0 = _mm256_fmadd_ps(lo, _mm256_loadu_ps(x + i * kB), b0);
+        b1 = _mm256_fmadd_ps(hi, _mm256_loadu_ps(x + i * kB + 8), b1);
+        s.q8 += kB;
+      });
   return w.fp4_scale_2 * hsum8(_mm256_add_ps(a0, a1)) +
          w.fp8_scale * (256.0f * hsum8(_mm256_add_ps(b0, b1)));
 }
 
 MPQ_AVX2 void avx2_decode_row(const FgmpWeightView& w, int64_t r, float* out) {
   const Tables& t = tables();
-  const int64_t nb = blocks_per_row(w);
-  const uint8_t* map_row = w.block_map + r * map_bytes_per_row(w);
   RowStreams s = row_streams(w, r);
   const __m256 mag = _mm256_loadu_ps(t.e2m1);
   const __m256 s2 = _mm256_set1_ps(w.fp4_scale_2), s8 = _mm256_set1_ps(w.fp8_scale);
   const __m256 k256 = _mm256_set1_ps(256.0f);
-  for (int64_t i = 0; i < nb; ++i, out += kB) {
-    __m256 lo, hi;
-    if ((map_row[i >> 3] >> (i & 7)) & 1) {  // e4m3 * fp8_scale (e4m3 = fp16 value * 256)
-      const __m256i h = e4m3_to_f16x16(s.q8);
-      lo = _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtph_ps(_mm256_castsi256_si128(h)), k256), s8);
-      hi = _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtph_ps(_mm256_extracti128_si256(h, 1)), k256),
-                         s8);
-      s.q8 += kB;
-    } else {  // (e2m1 * e4m3(scale)) * fp4_scale_2, the reference's order
-      e2m1x16(s.q4, mag, &lo, &hi);
-      const __m256 sc = _mm256_broadcast_ss(&t.e4m3[*s.s4++]);
-      lo = _mm256_mul_ps(_mm256_mul_ps(lo, sc), s2);
-      hi = _mm256_mul_ps(_mm256_mul_ps(hi, sc), s2);
-      s.q4 += 8;
-    }
-    _mm256_storeu_ps(out, lo);
-    _mm256_storeu_ps(out + 8, hi);
-  }
+  walk_row(
+      w.block_map + r * map_bytes_per_row(w), blocks_per_row(w), map_bytes_per_row(w),
+      [&](int64_t i, auto) MPQ_AVX2 {  // (e2m1 * e4m3(scale)) * fp4_scale_2
+        __m256 lo, hi;
+        e2m1x16(s.q4, mag, &lo, &hi);
+        const __m256 sc = _mm256_broadcast_ss(&t.e4m3[*s.s4++]);
+        _mm256_storeu_ps(out + i * kB, _mm256_mul_ps(_mm256_mul_ps(lo, sc), s2));
+        _mm256_storeu_ps(out + i * kB + 8, _mm256_mul_ps(_mm256_mul_ps(hi, sc), s2));
+        s.q4 += 8;
+      },
+      [&](int64_t i, auto) MPQ_AVX2 {  // (e4m3 / 256 * 256) * fp8_scale
+        __m256 lo, hi;
+        e4m3x16(s.q8, &lo, &hi);
+        _mm256_storeu_ps(out + i * kB, _mm256_mul_ps(_mm256_mul_ps(lo, k256), s8));
+        _mm256_storeu_ps(out + i * kB + 8, _mm256_mul_ps(_mm256_mul_ps(hi, k256), s8));
+        s.q8 += kB;
+      });
 }
 
 // ---------------------------------------------------------------- AVX-512 path -------
@@ -334,6 +360,7 @@ MPQ_AVX512 inline float hsum16(__m512 v) {
 }
 
 // The 16 e2m1 values of an NVFP4 block: permutexvar uses the low 4 bits of each lane.
+// (A VBMI multishift instead of unpack + zero-extend measured no faster.)
 MPQ_AVX512 inline __m512 e2m1x16_512(const uint8_t* q, __m512 table) {
   return _mm512_maskz_permutexvar_ps(kAll16, _mm512_maskz_cvtepu8_epi32(kAll16, nibbles16(q)),
                                      table);
@@ -344,63 +371,46 @@ MPQ_AVX512 inline __m512 e4m3x16_512(const uint8_t* q) {
   return _mm512_maskz_cvtph_ps(kAll16, e4m3_to_f16x16(q));
 }
 
-MPQ_AVX512 float avx512_row_dot(const FgmpWeightView& w, int64_t r, RowLists& L,
-                                const float* x) {
+MPQ_AVX512 float avx512_row_dot(const FgmpWeightView& w, int64_t r, const float* x) {
   const Tables& t = tables();
-  const int64_t nb = blocks_per_row(w);
-  const RowStreams s = row_streams(w, r);
-  const int64_t n8 = split_blocks(w.block_map + r * map_bytes_per_row(w), nb, L.i4.data(),
-                                  L.i8.data());
-  const int64_t n4 = nb - n8;
+  RowStreams s = row_streams(w, r);
   const __m512 table = _mm512_loadu_ps(t.e2m1);
-  __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
-  int64_t k = 0;
-  for (; k + 2 <= n4; k += 2) {
-    const __m512 w0 = _mm512_mul_ps(e2m1x16_512(s.q4 + k * 8, table),
-                                    _mm512_set1_ps(t.e4m3[s.s4[k]]));
-    const __m512 w1 = _mm512_mul_ps(e2m1x16_512(s.q4 + k * 8 + 8, table),
-                                    _mm512_set1_ps(t.e4m3[s.s4[k + 1]]));
-    a0 = _mm512_fmadd_ps(w0, _mm512_loadu_ps(x + int64_t{L.i4[k]} * kB), a0);
-    a1 = _mm512_fmadd_ps(w1, _mm512_loadu_ps(x + int64_t{L.i4[k + 1]} * kB), a1);
-  }
-  if (k < n4)
-    a0 = _mm512_fmadd_ps(
-        _mm512_mul_ps(e2m1x16_512(s.q4 + k * 8, table), _mm512_set1_ps(t.e4m3[s.s4[k]])),
-        _mm512_loadu_ps(x + int64_t{L.i4[k]} * kB), a0);
-  __m512 b0 = _mm512_setzero_ps(), b1 = _mm512_setzero_ps();
-  for (k = 0; k + 2 <= n8; k += 2) {
-    b0 = _mm512_fmadd_ps(e4m3x16_512(s.q8 + k * kB), _mm512_loadu_ps(x + int64_t{L.i8[k]} * kB),
-                         b0);
-    b1 = _mm512_fmadd_ps(e4m3x16_512(s.q8 + (k + 1) * kB),
-                         _mm512_loadu_ps(x + int64_t{L.i8[k + 1]} * kB), b1);
-  }
-  if (k < n8)
-    b0 = _mm512_fmadd_ps(e4m3x16_512(s.q8 + k * kB), _mm512_loadu_ps(x + int64_t{L.i8[k]} * kB),
-                         b0);
-  return w.fp4_scale_2 * hsum16(_mm512_add_ps(a0, a1)) +
-         w.fp8_scale * (256.0f * hsum16(_mm512_add_ps(b0, b1)));
+  __m512 a[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
+  __m512 b[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
+  walk_row(
+      w.block_map + r * map_bytes_per_row(w), blocks_per_row(w), map_bytes_per_row(w),
+      [&](int64_t i, auto parity) MPQ_AVX512 {
+        const __m512 v =
+            _mm512_mul_ps(e2m1x16_512(s.q4, table), _mm512_set1_ps(t.e4m3[*s.s4++]));
+        a[parity] = _mm512_fmadd_ps(v, _mm512_loadu_ps(x + i * kB), a[parity]);
+        s.q4 += 8;
+      },
+      [&](int64_t i, auto parity) MPQ_AVX512 {
+        b[parity] = _mm512_fmadd_ps(e4m3x16_512(s.q8), _mm512_loadu_ps(x + i * kB), b[parity]);
+        s.q8 += kB;
+      });
+  return w.fp4_scale_2 * hsum16(_mm512_add_ps(a[0], a[1])) +
+         w.fp8_scale * (256.0f * hsum16(_mm512_add_ps(b[0], b[1])));
 }
 
 MPQ_AVX512 void avx512_decode_row(const FgmpWeightView& w, int64_t r, float* out) {
   const Tables& t = tables();
-  const int64_t nb = blocks_per_row(w);
-  const uint8_t* map_row = w.block_map + r * map_bytes_per_row(w);
   RowStreams s = row_streams(w, r);
   const __m512 table = _mm512_loadu_ps(t.e2m1);
   const __m512 s2 = _mm512_set1_ps(w.fp4_scale_2), s8 = _mm512_set1_ps(w.fp8_scale);
   const __m512 k256 = _mm512_set1_ps(256.0f);
-  for (int64_t i = 0; i < nb; ++i, out += kB) {
-    __m512 v;
-    if ((map_row[i >> 3] >> (i & 7)) & 1) {  // e4m3 * fp8_scale
-      v = _mm512_mul_ps(_mm512_mul_ps(e4m3x16_512(s.q8), k256), s8);
-      s.q8 += kB;
-    } else {  // (e2m1 * e4m3(scale)) * fp4_scale_2
-      v = _mm512_mul_ps(_mm512_mul_ps(e2m1x16_512(s.q4, table), _mm512_set1_ps(t.e4m3[*s.s4++])),
-                        s2);
-      s.q4 += 8;
-    }
-    _mm512_storeu_ps(out, v);
-  }
+  walk_row(
+      w.block_map + r * map_bytes_per_row(w), blocks_per_row(w), map_bytes_per_row(w),
+      [&](int64_t i, auto) MPQ_AVX512 {  // (e2m1 * e4m3(scale)) * fp4_scale_2
+        const __m512 v =
+            _mm512_mul_ps(e2m1x16_512(s.q4, table), _mm512_set1_ps(t.e4m3[*s.s4++]));
+        _mm512_storeu_ps(out + i * kB, _mm512_mul_ps(v, s2));
+        s.q4 += 8;
+      },
+      [&](int64_t i, auto) MPQ_AVX512 {  // (e4m3 / 256 * 256) * fp8_scale
+        _mm512_storeu_ps(out + i * kB, _mm512_mul_ps(_mm512_mul_ps(e4m3x16_512(s.q8), k256), s8));
+        s.q8 += kB;
+      });
 }
 
 }  // namespace
@@ -431,23 +441,17 @@ void fgmp_gemm_reference(const FgmpWeightView& w, const float* X, int64_t T, flo
 
 void fgmp_gemv_scalar(const FgmpWeightView& w, const float* x, float* y) {
   check_view(w, "fgmp_gemv_scalar");
-  gemv_driver(w, x, y, [&w](int64_t r, RowLists& L, const float* xp) {
-    return scalar_row_dot(w, r, L, xp);
-  });
+  gemv_driver(w, x, y, scalar_row_dot);
 }
 
 void fgmp_gemv_avx2(const FgmpWeightView& w, const float* x, float* y) {
   check_view(w, "fgmp_gemv_avx2");
-  gemv_driver(w, x, y, [&w](int64_t r, RowLists& L, const float* xp) {
-    return avx2_row_dot(w, r, L, xp);
-  });
+  gemv_driver(w, x, y, avx2_row_dot);
 }
 
 void fgmp_gemv_avx512(const FgmpWeightView& w, const float* x, float* y) {
   check_view(w, "fgmp_gemv_avx512");
-  gemv_driver(w, x, y, [&w](int64_t r, RowLists& L, const float* xp) {
-    return avx512_row_dot(w, r, L, xp);
-  });
+  gemv_driver(w, x, y, avx512_row_dot);
 }
 
 void fgmp_decode_row_scalar(const FgmpWeightView& w, int64_t r, float* out) {
@@ -462,16 +466,19 @@ void fgmp_decode_row_avx512(const FgmpWeightView& w, int64_t r, float* out) {
 
 void fgmp_gemm_scalar(const FgmpWeightView& w, const float* X, int64_t T, float* Y) {
   check_view(w, "fgmp_gemm_scalar");
+  if (T == 1) return fgmp_gemv_scalar(w, X, Y);  // one row of X: the GEMV kernel
   gemm_driver(w, X, T, Y, [&w](int64_t r, float* out) { scalar_decode_row(w, r, out); });
 }
 
 void fgmp_gemm_avx2(const FgmpWeightView& w, const float* X, int64_t T, float* Y) {
   check_view(w, "fgmp_gemm_avx2");
+  if (T == 1) return fgmp_gemv_avx2(w, X, Y);  // one row of X: the GEMV kernel
   gemm_driver(w, X, T, Y, [&w](int64_t r, float* out) { avx2_decode_row(w, r, out); });
 }
 
 void fgmp_gemm_avx512(const FgmpWeightView& w, const float* X, int64_t T, float* Y) {
   check_view(w, "fgmp_gemm_avx512");
+  if (T == 1) return fgmp_gemv_avx512(w, X, Y);  // one row of X: the GEMV kernel
   gemm_driver(w, X, T, Y, [&w](int64_t r, float* out) { avx512_decode_row(w, r, out); });
 }
 

@@ -41,9 +41,10 @@
 //     | y[r] = fp4_scale_2 * sum(acc4) + fp8_scale * 256 * sum(acc8)
 //
 // A partial last block reads x from a zero-padded copy, so the loop has no tail.
-// fgmp_gemm decodes a block of rows at a time into a per-thread fp32 buffer (weights bit
-// for bit equal to the reference's) and multiplies it with X by one Eigen GEMM (OpenBLAS
-// when built with it), so the packed weights are read once per window.
+// fgmp_gemm decodes a block of rows at a time (L2-sized for T < 64, 256 rows for larger
+// windows) into a per-thread fp32 buffer (weights bit for bit equal to the reference's)
+// and multiplies it with X by one Eigen GEMM (OpenBLAS when built with it), so the packed
+// weights are read once per window; T = 1 runs the GEMV kernel.
 #pragma once
 
 #include <cstdint>
