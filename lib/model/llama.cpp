@@ -3,6 +3,7 @@
 #include <omp.h>
 
 #include <cmath>
+#include <cstring>
 #include <random>
 #include <string>
 
@@ -79,9 +80,12 @@ MatrixRM apply_linear(const MatrixRM& x_in, const Linear& l, ActQuantMode act, A
   const MatrixRM& x = act != ActQuantMode::kNone ? xq : x_in;
   MatrixRM y;
   if (l.packed) {
-    MPQ_ASSERT(x.cols() == l.packed->view.cols);
-    y.resize(x.rows(), l.packed->view.rows);
-    lut_gemm(l.packed->view, x.data(), x.rows(), y.data());
+    MPQ_ASSERT(x.cols() == l.cols);
+    y.resize(x.rows(), l.rows);
+    if (l.packed->is_fgmp())
+      fgmp_gemm(l.packed->fgmp, x.data(), x.rows(), y.data());
+    else
+      lut_gemm(l.packed->view, x.data(), x.rows(), y.data());
   } else {
     y.resize(x.rows(), l.w.rows());
     y.noalias() = x * l.w.transpose();
@@ -222,6 +226,26 @@ std::vector<double> rope_inv_freq(const LlamaConfig& c) {
 }
 
 PackedLinear::PackedLinear(PackedTensor t) : tensor(std::move(t)) {
+  if (is_fgmp()) {
+    auto scalar = [&](const char* suffix) {
+      const PackedPart& part = tensor.part(suffix);
+      MPQ_ASSERT(part.bytes.size() == 4);  // read_packed() checked the layout
+      float v;
+      std::memcpy(&v, part.bytes.data(), 4);
+      return v;
+    };
+    fgmp.rows = tensor.rows;
+    fgmp.cols = tensor.cols;
+    fgmp.block_map = tensor.part("weight_block_map").bytes.data();
+    fgmp.fp8_row_offset = reinterpret_cast<const int32_t*>(tensor.part("weight_fp8_row_offset").bytes.data());
+    fgmp.fp4 = tensor.part("weight_fp4").bytes.data();
+    fgmp.fp4_scale = tensor.part("weight_fp4_scale").bytes.data();
+    fgmp.fp4_scale_2 = scalar("weight_fp4_scale_2");
+    fgmp.fp8 = tensor.part("weight_fp8").bytes.data();
+    fgmp.fp8_scale = scalar("weight_fp8_scale");
+    fgmp_check_layout(fgmp, "fgmp tensor [" + std::to_string(tensor.rows) + " x " + std::to_string(tensor.cols) + "]");
+    return;
+  }
   const PackedPart& qw = tensor.part("qweight");
   const PackedPart& lt = tensor.part("lookup_table");
   const PackedPart& rp = tensor.part("sparse_rowptr");
@@ -277,12 +301,18 @@ LlamaModel LlamaModel::load(const std::string& dir, const LoadOptions& opt) {
       Linear& lin = L.linear[i];
       lin.rows = rows;
       lin.cols = cols;
-      if (!opt.expand_packed && detect_linear_format(store, name) == "squeezellm") {
-        // Kept packed: the forward pass runs the LUT kernels on it, w stays empty.
-        lin.format = "squeezellm";
+      const std::string fmt = opt.expand_packed ? "" : detect_linear_format(store, name);
+      if (fmt == "squeezellm" || fmt == "fgmp") {
+        // Kept packed: the forward pass runs the LUT / FGMP kernels on it, w stays empty.
+        lin.format = fmt;
         PackedTensor p = read_packed(store, name, lin.format, rows, cols);
         lin.stored_bytes = p.bytes();
-        lin.packed = make_packed_linear(std::move(p));
+        try {
+          lin.packed = make_packed_linear(std::move(p));
+        } catch (const Error& e) {
+          const std::string part = name + (fmt == "fgmp" ? ".weight_block_map" : ".qweight");
+          throw_input(store.get(part).file, "module '" + name + "': " + e.what());
+        }
       } else {
         const std::vector<float> v =
             read_linear_f32(store, name, rows, cols, &lin.format, &lin.stored_bytes);

@@ -21,6 +21,7 @@
 #include <Eigen/Core>
 
 #include "formats/hf_config.h"
+#include "kernels/cpu/fgmp_gemv.h"
 #include "kernels/cpu/lut_gemv.h"
 #include "lib/quant/act_quant.h"
 #include "lib/quant/quantizer.h"
@@ -34,22 +35,27 @@ using MatrixRM = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::Row
 /// (kernels/cpu/lut_gemv.h). `view` points into `tensor`'s part bytes, so the struct is
 /// neither copyable nor movable; share it through std::shared_ptr (make_packed_linear).
 struct PackedLinear {
-  PackedTensor tensor;  ///< format "squeezellm", parts as read_packed() validated them
-  LutWeightView view;   ///< bits, shape and pointers into tensor.parts
+  PackedTensor tensor;  ///< format "squeezellm" or "fgmp", parts as read_packed() validated them
+  LutWeightView view;   ///< squeezellm: bits, shape and pointers into tensor.parts
+  FgmpWeightView fgmp;  ///< fgmp: shape, scales and pointers into tensor.parts
+
+  bool is_fgmp() const { return tensor.format == "fgmp"; }
 
   explicit PackedLinear(PackedTensor t);
   PackedLinear(const PackedLinear&) = delete;
   PackedLinear& operator=(const PackedLinear&) = delete;
 };
 
-/// A shared PackedLinear for a validated squeezellm PackedTensor (read_packed()). Throws
-/// Error(kInput) when the lookup table's width is not 4, 8 or 16 entries.
+/// A shared PackedLinear for a validated squeezellm or fgmp PackedTensor (read_packed()).
+/// Throws Error(kInput) when a squeezellm lookup table's width is not 4, 8 or 16 entries, or
+/// an fgmp tensor fails fgmp_check_layout() (kernels/cpu/fgmp_gemv.h: offsets vs map, NaN
+/// codes, non-finite tensor scales).
 std::shared_ptr<const PackedLinear> make_packed_linear(PackedTensor t);
 
 /// One linear layer y = x W^T + b, logical shape [rows, cols] = [out, in]; b is empty or
 /// [out]. Dense and decoded layers hold w, fp32 [rows, cols], and packed is null. Packed
-/// squeezellm layers (LlamaModel::load without expand_packed) hold packed and leave w EMPTY:
-/// the forward pass runs lut_gemm on the packed form. `format` is where the values came
+/// squeezellm and fgmp layers (LlamaModel::load without expand_packed) hold packed and leave
+/// w EMPTY: the forward pass runs lut_gemm / fgmp_gemm on the packed form. `format` is where the values came
 /// from ("f32", "f16", "bf16", "fp8", "nvfp4", "fgmp", "squeezellm"), `stored_bytes` the bytes its
 /// on-disk form takes (for bits-per-weight accounting).
 struct Linear {
@@ -59,7 +65,7 @@ struct Linear {
   std::size_t stored_bytes = 0;
   int64_t rows = 0;  ///< out_features (always set, also when w is empty)
   int64_t cols = 0;  ///< in_features (always set, also when w is empty)
-  std::shared_ptr<const PackedLinear> packed;  ///< set for squeezellm kept packed; then w is empty
+  std::shared_ptr<const PackedLinear> packed;  ///< set for squeezellm/fgmp kept packed; then w is empty
   /// FGMP activation calibration (mpq-pack --act-calib; docs/formats.md): the input
   /// channels' act_fisher, fp32 [cols], >= 0, empty when the checkpoint has none, and the
   /// block-score threshold (FP8 when score > threshold; +-inf allowed, NaN when absent).
