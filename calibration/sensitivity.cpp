@@ -16,24 +16,30 @@ using Clock = std::chrono::steady_clock;
 
 double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
-// Accumulates sum_t x x^T (full) or sum_t x^2 (diagonal) of the four input groups of every
-// layer in [begin, end), in float64.
+// Accumulates, per input group of every layer in [begin, end), in float64: sum_t x x^T
+// (full) or sum_t x^2 (diagonal) of the forward inputs when `hessian`, and sum_t (dL/dx)^2
+// of the backward input gradients when `act_fisher`.
 class HessianAccumulator final : public LinearInputObserver {
  public:
-  HessianAccumulator(int64_t begin, int64_t end, bool full) : begin_(begin), end_(end), full_(full) {
+  HessianAccumulator(int64_t begin, int64_t end, bool hessian, bool full, bool act_fisher)
+      : begin_(begin), end_(end), hessian_(hessian), full_(full), act_fisher_(act_fisher) {
     diag_.resize(static_cast<std::size_t>((end - begin) * 4));
     if (full) full_m_.resize(diag_.size());
+    if (act_fisher) grad_sq_.resize(diag_.size());
   }
   void on_linear_input(int64_t layer, int group, const MatRM<float>& x) override {
-    if (layer < begin_ || layer >= end_) return;
+    if (!hessian_ || layer < begin_ || layer >= end_) return;
     const std::size_t k = static_cast<std::size_t>((layer - begin_) * 4 + group);
-    const Eigen::MatrixXd xd = x.cast<double>();
-    if (diag_[k].size() == 0) diag_[k] = Eigen::VectorXd::Zero(x.cols());
-    diag_[k] += xd.array().square().colwise().sum().matrix().transpose();
+    add_squares(diag_[k], x);
     if (full_) {
+      const Eigen::MatrixXd xd = x.cast<double>();
       if (full_m_[k].size() == 0) full_m_[k] = Eigen::MatrixXd::Zero(x.cols(), x.cols());
       full_m_[k].noalias() += xd.transpose() * xd;
     }
+  }
+  void on_linear_input_grad(int64_t layer, int group, const MatRM<float>& dx) override {
+    if (!act_fisher_ || layer < begin_ || layer >= end_) return;
+    add_squares(grad_sq_[static_cast<std::size_t>((layer - begin_) * 4 + group)], dx);
   }
   const Eigen::VectorXd& diag(int64_t layer, int group) const {
     return diag_[static_cast<std::size_t>((layer - begin_) * 4 + group)];
@@ -41,12 +47,21 @@ class HessianAccumulator final : public LinearInputObserver {
   const Eigen::MatrixXd& full(int64_t layer, int group) const {
     return full_m_[static_cast<std::size_t>((layer - begin_) * 4 + group)];
   }
+  const Eigen::VectorXd& grad_sq(int64_t layer, int group) const {
+    return grad_sq_[static_cast<std::size_t>((layer - begin_) * 4 + group)];
+  }
 
  private:
+  // acc += column sums of x^2 (acc sized on first use).
+  static void add_squares(Eigen::VectorXd& acc, const MatRM<float>& x) {
+    if (acc.size() == 0) acc = Eigen::VectorXd::Zero(x.cols());
+    acc += x.cast<double>().array().square().colwise().sum().matrix().transpose();
+  }
   int64_t begin_, end_;
-  bool full_;
+  bool hessian_, full_, act_fisher_;
   std::vector<Eigen::VectorXd> diag_;
   std::vector<Eigen::MatrixXd> full_m_;
+  std::vector<Eigen::VectorXd> grad_sq_;
 };
 
 // Rademacher +-1 from a splitmix64 stream.
@@ -139,7 +154,7 @@ SensitivityResult compute_sensitivities(const LlamaConfig& c, const LlamaParams<
   // at their sizes); thread k takes windows k, k + P, ... and the per-thread sums are
   // reduced in thread order, so the result is identical from run to run.
   const int P = parallel_windows(pf);
-  if (opt.fisher || opt.hessian) {
+  if (opt.fisher || opt.hessian || opt.act_fisher) {
     struct Partial {
       LlamaParams<float> grad;
       std::vector<std::vector<float>> fisher;  // per tensor in range
@@ -148,7 +163,7 @@ SensitivityResult compute_sensitivities(const LlamaConfig& c, const LlamaParams<
     std::vector<Partial> part(static_cast<std::size_t>(P));
     // With one thread the result's own accumulators serve (no second copy of the Fisher).
     for (auto& pt : part) {
-      pt.hacc = std::make_unique<HessianAccumulator>(begin, end, opt.full_hessian);
+      pt.hacc = std::make_unique<HessianAccumulator>(begin, end, opt.hessian, opt.full_hessian, opt.act_fisher);
       if (opt.fisher && P > 1)
         for (const auto& t : res.tensors) pt.fisher.emplace_back(static_cast<std::size_t>(t.rows * t.cols), 0.0f);
     }
@@ -157,8 +172,8 @@ SensitivityResult compute_sensitivities(const LlamaConfig& c, const LlamaParams<
     parallel_loop(N, P, [&](int64_t n, int thread) {
       Partial& pt = part[static_cast<std::size_t>(thread)];
       const int32_t* tok = ids.data() + window_starts[static_cast<std::size_t>(n)];
-      llama_loss_and_grad<float>(c, pf, tok, seq_len, opt.fisher ? &pt.grad : nullptr,
-                                 opt.hessian ? pt.hacc.get() : nullptr);
+      llama_loss_and_grad<float>(c, pf, tok, seq_len, opt.fisher || opt.act_fisher ? &pt.grad : nullptr,
+                                 opt.hessian || opt.act_fisher ? pt.hacc.get() : nullptr);
       if (opt.fisher)
         for (int64_t l = begin; l < end; ++l)
           for (int i = 0; i < 7; ++i) {
@@ -173,7 +188,7 @@ SensitivityResult compute_sensitivities(const LlamaConfig& c, const LlamaParams<
 #pragma omp critical(mpq_sensitivity_progress)
       {
         ++done;
-        if (progress) progress(opt.fisher ? "fisher" : "hessian", done, N, since(t0));
+        if (progress) progress(opt.fisher ? "fisher" : opt.act_fisher ? "act-fisher" : "hessian", done, N, since(t0));
       }
     });
     res.fisher_tokens_per_second = static_cast<double>(N * seq_len) / std::max(since(tf), 1e-9);
@@ -192,6 +207,14 @@ SensitivityResult compute_sensitivities(const LlamaConfig& c, const LlamaParams<
             sum += f;
           }
           t.fisher_sum = sum;
+        }
+        if (opt.act_fisher) {
+          Eigen::VectorXd a = Eigen::VectorXd::Zero(t.cols);
+          for (const auto& pt : part)
+            if (pt.hacc->grad_sq(l, linear_input_group(i)).size()) a += pt.hacc->grad_sq(l, linear_input_group(i));
+          a /= T;
+          t.act_fisher.assign(a.data(), a.data() + a.size());
+          t.act_fisher_sum = a.sum();
         }
         if (opt.hessian) {
           const int grp = linear_input_group(i);

@@ -12,6 +12,11 @@
 //    one v over all parameters estimates every tensor's trace at once. Stops when every
 //    tensor's running mean changes by under `hutchinson_tol` relative, or after
 //    `hutchinson_iters` samples. Reported also divided by the parameter count.
+//  * Activation Fisher (FGMP's activation sensitivity): per input channel c of a linear,
+//    A_c = (1/T) sum over the T calibration tokens of (dL/dx[t, c])^2, x the linear's input
+//    and L the same per-window mean loss the Fisher pass differentiates (dL/dx is the total
+//    gradient w.r.t. that tensor, so q/k/v share one value, as do gate/up). Weights the
+//    FP4-vs-FP8 error of each activation block (lib/quant/act_quant.h).
 #pragma once
 
 #include <cstdint>
@@ -29,6 +34,7 @@ struct SensitivityOptions {
   bool hessian = true;
   bool full_hessian = false;      ///< also the full [in, in] layer Hessian
   bool hutchinson = false;
+  bool act_fisher = false;        ///< mean squared gradient w.r.t. each linear's input channels
   int hutchinson_iters = 100;     ///< maximum Rademacher samples
   int hutchinson_min_iters = 8;   ///< never stop before this many
   double hutchinson_tol = 1e-3;   ///< relative change of the running mean that stops
@@ -46,8 +52,10 @@ struct TensorSensitivity {
   std::vector<float> fisher;          ///< [rows * cols] when computed
   std::vector<double> hessian_diag;   ///< [cols]
   std::vector<double> hessian;        ///< [cols * cols] when full_hessian
+  std::vector<float> act_fisher;      ///< [cols] when act_fisher
   double fisher_sum = 0;              ///< sum of F
   double hessian_trace = 0;           ///< trace of the layer Hessian
+  double act_fisher_sum = 0;          ///< sum of act_fisher
   double hutchinson_trace = 0;        ///< estimated Tr of the loss Hessian block
   double hutchinson_stderr = 0;       ///< standard error of that mean
   int hutchinson_samples = 0;

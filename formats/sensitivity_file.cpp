@@ -16,10 +16,12 @@ void write_sensitivity_file(const std::string& path, const SensitivityResult& r,
       w.add_f32(t.name + ".hessian_diag", {t.cols}, std::vector<float>(t.hessian_diag.begin(), t.hessian_diag.end()));
     if (!t.hessian.empty())
       w.add_f32(t.name + ".hessian", {t.cols, t.cols}, std::vector<float>(t.hessian.begin(), t.hessian.end()));
+    if (!t.act_fisher.empty()) w.add_f32(t.name + ".act_fisher", {t.cols}, t.act_fisher);
     const double params = static_cast<double>(t.rows * t.cols);
     traces[t.name] = {{"params", t.rows * t.cols},
                       {"fisher_sum", t.fisher_sum},
                       {"hessian_trace", t.hessian_trace},
+                      {"act_fisher_sum", t.act_fisher_sum},
                       {"hutchinson_trace", t.hutchinson_trace},
                       {"hutchinson_trace_per_param", t.hutchinson_trace / params},
                       {"hutchinson_stderr", t.hutchinson_stderr},

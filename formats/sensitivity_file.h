@@ -4,11 +4,13 @@
 //   <module>.fisher        F32 [out, in]   diagonal empirical Fisher (when "fisher" computed)
 //   <module>.hessian_diag  F32 [in]        diagonal of the layer Hessian (2/T) sum x x^T
 //   <module>.hessian       F32 [in, in]    the full layer Hessian (with --full-hessian)
+//   <module>.act_fisher    F32 [in]        mean over tokens of (dL/dx)^2 per input channel
+//                                          (when "act-fisher" computed)
 // <module> is the linear's module name, e.g. "model.layers.0.self_attn.q_proj".
 // __metadata__ (all strings): mpq_sensitivity_version "1", tool, kinds ("fisher,hessian,
-// hutchinson" subset), samples, seq_len, seed, sequential, layers "A:B", calibration_file,
+// hutchinson,act-fisher" subset), samples, seq_len, seed, sequential, layers "A:B", calibration_file,
 // calibration_sha256, model_sha256 (JSON {file: sha256}), traces (JSON {module:
-// {params, fisher_sum, hessian_trace, hutchinson_trace, hutchinson_trace_per_param,
+// {params, fisher_sum, hessian_trace, act_fisher_sum, hutchinson_trace, hutchinson_trace_per_param,
 // hutchinson_stderr, hutchinson_samples}}).
 #pragma once
 

@@ -148,7 +148,9 @@ TEST(FgmpPack, LoadedWeightsEqualGlobalSelectionAndEvalAgrees) {
   ASSERT_EQ(run(tool("mpq-pack") + " --model " + t.model + " --format fgmp --sensitivity " + t.sens + " --out " + out +
                 " -q --exclude 'layers\\.1\\.self_attn\\.v_proj'").rc, 0);
   LlamaModel fake = LlamaModel::load(t.model);
-  const LlamaModel packed = LlamaModel::load(out);
+  LoadOptions expand;
+  expand.expand_packed = true;  // decoded fp32 w, to compare with the encoder's decode
+  const LlamaModel packed = LlamaModel::load(out, expand);
   const TensorStore sens = TensorStore::open(t.sens);
   const FgmpQuantizer q;  // defaults: 30%, fisher, weighted
   std::vector<FgmpTensorScores> scores;
@@ -281,6 +283,8 @@ TEST(FgmpPack, HostileCheckpointsAreInputErrors) {
       {m + ".weight_fp4", [](auto& s, auto& b) { s[0] -= 1, b.resize(b.size() - 8); }},    // truncated stream
       {m + ".weight_fp8", [](auto& s, auto& b) { s[0] -= 1, b.resize(b.size() - 16); }},   // N4 != R*NB - N8
       {m + ".weight_fp8_scale", [](auto&, auto& b) { b[3] = 0x7F, b[2] = 0xC0; }},          // NaN scale
+      {m + ".weight_fp8", [](auto&, auto& b) { b[5] = 0x7F; }},                              // NaN FP8 code
+      {m + ".weight_fp4_scale", [](auto&, auto& b) { b[0] = 0xFF; }},                        // NaN block scale
   };
   for (std::size_t i = 0; i < cases.size(); ++i) {
     const std::string dir = test::scratch_dir("fgmp-bad-" + std::to_string(i)) + "/p";

@@ -26,9 +26,29 @@
 // Values: NVFP4 element = e2m1(code) * e4m3(fp4_scale[b]) * fp4_scale_2;
 //         FP8 element   = e4m3(code) * fp8_scale.
 // Padding elements (columns >= C of the last block) hold code 0 and are never read.
+//
+// Work split (fgmp_gemv, AVX-512 path; the AVX2 and scalar paths have the same shape):
+//
+//   rows r = 0 .. R-1  -- OpenMP static chunks above a size threshold
+//     | split the row's map bits into two ascending lists of block indices (branch free):
+//     |   i4 = its NVFP4 blocks, i8 = its FP8 blocks; both streams are then read in order
+//     | for each NVFP4 block k (8 bytes + 1 scale byte, at r*NB - fp8_row_offset[r] + k):
+//     |     16 nibbles -> 16 lanes -> permutexvar(E2M1 table) * e4m3(scale)   (exact)
+//     |     acc4 += that * x[16 i4[k] .. +16)
+//     | for each FP8 block k (16 bytes, at fp8_row_offset[r] + k):
+//     |     16 E4M3 bytes -> fp16 bits (sign, exponent, mantissa moved, exact) -> cvtph_ps
+//     |     acc8 += that * x[16 i8[k] .. +16)                 (units of e4m3 / 256)
+//     | y[r] = fp4_scale_2 * sum(acc4) + fp8_scale * 256 * sum(acc8)
+//
+// A partial last block reads x from a zero-padded copy, so the loop has no tail.
+// fgmp_gemm decodes a block of rows at a time (L2-sized for T < 64, 256 rows for larger
+// windows) into a per-thread fp32 buffer (weights bit for bit equal to the reference's)
+// and multiplies it with X by one Eigen GEMM (OpenBLAS when built with it), so the packed
+// weights are read once per window; T = 1 runs the GEMV kernel.
 #pragma once
 
 #include <cstdint>
+#include <string>
 
 namespace mpq {
 
@@ -65,5 +85,36 @@ void fgmp_gemv(const FgmpWeightView& w, const float* x, float* y);
 
 /// Fast window product (same contract as fgmp_gemm_reference).
 void fgmp_gemm(const FgmpWeightView& w, const float* X, int64_t T, float* Y);
+
+/// Checks what the kernels trust, once per tensor at load time: shape >= 0; block_map and
+/// fp8_row_offset present; fp8_row_offset[0] = 0 and fp8_row_offset[r + 1] -
+/// fp8_row_offset[r] = the number of set bits in row r of block_map; the map bits past NB
+/// are 0; fp4_scale_2 and fp8_scale finite; no NaN code (0x7F / 0xFF) among the fp4_scale
+/// and fp8 bytes (the fast paths decode a NaN FP8 code as +-480, the reference as NaN).
+/// The part sizes themselves (N4 = R * NB - fp8_row_offset[R], N8 = fp8_row_offset[R])
+/// are the loader's to check against the file. Throws Error(kInput) "<where>: ..." naming
+/// the part and the row or block.
+void fgmp_check_layout(const FgmpWeightView& w, const std::string& where);
+
+/// The code paths behind fgmp_gemv / fgmp_gemm, exposed for tests and benchmarks. The
+/// *_avx2 functions require fgmp_cpu_has_avx2() (AVX2, FMA, F16C), the *_avx512 ones
+/// fgmp_cpu_has_avx512() (AVX-512F). All gemm paths share the Eigen product.
+bool fgmp_cpu_has_avx2();
+bool fgmp_cpu_has_avx512();
+void fgmp_gemv_scalar(const FgmpWeightView& w, const float* x, float* y);
+void fgmp_gemv_avx2(const FgmpWeightView& w, const float* x, float* y);
+void fgmp_gemv_avx512(const FgmpWeightView& w, const float* x, float* y);
+void fgmp_gemm_scalar(const FgmpWeightView& w, const float* X, int64_t T, float* Y);
+void fgmp_gemm_avx2(const FgmpWeightView& w, const float* X, int64_t T, float* Y);
+void fgmp_gemm_avx512(const FgmpWeightView& w, const float* X, int64_t T, float* Y);
+
+/// Row r of W decoded to fp32 by each path's block decoders (the ones fgmp_gemm uses):
+/// out: [16 * ceil(cols / 16)] floats, padding columns decoded from their codes (0).
+/// Equal bit for bit to e2m1_to_fp32(code) * e4m3_to_fp32(scale) * fp4_scale_2 (NVFP4,
+/// that order) and e4m3_to_fp32(code) * fp8_scale (FP8) for every code but the NaN ones.
+/// Requires 0 <= r < rows.
+void fgmp_decode_row_scalar(const FgmpWeightView& w, int64_t r, float* out);
+void fgmp_decode_row_avx2(const FgmpWeightView& w, int64_t r, float* out);
+void fgmp_decode_row_avx512(const FgmpWeightView& w, int64_t r, float* out);
 
 }  // namespace mpq

@@ -3,6 +3,7 @@
 #include <omp.h>
 
 #include <cmath>
+#include <cstring>
 #include <random>
 #include <string>
 
@@ -44,14 +45,47 @@ MatrixRM rms_norm(const MatrixRM& x, const Eigen::VectorXf& g, double eps) {
   return y;
 }
 
+// Reads "<name>.input_act_fisher" F32 [cols] and "<name>.input_fgmp_threshold" F32 []
+// (FGMP activation calibration) into l when the checkpoint has them; both or neither.
+void load_act_calibration(const TensorStore& store, const std::string& name, Linear& l) {
+  const std::string fn = name + ".input_act_fisher", tn = name + ".input_fgmp_threshold";
+  if (!store.has(fn) && !store.has(tn)) return;
+  const TensorView& f = store.get(fn);  // throws "missing tensor" when only one is there
+  const TensorView& t = store.get(tn);
+  if (f.dtype != DType::F32 || f.shape != std::vector<int64_t>{l.cols})
+    throw_input(f.file, "tensor '" + fn + "': " + dtype_name(f.dtype) + " " + shape_str(f.shape) + ", expected F32 " +
+                            shape_str({l.cols}));
+  if (t.dtype != DType::F32 || t.numel() != 1 || t.shape.size() > 1)
+    throw_input(t.file, "tensor '" + tn + "': " + dtype_name(t.dtype) + " " + shape_str(t.shape) +
+                            ", expected F32 [] (or [1])");
+  l.input_act_fisher = to_f32(f);
+  for (std::size_t c = 0; c < l.input_act_fisher.size(); ++c)
+    if (!std::isfinite(l.input_act_fisher[c]) || l.input_act_fisher[c] < 0.0f)
+      throw_input(f.file, "tensor '" + fn + "': value " + std::to_string(l.input_act_fisher[c]) + " at [" +
+                              std::to_string(c) + "], expected finite and >= 0");
+  l.input_fgmp_threshold = to_f32(t)[0];
+  if (std::isnan(l.input_fgmp_threshold)) throw_input(t.file, "tensor '" + tn + "': NaN");
+}
+
 // y = x W^T + b: Eigen (BLAS) on the fp32 w, or the LUT kernel straight from the packed
-// form. x is row-major [T, cols], so it is lut_gemm's X as is.
-MatrixRM apply_linear(const MatrixRM& x, const Linear& l) {
+// form. x is row-major [T, cols], so it is lut_gemm's X as is. With an activation mode, x
+// is fake-quantized first (a copy) and its blocks added to `counts`.
+MatrixRM apply_linear(const MatrixRM& x_in, const Linear& l, ActQuantMode act, ActBlockCounts& counts) {
+  MatrixRM xq;
+  if (act != ActQuantMode::kNone) {
+    xq = x_in;
+    counts += quantize_activations(xq.data(), xq.rows(), xq.cols(), act, l.input_act_fisher.data(),
+                                   l.input_fgmp_threshold);
+  }
+  const MatrixRM& x = act != ActQuantMode::kNone ? xq : x_in;
   MatrixRM y;
   if (l.packed) {
-    MPQ_ASSERT(x.cols() == l.packed->view.cols);
-    y.resize(x.rows(), l.packed->view.rows);
-    lut_gemm(l.packed->view, x.data(), x.rows(), y.data());
+    MPQ_ASSERT(x.cols() == l.cols);
+    y.resize(x.rows(), l.rows);
+    if (l.packed->is_fgmp())
+      fgmp_gemm(l.packed->fgmp, x.data(), x.rows(), y.data());
+    else
+      lut_gemm(l.packed->view, x.data(), x.rows(), y.data());
   } else {
     y.resize(x.rows(), l.w.rows());
     y.noalias() = x * l.w.transpose();
@@ -192,6 +226,26 @@ std::vector<double> rope_inv_freq(const LlamaConfig& c) {
 }
 
 PackedLinear::PackedLinear(PackedTensor t) : tensor(std::move(t)) {
+  if (is_fgmp()) {
+    auto scalar = [&](const char* suffix) {
+      const PackedPart& part = tensor.part(suffix);
+      MPQ_ASSERT(part.bytes.size() == 4);  // read_packed() checked the layout
+      float v;
+      std::memcpy(&v, part.bytes.data(), 4);
+      return v;
+    };
+    fgmp.rows = tensor.rows;
+    fgmp.cols = tensor.cols;
+    fgmp.block_map = tensor.part("weight_block_map").bytes.data();
+    fgmp.fp8_row_offset = reinterpret_cast<const int32_t*>(tensor.part("weight_fp8_row_offset").bytes.data());
+    fgmp.fp4 = tensor.part("weight_fp4").bytes.data();
+    fgmp.fp4_scale = tensor.part("weight_fp4_scale").bytes.data();
+    fgmp.fp4_scale_2 = scalar("weight_fp4_scale_2");
+    fgmp.fp8 = tensor.part("weight_fp8").bytes.data();
+    fgmp.fp8_scale = scalar("weight_fp8_scale");
+    fgmp_check_layout(fgmp, "fgmp tensor [" + std::to_string(tensor.rows) + " x " + std::to_string(tensor.cols) + "]");
+    return;
+  }
   const PackedPart& qw = tensor.part("qweight");
   const PackedPart& lt = tensor.part("lookup_table");
   const PackedPart& rp = tensor.part("sparse_rowptr");
@@ -247,12 +301,18 @@ LlamaModel LlamaModel::load(const std::string& dir, const LoadOptions& opt) {
       Linear& lin = L.linear[i];
       lin.rows = rows;
       lin.cols = cols;
-      if (!opt.expand_packed && detect_linear_format(store, name) == "squeezellm") {
-        // Kept packed: the forward pass runs the LUT kernels on it, w stays empty.
-        lin.format = "squeezellm";
+      const std::string fmt = opt.expand_packed ? "" : detect_linear_format(store, name);
+      if (fmt == "squeezellm" || fmt == "fgmp") {
+        // Kept packed: the forward pass runs the LUT / FGMP kernels on it, w stays empty.
+        lin.format = fmt;
         PackedTensor p = read_packed(store, name, lin.format, rows, cols);
         lin.stored_bytes = p.bytes();
-        lin.packed = make_packed_linear(std::move(p));
+        try {
+          lin.packed = make_packed_linear(std::move(p));
+        } catch (const Error& e) {
+          const std::string part = name + (fmt == "fgmp" ? ".weight_block_map" : ".qweight");
+          throw_input(store.get(part).file, "module '" + name + "': " + e.what());
+        }
       } else {
         const std::vector<float> v =
             read_linear_f32(store, name, rows, cols, &lin.format, &lin.stored_bytes);
@@ -260,11 +320,26 @@ LlamaModel LlamaModel::load(const std::string& dir, const LoadOptions& opt) {
       }
       const bool biased = (i < 3 && c.qkv_bias) || (i == 3 && c.o_bias);
       if (biased) lin.b = load_vector(store, name + ".bias", rows);
+      load_act_calibration(store, name, lin);
     }
   }
   w.final_norm = load_vector(store, "model.norm.weight", H);
   if (!c.tie_word_embeddings) w.lm_head = load_matrix(store, "lm_head.weight", V, H);
   return LlamaModel(std::move(c), std::move(w));
+}
+
+void LlamaModel::set_act_quant(ActQuantMode mode, const std::string& source) {
+  if (mode == ActQuantMode::kFgmp)
+    for (std::size_t l = 0; l < weights_.layers.size(); ++l)
+      for (int i = 0; i < 7; ++i) {
+        const Linear& lin = weights_.layers[l].linear[static_cast<std::size_t>(i)];
+        if (static_cast<int64_t>(lin.input_act_fisher.size()) != lin.cols || std::isnan(lin.input_fgmp_threshold))
+          throw_input(source, "tensor 'model.layers." + std::to_string(l) + "." + kLinearNames[i] +
+                                  ".input_fgmp_threshold' missing: --act fgmp needs activation thresholds "
+                                  "(pack with mpq-pack --act-calib)");
+      }
+  act_mode_ = mode;
+  act_counts_.reset();
 }
 
 MatrixRM LlamaModel::forward(const int32_t* tokens, int64_t T) const {
@@ -289,6 +364,8 @@ MatrixRM LlamaModel::forward(const int32_t* tokens, int64_t T) const {
     }
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(d)));
   const int64_t window = c.sliding_window > 0 ? c.sliding_window : T;
+  ActBlockCounts counts;
+  auto apply_linear = [&](const MatrixRM& x, const Linear& l) { return mpq::apply_linear(x, l, act_mode_, counts); };
 
   for (const LlamaLayer& L : weights_.layers) {
     const MatrixRM n = rms_norm(h, L.input_norm, c.rms_norm_eps);
@@ -336,6 +413,7 @@ MatrixRM LlamaModel::forward(const int32_t* tokens, int64_t T) const {
   const MatrixRM& head = c.tie_word_embeddings ? weights_.embed : weights_.lm_head;
   MatrixRM logits(T, c.vocab_size);
   logits.noalias() = n * head.transpose();
+  if (act_mode_ != ActQuantMode::kNone) act_counts_.add(counts);
   return logits;
 }
 

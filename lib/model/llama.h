@@ -13,6 +13,7 @@
 
 #include <array>
 #include <cstdint>
+#include <limits>
 #include <memory>
 #include <string>
 #include <vector>
@@ -20,7 +21,9 @@
 #include <Eigen/Core>
 
 #include "formats/hf_config.h"
+#include "kernels/cpu/fgmp_gemv.h"
 #include "kernels/cpu/lut_gemv.h"
+#include "lib/quant/act_quant.h"
 #include "lib/quant/quantizer.h"
 
 namespace mpq {
@@ -32,22 +35,27 @@ using MatrixRM = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::Row
 /// (kernels/cpu/lut_gemv.h). `view` points into `tensor`'s part bytes, so the struct is
 /// neither copyable nor movable; share it through std::shared_ptr (make_packed_linear).
 struct PackedLinear {
-  PackedTensor tensor;  ///< format "squeezellm", parts as read_packed() validated them
-  LutWeightView view;   ///< bits, shape and pointers into tensor.parts
+  PackedTensor tensor;  ///< format "squeezellm" or "fgmp", parts as read_packed() validated them
+  LutWeightView view;   ///< squeezellm: bits, shape and pointers into tensor.parts
+  FgmpWeightView fgmp;  ///< fgmp: shape, scales and pointers into tensor.parts
+
+  bool is_fgmp() const { return tensor.format == "fgmp"; }
 
   explicit PackedLinear(PackedTensor t);
   PackedLinear(const PackedLinear&) = delete;
   PackedLinear& operator=(const PackedLinear&) = delete;
 };
 
-/// A shared PackedLinear for a validated squeezellm PackedTensor (read_packed()). Throws
-/// Error(kInput) when the lookup table's width is not 4, 8 or 16 entries.
+/// A shared PackedLinear for a validated squeezellm or fgmp PackedTensor (read_packed()).
+/// Throws Error(kInput) when a squeezellm lookup table's width is not 4, 8 or 16 entries, or
+/// an fgmp tensor fails fgmp_check_layout() (kernels/cpu/fgmp_gemv.h: offsets vs map, NaN
+/// codes, non-finite tensor scales).
 std::shared_ptr<const PackedLinear> make_packed_linear(PackedTensor t);
 
 /// One linear layer y = x W^T + b, logical shape [rows, cols] = [out, in]; b is empty or
 /// [out]. Dense and decoded layers hold w, fp32 [rows, cols], and packed is null. Packed
-/// squeezellm layers (LlamaModel::load without expand_packed) hold packed and leave w EMPTY:
-/// the forward pass runs lut_gemm on the packed form. `format` is where the values came
+/// squeezellm and fgmp layers (LlamaModel::load without expand_packed) hold packed and leave
+/// w EMPTY: the forward pass runs lut_gemm / fgmp_gemm on the packed form. `format` is where the values came
 /// from ("f32", "f16", "bf16", "fp8", "nvfp4", "fgmp", "squeezellm"), `stored_bytes` the bytes its
 /// on-disk form takes (for bits-per-weight accounting).
 struct Linear {
@@ -57,7 +65,12 @@ struct Linear {
   std::size_t stored_bytes = 0;
   int64_t rows = 0;  ///< out_features (always set, also when w is empty)
   int64_t cols = 0;  ///< in_features (always set, also when w is empty)
-  std::shared_ptr<const PackedLinear> packed;  ///< set for squeezellm kept packed; then w is empty
+  std::shared_ptr<const PackedLinear> packed;  ///< set for squeezellm/fgmp kept packed; then w is empty
+  /// FGMP activation calibration (mpq-pack --act-calib; docs/formats.md): the input
+  /// channels' act_fisher, fp32 [cols], >= 0, empty when the checkpoint has none, and the
+  /// block-score threshold (FP8 when score > threshold; +-inf allowed, NaN when absent).
+  std::vector<float> input_act_fisher;
+  float input_fgmp_threshold = std::numeric_limits<float>::quiet_NaN();
 
   /// Logical weight count rows * cols (use this, not w.size(), to count parameters: w is
   /// empty for packed layers).
@@ -133,13 +146,27 @@ class LlamaModel {
   LlamaWeights& mutable_weights() { return weights_; }
 
   /// Logits [T, vocab] for `tokens[0..T)` run as one fresh context (positions 0..T-1).
-  /// Token ids must be in [0, vocab): throws Error(kInput) otherwise.
+  /// Token ids must be in [0, vocab): throws Error(kInput) otherwise. With an activation
+  /// mode set (set_act_quant), each linear's input is fake-quantized per token before its
+  /// matmul, whatever the weight format, and the blocks are counted; safe to call from
+  /// several threads at once.
   MatrixRM forward(const int32_t* tokens, int64_t T) const;
+
+  /// Activation quantization of every linear input in forward() (lib/quant/act_quant.h):
+  /// kNone (default, the fp32 path unchanged), kFp8, kNvfp4, or kFgmp, which needs every
+  /// linear's input_act_fisher and input_fgmp_threshold: otherwise throws Error(kInput)
+  /// "<source>: tensor '<module>.input_fgmp_threshold' missing ...". Resets the counts.
+  void set_act_quant(ActQuantMode mode, const std::string& source = "model");
+  ActQuantMode act_quant() const { return act_mode_; }
+  /// NVFP4 / FP8 activation blocks quantized by forward() since set_act_quant.
+  ActBlockCounts act_block_counts() const { return act_counts_.get(); }
 
  private:
   LlamaConfig config_;
   LlamaWeights weights_;
   std::vector<double> inv_freq_;  ///< [head_dim / 2]
+  ActQuantMode act_mode_ = ActQuantMode::kNone;
+  mutable ActBlockCounter act_counts_;
 };
 
 /// RoPE inverse frequencies [head_dim/2] for a config, rope_scaling applied (float64).

@@ -83,11 +83,23 @@ S silu(S x) {
   return x / (S(1) + std::exp(-x));
 }
 
+// Forward hooks: edit (float64 passes only), then observe.
 template <typename S>
-void notify(LinearInputObserver* obs, int64_t layer, int group, const MatRM<S>& x) {
+void notify(LinearInputObserver* obs, int64_t layer, int group, MatRM<S>& x) {
   if (!obs) return;
-  if constexpr (std::is_same_v<S, float>) obs->on_linear_input(layer, group, x);
-  else obs->on_linear_input(layer, group, x.template cast<float>());
+  if constexpr (std::is_same_v<S, float>) {
+    obs->on_linear_input(layer, group, x);
+  } else {
+    obs->edit_linear_input(layer, group, x);
+    obs->on_linear_input(layer, group, x.template cast<float>());
+  }
+}
+
+template <typename S>
+void notify_grad(LinearInputObserver* obs, int64_t layer, int group, const MatRM<S>& dx) {
+  if (!obs) return;
+  if constexpr (std::is_same_v<S, float>) obs->on_linear_input_grad(layer, group, dx);
+  else obs->on_linear_input_grad(layer, group, dx.template cast<float>());
 }
 
 }  // namespace
@@ -272,6 +284,7 @@ S llama_loss_and_grad(const LlamaConfig& c, const LlamaParams<S>& p, const int32
     // h_out = a + down(s)
     MatRM<S> ds = MatRM<S>::Zero(T, C.s.cols());
     linear_backward(C.s, L.w[6], dh, G.w[6], G.b[6], ds);
+    notify_grad(observer, static_cast<int64_t>(li), 3, ds);
     MatRM<S> dgp(T, C.gp.cols()), dup(T, C.up.cols());
     for (Eigen::Index t = 0; t < T; ++t)
       for (Eigen::Index j = 0; j < C.gp.cols(); ++j) {
@@ -282,11 +295,13 @@ S llama_loss_and_grad(const LlamaConfig& c, const LlamaParams<S>& p, const int32
     MatRM<S> dm = MatRM<S>::Zero(T, H);
     linear_backward(C.m, L.w[4], dgp, G.w[4], G.b[4], dm);
     linear_backward(C.m, L.w[5], dup, G.w[5], G.b[5], dm);
+    notify_grad(observer, static_cast<int64_t>(li), 2, dm);
     MatRM<S> da = dh;  // residual
     rms_backward(C.a, C.r2, L.post_attn_norm, dm, da, G.post_attn_norm);
     // a = x + o(attn)
     MatRM<S> dattn = MatRM<S>::Zero(T, nh * d);
     linear_backward(C.attn, L.w[3], da, G.w[3], G.b[3], dattn);
+    notify_grad(observer, static_cast<int64_t>(li), 1, dattn);
     MatRM<S> dq(T, nh * d), dk = MatRM<S>::Zero(T, nkv * d), dv = MatRM<S>::Zero(T, nkv * d);
     // One KV group per iteration: its query heads accumulate into the same dk/dv columns.
 #pragma omp parallel for schedule(static) if (T * T * d * nh >= kParallelAttentionWork)
@@ -309,6 +324,7 @@ S llama_loss_and_grad(const LlamaConfig& c, const LlamaParams<S>& p, const int32
     linear_backward(C.n, L.w[0], dq, G.w[0], G.b[0], dn);
     linear_backward(C.n, L.w[1], dk, G.w[1], G.b[1], dn);
     linear_backward(C.n, L.w[2], dv, G.w[2], G.b[2], dn);
+    notify_grad(observer, static_cast<int64_t>(li), 0, dn);
     dh = da;  // residual
     rms_backward(C.x, C.r1, L.input_norm, dn, dh, G.input_norm);
   }

@@ -83,11 +83,21 @@ LlamaParams<T> cast_params(const LlamaParams<S>& p) {
 
 /// Receives, during the forward pass, the input X [T, in] of each group of linears of a
 /// layer: group 0 = q/k/v (normed h), 1 = o_proj (attention output), 2 = gate/up (normed
-/// residual), 3 = down_proj (silu(gate) * up). Used for layer Hessians (sum of X^T X).
+/// residual), 3 = down_proj (silu(gate) * up). Used for layer Hessians (sum of X^T X) and,
+/// through the backward hook, for activation Fisher (mean of (dL/dX)^2). Every hook
+/// defaults to doing nothing.
 class LinearInputObserver {
  public:
   virtual ~LinearInputObserver() = default;
-  virtual void on_linear_input(int64_t layer, int group, const MatRM<float>& x) = 0;
+  /// Forward: the group's input X [T, in] (fp32; a float64 pass passes it rounded).
+  virtual void on_linear_input(int64_t /*layer*/, int /*group*/, const MatRM<float>& /*x*/) {}
+  /// Backward (only when a gradient is requested): dL/dX [T, in], the TOTAL gradient of the
+  /// window loss with respect to the group's input (for groups 0 and 2 the sum over the
+  /// linears that read it), fp32 (a float64 pass passes it rounded).
+  virtual void on_linear_input_grad(int64_t /*layer*/, int /*group*/, const MatRM<float>& /*dx*/) {}
+  /// Forward of a float64 pass only: may modify X [T, in] in place before the linears read
+  /// it (finite-difference checks of dL/dX perturb one entry here).
+  virtual void edit_linear_input(int64_t /*layer*/, int /*group*/, MatRM<double>& /*x*/) {}
 };
 
 /// Group (0-3, see LinearInputObserver) of linear index i of kLinearNames.

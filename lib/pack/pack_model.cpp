@@ -161,6 +161,10 @@ PackReport pack_model(const std::string& model_dir, const std::string& out_dir, 
     fgmp_sel = fgmp_select_global(scored, opt.fgmp.fp8_fraction, opt.target_bpw);
   }
 
+  // FGMP activation thresholds from the original model (every module, excluded ones too).
+  ActCalibration act;
+  if (!opt.act.text.empty()) act = calibrate_act_thresholds(model_dir, opt.act);
+
   PackReport rep;
   SafetensorsWriter writer;
   nlohmann::json shapes_meta = nlohmann::json::object();
@@ -196,6 +200,17 @@ PackReport pack_model(const std::string& model_dir, const std::string& out_dir, 
     if (fgmp && it != linears.end()) tensors_json[rec.name]["fp8_blocks"] = fgmp_sel.fp8_blocks.at(name);
     rep.tensors.push_back(std::move(rec));
     if (progress) progress(k + 1, names.size(), name);
+  }
+  for (const auto& [module, m] : act.modules) {
+    const int64_t cols = static_cast<int64_t>(m.act_fisher.size());
+    writer.add_f32(module + ".input_act_fisher", {cols}, m.act_fisher);
+    writer.add_f32(module + ".input_fgmp_threshold", {}, {m.threshold});
+    for (PackedTensorRecord rec : {PackedTensorRecord{module + ".input_act_fisher", "f32", {cols}, 4 * m.act_fisher.size(), 32},
+                                   PackedTensorRecord{module + ".input_fgmp_threshold", "f32", {}, 4, 32}}) {
+      tensors_json[rec.name] = {{"format", rec.format}, {"shape", rec.shape}, {"bytes", rec.bytes}, {"bpw", rec.bpw}};
+      rep.total_params += rec.shape.empty() ? 1 : rec.shape[0];
+      rep.tensors.push_back(std::move(rec));
+    }
   }
   rep.total_bytes = writer.data_bytes();
   rep.bpw_4096x4096 = 8.0 * static_cast<double>(quant.bytes(4096, 4096)) / (4096.0 * 4096.0);
@@ -247,6 +262,7 @@ PackReport pack_model(const std::string& model_dir, const std::string& out_dir, 
     if (opt.target_bpw > 0) qc["target_bpw"] = opt.target_bpw;
     if (opt.fgmp.selection == FgmpParams::Selection::kRandom) qc["seed"] = opt.fgmp.seed;
   }
+  if (!act.modules.empty()) qc["activation"] = act.record;
   nlohmann::json config = cfg.raw;
   config["quantization_config"] = qc;
   write_text_atomic(stage.path / "config.json", config.dump(2) + "\n");

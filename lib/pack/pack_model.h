@@ -27,6 +27,7 @@
 #include <nlohmann/json.hpp>
 
 #include "lib/quant/fgmp.h"
+#include "lib/pack/act_calibration.h"
 #include "lib/quant/quantizer.h"
 
 namespace mpq {
@@ -46,6 +47,10 @@ struct PackOptions {
   /// PackReport::quantized_bpw() (all parts of the quantized linears) is <= target_bpw.
   double target_bpw = 0.0;
   std::vector<std::string> exclude;  ///< ECMAScript regexes over module names ("model.layers.0.mlp.down_proj")
+  /// FGMP activation thresholds (lib/pack/act_calibration.h), any format; act.text empty =
+  /// none. Adds "<module>.input_act_fisher" F32 [in] and "<module>.input_fgmp_threshold"
+  /// F32 [] for every linear module and quantization_config["activation"].
+  ActCalibOptions act;
   std::string command_line;          ///< recorded in the manifest
   bool force = false;                ///< replace an existing non-empty output folder
 };
@@ -76,7 +81,8 @@ using PackProgress = std::function<void(std::size_t, std::size_t, const std::str
 
 /// Packs `model_dir` into `out_dir`. Throws Error(kInput) for a bad input (naming file and
 /// tensor: NaN/Inf weights, shapes that disagree with config.json, unsupported architecture,
-/// a sensitivity file without "<module>.fisher" of shape [out, in] for a quantized module),
+/// a sensitivity file without "<module>.fisher" of shape [out, in] for a quantized module,
+/// or, with act.text, errors of calibrate_act_thresholds()),
 /// Error(kUsage) for an unknown format or bad regex, an fgmp target_bpw below the size with
 /// 0% FP8, or an fgmp fp8_fraction outside [0, 1], Error(kOutput) when the output cannot
 /// be written or exists without `force`. On any error nothing is left at `out_dir`.

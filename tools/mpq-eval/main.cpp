@@ -15,7 +15,7 @@ int main(int argc, char** argv) {
                "non-overlapping windows; optional KL divergence vs a base model and "
                "regression gates.",
                "mpq-eval"};
-  std::string model_dir, text_file, token_file, json_out, base_dir;
+  std::string model_dir, text_file, token_file, json_out, base_dir, act_name = "none";
   int64_t ctx = 512, max_tokens = 0;
   int threads = 0;
   double max_ppl = 0, baseline_ppl = 0, max_increase_pct = -1;
@@ -30,6 +30,12 @@ int main(int argc, char** argv) {
       ->check(CLI::NonNegativeNumber);
   app.add_option("--json", json_out, "Write the results as JSON to this file");
   app.add_option("--base", base_dir, "Base model folder: also report mean KL(base || model)");
+  app.add_option("--act", act_name,
+                 "Activation quantization of every linear input (emulated, per-token scales): none, fp8, "
+                 "nvfp4, or fgmp (per 16-element block, needs the checkpoint's --act-calib thresholds); "
+                 "the --base model always runs unquantized activations")
+      ->check(CLI::IsMember({"none", "fp8", "nvfp4", "fgmp"}))
+      ->capture_default_str();
   app.add_option("--threads", threads, "OpenMP threads (0 = all cores)")->check(CLI::NonNegativeNumber);
   app.add_option("--max-ppl", max_ppl, "Gate: exit 5 if ppl > X");
   auto* gate_base = app.add_option("--baseline-ppl", baseline_ppl, "Gate: baseline ppl for --max-increase-pct");
@@ -44,7 +50,8 @@ int main(int argc, char** argv) {
     if (text_file.empty() && token_file.empty())
       throw Error(ExitCode::kUsage, "one of --text or --tokens is required");
     if (threads > 0) omp_set_num_threads(threads);
-    const LlamaModel model = LlamaModel::load(model_dir);
+    LlamaModel model = LlamaModel::load(model_dir);
+    model.set_act_quant(parse_act_mode(act_name), model_dir);
     std::vector<int32_t> ids;
     if (!token_file.empty()) {
       ids = read_token_file(token_file);
@@ -95,6 +102,10 @@ int main(int argc, char** argv) {
     std::printf("perplexity   %.4f\n", r.ppl);
     if (r.mean_kl) std::printf("mean KL      %.6f nats (vs %s)\n", *r.mean_kl, base_dir.c_str());
     std::printf("linear bpw   %.4f\n", linear_bpw);
+    const ActBlockCounts act = model.act_block_counts();
+    if (model.act_quant() != ActQuantMode::kNone)
+      std::printf("activations  %s: %lld NVFP4 + %lld FP8 blocks (FP4 fraction %.4f)\n", act_name.c_str(),
+                  static_cast<long long>(act.fp4), static_cast<long long>(act.fp8), act.fp4_fraction());
     std::printf("throughput   %.1f tokens/s (%.2f s)\n", r.tokens_per_second, r.seconds);
 
     nlohmann::json j;
@@ -116,6 +127,12 @@ int main(int argc, char** argv) {
     j["linear_params"] = linear_params;
     j["linear_formats"] = formats;
     j["window_nll"] = r.window_nll;
+    j["act"] = act_name;
+    if (model.act_quant() != ActQuantMode::kNone) {
+      j["act_fp4_blocks"] = act.fp4;
+      j["act_fp8_blocks"] = act.fp8;
+      j["act_fp4_fraction"] = act.fp4_fraction();
+    }
 
     int rc = 0;
     std::string gate_msg;

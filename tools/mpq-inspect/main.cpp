@@ -45,7 +45,8 @@ int main(int argc, char** argv) {
       const std::string fmt = detect_linear_format(store, module);
       std::size_t bytes = 0;
       for (const auto& n : store.names())
-        if (n.rfind(module + ".", 0) == 0 && n.find('.', module.size() + 1) == std::string::npos) {
+        if (n.rfind(module + ".", 0) == 0 && n.find('.', module.size() + 1) == std::string::npos &&
+            n.rfind(module + ".input_", 0) != 0) {  // activation calibration: listed as other tensors
           bytes += store.get(n).nbytes;
           part_of_module[n] = true;
         }

@@ -67,6 +67,18 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--seed", opt.fgmp.seed, "fgmp --fgmp-select random: seed of the block scores")
       ->capture_default_str();
+  app.add_option("--act-calib", opt.act.text,
+                 "FGMP activations: calibration text (.txt) or ids (.i32); writes per-module activation "
+                 "thresholds (needs --sensitivity with <module>.act_fisher); any format");
+  app.add_option("--act-fp4-fraction", opt.act.fp4_fraction, "FGMP activations: fraction of NVFP4 blocks")
+      ->check(CLI::Range(0.0, 1.0))
+      ->capture_default_str();
+  app.add_option("--act-samples", opt.act.samples, "FGMP activations: calibration windows")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--act-seq-len", opt.act.seq_len, "FGMP activations: tokens per window")
+      ->check(CLI::Range(2, 1 << 20))
+      ->capture_default_str();
   app.add_option("--exclude", opt.exclude, "Regex over module names to keep unquantized (repeatable)");
   app.add_flag("--force", opt.force, "Replace an existing non-empty output folder");
   app.add_option("--threads", threads, "OpenMP threads (0 = all cores)")->check(CLI::NonNegativeNumber);
@@ -77,14 +89,20 @@ int main(int argc, char** argv) {
     if (threads > 0) omp_set_num_threads(threads);
     const bool squeeze = opt.format == "squeezellm" || opt.format == "uniform";
     const bool fgmp = opt.format == "fgmp";
+    const bool act = !opt.act.text.empty();
     for (const char* flag : {"--bits", "--outlier-pct", "--sensitive-pct"})
       if (!squeeze && app.count(flag) > 0)
         throw Error(ExitCode::kUsage, std::string(flag) + " applies to --format squeezellm/uniform only");
-    if (!squeeze && !fgmp && app.count("--sensitivity") > 0)
-      throw Error(ExitCode::kUsage, "--sensitivity applies to --format squeezellm/uniform/fgmp only");
+    if (!squeeze && !fgmp && !act && app.count("--sensitivity") > 0)
+      throw Error(ExitCode::kUsage, "--sensitivity applies to --format squeezellm/uniform/fgmp, or with --act-calib");
     for (const char* flag : {"--fp8-fraction", "--target-bpw", "--fgmp-select", "--fgmp-clip", "--seed"})
       if (!fgmp && app.count(flag) > 0)
         throw Error(ExitCode::kUsage, std::string(flag) + " applies to --format fgmp only");
+    for (const char* flag : {"--act-fp4-fraction", "--act-samples", "--act-seq-len"})
+      if (!act && app.count(flag) > 0) throw Error(ExitCode::kUsage, std::string(flag) + " needs --act-calib");
+    if (act && opt.sensitivity.empty())
+      throw Error(ExitCode::kUsage, "--act-calib needs --sensitivity (an mpq-sensitivity --kind act-fisher file)");
+    opt.act.sensitivity = opt.sensitivity;
     opt.fgmp.selection = parse_fgmp_selection(fgmp_select);
     opt.fgmp.clipping = parse_fgmp_clipping(fgmp_clip);
     if (fgmp && opt.sensitivity.empty() &&
@@ -92,7 +110,7 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "mpq-pack: note: no --sensitivity: fgmp scores and clipping are unweighted "
                            "(uniform Fisher)\n");
     if (opt.format == "uniform" &&
-        (app.count("--sensitivity") + app.count("--outlier-pct") + app.count("--sensitive-pct")) > 0)
+        ((act ? 0 : app.count("--sensitivity")) + app.count("--outlier-pct") + app.count("--sensitive-pct")) > 0)
       std::fprintf(stderr, "mpq-pack: note: --format uniform has no sparse part and no weighted fit; "
                            "--sensitivity/--outlier-pct/--sensitive-pct are ignored\n");
     else if (opt.format == "squeezellm" && opt.sensitivity.empty() && opt.params.sensitive_pct > 0)
@@ -122,6 +140,9 @@ int main(int argc, char** argv) {
     std::printf("whole model  %lld params, %zu bytes, %.4f bpw\n", static_cast<long long>(r.total_params),
                 r.total_bytes, r.model_bpw());
     std::printf("4096x4096    %.4f bpw (same format on one Llama-7B-sized layer)\n", r.bpw_4096x4096);
+    if (act)
+      std::printf("activations  fgmp thresholds for %.2f NVFP4 blocks (%.4f on the calibration windows)\n",
+                  opt.act.fp4_fraction, r.manifest["quantization_config"]["activation"]["measured_fp4_fraction"].get<double>());
     return 0;
   });
 }

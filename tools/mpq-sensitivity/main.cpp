@@ -54,7 +54,7 @@ int main(int argc, char** argv) {
   app.add_option("--calib", calib, "Calibration text (.txt) or pre-tokenized ids (.i32)")->required();
   app.add_option("--samples", samples, "Number of calibration windows N")->capture_default_str();
   app.add_option("--seq-len", seq_len, "Tokens per window L")->capture_default_str();
-  app.add_option("--kind", kinds_str, "Comma list of fisher, hessian, hutchinson")->capture_default_str();
+  app.add_option("--kind", kinds_str, "Comma list of fisher, hessian, hutchinson, act-fisher")->capture_default_str();
   app.add_option("--out", out, "Output sensitivity file (.safetensors, written atomically)")->required();
   app.add_option("--seed", seed, "Seed for window sampling and Rademacher vectors")->capture_default_str();
   app.add_flag("--sequential", sequential, "Take windows in order (0, L, 2L, ...) instead of sampling");
@@ -76,7 +76,8 @@ int main(int argc, char** argv) {
       if (k == "fisher") opt.fisher = true;
       else if (k == "hessian") opt.hessian = true;
       else if (k == "hutchinson") opt.hutchinson = true;
-      else throw Error(ExitCode::kUsage, "--kind: unknown '" + k + "' (known: fisher, hessian, hutchinson)");
+      else if (k == "act-fisher") opt.act_fisher = true;
+      else throw Error(ExitCode::kUsage, "--kind: unknown '" + k + "' (known: fisher, hessian, hutchinson, act-fisher)");
     }
     if (opt.full_hessian) opt.hessian = true;
     std::tie(opt.layer_begin, opt.layer_end) = parse_layers(layers);
@@ -116,7 +117,8 @@ int main(int argc, char** argv) {
     for (const auto& f : store.files()) weight_files.push_back(f->path());
     const nlohmann::json model_sha = sha256_model_inputs(model_dir, weight_files);
     std::string kinds;
-    for (auto [on, name] : {std::pair{opt.fisher, "fisher"}, {opt.hessian, "hessian"}, {opt.hutchinson, "hutchinson"}})
+    for (auto [on, name] : {std::pair{opt.fisher, "fisher"}, {opt.hessian, "hessian"}, {opt.hutchinson, "hutchinson"},
+                            {opt.act_fisher, "act-fisher"}})
       if (on) kinds += (kinds.empty() ? "" : ",") + std::string(name);
     const int64_t layer_end = opt.layer_end < 0 ? config.num_layers : opt.layer_end;
     const std::map<std::string, std::string> meta = {
@@ -140,7 +142,8 @@ int main(int argc, char** argv) {
       std::printf("%-36s %12lld %14.6g %14.6g %16.6g\n", t.name.c_str(), static_cast<long long>(t.rows * t.cols),
                   t.fisher_sum, t.hessian_trace, per);
       j["tensors"][t.name] = {{"params", t.rows * t.cols}, {"fisher_sum", t.fisher_sum},
-                              {"hessian_trace", t.hessian_trace}, {"hutchinson_trace", t.hutchinson_trace},
+                              {"hessian_trace", t.hessian_trace}, {"act_fisher_sum", t.act_fisher_sum},
+                              {"hutchinson_trace", t.hutchinson_trace},
                               {"hutchinson_trace_per_param", per}, {"hutchinson_stderr", t.hutchinson_stderr},
                               {"hutchinson_samples", t.hutchinson_samples}};
     }
