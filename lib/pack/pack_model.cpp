@@ -66,15 +66,19 @@ double PackReport::model_bpw() const {
 
 PackReport pack_model(const std::string& model_dir, const std::string& out_dir, const PackOptions& opt,
                       const PackProgress& progress) {
+  const bool planned = opt.format == "plan";
+  if (planned != !opt.plan.empty())
+    throw Error(ExitCode::kUsage, "pack_model: format \"plan\" and a non-empty plan go together");
   const bool squeeze = opt.format == "squeezellm" || opt.format == "uniform";
   const bool fgmp = opt.format == "fgmp";
-  const bool fisher_weighted = (opt.format == "squeezellm" || fgmp) && !opt.sensitivity.empty();
+  const bool fisher_weighted = (opt.format == "squeezellm" || fgmp || planned) && !opt.sensitivity.empty();
   QuantizerParams params = opt.params;
   if (!fisher_weighted) params.sensitive_pct = 0.0;  // needs Fisher; recorded as 0
   FgmpParams fgmp_params = opt.fgmp;
   fgmp_params.score_threshold = std::numeric_limits<double>::quiet_NaN();  // the packer ranks globally
+  // The one quantizer of a single-format pack (a plan brings one per module instead).
   const std::unique_ptr<Quantizer> quant_ptr =
-      fgmp ? std::make_unique<FgmpQuantizer>(fgmp_params) : make_quantizer(opt.format, params);
+      fgmp ? std::make_unique<FgmpQuantizer>(fgmp_params) : make_quantizer(planned ? "fp8" : opt.format, params);
   const Quantizer& quant = *quant_ptr;
   std::vector<std::regex> exclude;
   for (const auto& e : opt.exclude) {
@@ -118,7 +122,18 @@ PackReport pack_model(const std::string& model_dir, const std::string& out_dir, 
       const std::string module = "model.layers." + std::to_string(l) + "." + kLinearNames[i];
       bool skip = false;
       for (const auto& re : exclude) skip = skip || std::regex_search(module, re);
+      if (planned) {
+        auto e = opt.plan.find(module);
+        if (e == opt.plan.end()) throw_input(opt.plan_file, "tensors: no entry for module '" + module + "'");
+        skip = skip || e->second.format == "source";
+      }
       if (!skip) linears[module + ".weight"] = linear_shape(cfg, i);
+    }
+  if (planned)
+    for (const auto& [module, e] : opt.plan) {
+      (void)e;
+      if (!store.has(module + ".weight"))
+        throw_input(opt.plan_file, "tensors: module '" + module + "' is not a linear of " + model_dir);
     }
 
   // A quantized linear's fp32 weights (checked finite) and, with a sensitivity file, its Fisher.
@@ -180,13 +195,15 @@ PackReport pack_model(const std::string& model_dir, const std::string& out_dir, 
       std::vector<float> w, fisher;
       load_linear(t, module, rows, cols, w, fisher);
       const float* f = sens ? fisher.data() : nullptr;
+      const Quantizer& q = planned ? *opt.plan.at(module).quantizer : quant;
       const PackedTensor p =
           fgmp ? static_cast<const FgmpQuantizer&>(quant).encode_count(module, w.data(), f, rows, cols,
                                                                         fgmp_sel.fp8_blocks.at(name))
-               : quant.encode_weighted(module, w.data(), f, rows, cols);
+               : q.encode_weighted(module, w.data(), f, rows, cols);
       add_packed(writer, module, p);
-      if (cols % std::max(1, quant.info().block_size) != 0) shapes_meta[module] = {rows, cols};
-      rec = {module, opt.format, {rows, cols}, p.bytes(), p.bpw()};
+      if (cols % std::max(1, q.info().block_size) != 0) shapes_meta[module] = {rows, cols};
+      rec = {module, planned ? opt.plan.at(module).format : opt.format, {rows, cols}, p.bytes(), p.bpw()};
+      if (planned) tensors_json[module]["candidate"] = opt.plan.at(module).candidate;
       rep.quantized_params += rows * cols;
       rep.quantized_bytes += p.bytes();
     } else {
@@ -196,7 +213,7 @@ PackReport pack_model(const std::string& model_dir, const std::string& out_dir, 
     int64_t numel = 1;
     for (auto d : rec.shape) numel *= d;
     rep.total_params += numel;
-    tensors_json[rec.name] = {{"format", rec.format}, {"shape", rec.shape}, {"bytes", rec.bytes}, {"bpw", rec.bpw}};
+    tensors_json[rec.name].update({{"format", rec.format}, {"shape", rec.shape}, {"bytes", rec.bytes}, {"bpw", rec.bpw}});
     if (fgmp && it != linears.end()) tensors_json[rec.name]["fp8_blocks"] = fgmp_sel.fp8_blocks.at(name);
     rep.tensors.push_back(std::move(rec));
     if (progress) progress(k + 1, names.size(), name);
@@ -214,6 +231,7 @@ PackReport pack_model(const std::string& model_dir, const std::string& out_dir, 
   }
   rep.total_bytes = writer.data_bytes();
   rep.bpw_4096x4096 = 8.0 * static_cast<double>(quant.bytes(4096, 4096)) / (4096.0 * 4096.0);
+  if (planned) rep.bpw_4096x4096 = std::numeric_limits<double>::quiet_NaN();  // no single format
   if (fgmp)  // at the achieved fraction
     rep.bpw_4096x4096 =
         8.0 * static_cast<double>(fgmp_bytes(4096, 4096, std::llround(fgmp_sel.fraction() * 4096.0 * 256.0))) /
@@ -262,11 +280,28 @@ PackReport pack_model(const std::string& model_dir, const std::string& out_dir, 
     if (opt.target_bpw > 0) qc["target_bpw"] = opt.target_bpw;
     if (opt.fgmp.selection == FgmpParams::Selection::kRandom) qc["seed"] = opt.fgmp.seed;
   }
+  if (planned) {  // ModelOpt's mixed-precision record: one entry per quantized module
+    nlohmann::json layers = nlohmann::json::object();
+    for (const auto& [module, e] : opt.plan) {
+      if (e.format == "source") continue;
+      nlohmann::json entry = {{"quant_algo", e.quantizer->info().quant_algo}, {"mpq_format", e.format},
+                              {"candidate", e.candidate}};
+      if (e.quantizer->info().block_size > 0) entry["group_size"] = e.quantizer->info().block_size;
+      if (!e.params.empty()) entry["params"] = e.params;
+      layers[module] = entry;
+    }
+    qc = {{"quant_method", "modelopt"},
+          {"quant_algo", "MIXED_PRECISION"},
+          {"quantized_layers", layers},
+          {"fisher_weighted", fisher_weighted},
+          {"producer", {{"name", "mpq"}, {"version", MPQ_VERSION}}},
+          {"exclude_modules", exclude_modules}};
+  }
   if (!act.modules.empty()) qc["activation"] = act.record;
   nlohmann::json config = cfg.raw;
   config["quantization_config"] = qc;
   write_text_atomic(stage.path / "config.json", config.dump(2) + "\n");
-  if (!squeeze && !fgmp) {
+  if (!squeeze && !fgmp && !planned) {
     nlohmann::json hfq = {{"producer", {{"name", "mpq"}, {"version", MPQ_VERSION}}},
                           {"quantization", {{"quant_algo", quant.info().quant_algo},
                                             {"kv_cache_quant_algo", nullptr},
@@ -303,6 +338,7 @@ PackReport pack_model(const std::string& model_dir, const std::string& out_dir, 
                               {"total_bytes", rep.total_bytes},
                               {"model_bpw", rep.model_bpw()},
                               {"bpw_4096x4096", rep.bpw_4096x4096}}}};
+  if (planned) rep.manifest["plan"] = {{"file", fs::absolute(opt.plan_file).string()}, {"sha256", sha256_file(opt.plan_file)}};
   if (fisher_weighted)
     rep.manifest["sensitivity"] = {{"file", fs::absolute(opt.sensitivity).string()},
                                    {"sha256", sha256_file(opt.sensitivity)}};

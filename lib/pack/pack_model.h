@@ -21,6 +21,8 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -32,8 +34,18 @@
 
 namespace mpq {
 
+/// One module's entry of a mixed-precision plan (mpq-search's plan.json, docs/formats.md).
+struct PlanEntry {
+  std::string candidate;                       ///< the plan's candidate label, e.g. "squeezellm-3bit"
+  std::string format;                          ///< a format_table() name, or "source" (kept as stored)
+  std::shared_ptr<const Quantizer> quantizer;  ///< null for "source"
+  nlohmann::json params;                       ///< recorded per module in quantization_config
+};
+
 struct PackOptions {
-  std::string format;                ///< a format_table() name: "nvfp4", "fp8", "squeezellm", "uniform"
+  /// A format_table() name: "nvfp4", "fp8", "squeezellm", "uniform", "fgmp"; or "plan" with
+  /// `plan` set (one format per module).
+  std::string format;
   QuantizerParams params;            ///< bits and sparse percentages (squeezellm, uniform)
   /// Sensitivity file (formats/sensitivity_file.h) whose "<module>.fisher" F32 [out, in]
   /// weights the squeezellm fit; empty = uniform weights (then sensitive_pct is not used
@@ -51,6 +63,11 @@ struct PackOptions {
   /// none. Adds "<module>.input_act_fisher" F32 [in] and "<module>.input_fgmp_threshold"
   /// F32 [] for every linear module and quantization_config["activation"].
   ActCalibOptions act;
+  /// format "plan": every linear module of the model -> its entry (modules missing from the
+  /// plan, or plan modules the model lacks, are Error(kInput) naming `plan_file`). The
+  /// sensitivity file, when given, weights squeezellm and fgmp entries as in mpq-search.
+  std::map<std::string, PlanEntry> plan;
+  std::string plan_file;             ///< recorded in the manifest and in error messages
   std::string command_line;          ///< recorded in the manifest
   bool force = false;                ///< replace an existing non-empty output folder
 };

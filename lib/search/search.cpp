@@ -190,6 +190,43 @@ LatencyTable read_latency_table(const std::string& path) {
   return t;
 }
 
+std::map<std::string, PlanEntry> read_plan(const std::string& path, std::string* sensitivity,
+                                           std::string* sensitivity_sha256) {
+  std::ifstream in(path);
+  if (!in) throw_input(path, "cannot open");
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(in);
+  } catch (const nlohmann::json::exception& e) {
+    throw_input(path, std::string("not JSON: ") + e.what());
+  }
+  if (!j.is_object() || j.value("mpq_plan_version", 0) != 1) throw_input(path, "mpq_plan_version: expected 1");
+  if (!j.contains("solver") || j["solver"].value("status", "") != "optimal")
+    throw_input(path, "solver.status: not \"optimal\" (the search found no assignment; nothing to pack)");
+  if (!j.contains("tensors") || !j["tensors"].is_object() || j["tensors"].empty())
+    throw_input(path, "tensors: missing or empty");
+  std::map<std::string, PlanEntry> out;
+  for (const auto& [module, e] : j["tensors"].items()) {
+    if (!e.is_object() || !e.contains("candidate") || !e["candidate"].is_string())
+      throw_input(path, "tensors." + module + ".candidate: missing or not a string");
+    CandidateSpec spec;
+    try {
+      spec = parse_candidate(e["candidate"].get<std::string>());
+    } catch (const Error& err) {
+      throw_input(path, "tensors." + module + ".candidate: " + err.what());
+    }
+    PlanEntry pe;
+    pe.candidate = spec.label;
+    pe.format = spec.format;
+    pe.quantizer = make_candidate_quantizer(spec);
+    pe.params = candidate_params_json(spec);
+    out[module] = std::move(pe);
+  }
+  if (sensitivity) *sensitivity = j.value("sensitivity_file", "");
+  if (sensitivity_sha256) *sensitivity_sha256 = j.contains("inputs_sha256") ? j["inputs_sha256"].value("sensitivity", "") : "";
+  return out;
+}
+
 int64_t total_linear_params(const std::vector<TensorCandidates>& tensors) {
   int64_t n = 0;
   for (const auto& t : tensors) n += t.rows * t.cols;

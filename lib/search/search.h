@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <functional>
 #include <limits>
+#include <map>
 #include <memory>
 #include <tuple>
 #include <string>
@@ -21,6 +22,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "lib/pack/pack_model.h"
 #include "lib/quant/fgmp.h"
 #include "lib/quant/quantizer.h"
 #include "lib/search/ilp.h"
@@ -116,6 +118,14 @@ IlpProblem build_problem(const std::vector<TensorCandidates>& tensors,
 nlohmann::json make_plan(const std::vector<TensorCandidates>& tensors,
                          const std::vector<CandidateSpec>& specs, const SearchOptions& opt,
                          const IlpSolution& sol, double solve_seconds, const nlohmann::json& inputs);
+
+/// Reads a plan file written by make_plan() into mpq-pack's per-module entries (quantizers
+/// built with make_candidate_quantizer() from each entry's candidate label). When
+/// `sensitivity` is not null it receives the plan's "sensitivity_file" (empty if none).
+/// Throws Error(kInput) naming the file and field for a malformed plan, a solver status
+/// other than "optimal", or an unknown candidate.
+std::map<std::string, PlanEntry> read_plan(const std::string& path, std::string* sensitivity = nullptr,
+                                           std::string* sensitivity_sha256 = nullptr);
 
 /// Linear weights of all tensors (sum of rows * cols).
 int64_t total_linear_params(const std::vector<TensorCandidates>& tensors);

@@ -3,8 +3,11 @@
 #include <omp.h>
 
 #include <cstdio>
+#include <map>
 
+#include "lib/common/sha256.h"
 #include "lib/pack/pack_model.h"
+#include "lib/search/search.h"
 #include "lib/quant/fgmp.h"
 #include "lib/quant/quantizer.h"
 #include "tools/common.h"
@@ -26,7 +29,12 @@ int main(int argc, char** argv) {
   int threads = 0;
   bool quiet = false;
   app.add_option("--model", model_dir, "Input model folder (config.json, *.safetensors, tokenizer)")->required();
-  app.add_option("--format", opt.format, formats_help)->required()->check(CLI::IsMember(names));
+  std::string plan_path;
+  auto* format_opt = app.add_option("--format", opt.format, formats_help)->check(CLI::IsMember(names));
+  app.add_option("--plan", plan_path,
+                 "Instead of --format: a mixed-precision plan from mpq-search (one format per module); "
+                 "its sensitivity file weights the squeezellm/fgmp entries unless --sensitivity is given")
+      ->excludes(format_opt);
   app.add_option("--out", out_dir, "Output folder (written atomically)")->required();
   app.add_option("--bits", opt.params.bits, "Index bits for squeezellm/uniform (2, 3 or 4)")
       ->check(CLI::Range(2, 4))
@@ -87,13 +95,25 @@ int main(int argc, char** argv) {
 
   return tool::run(app, argc, argv, [&]() -> int {
     if (threads > 0) omp_set_num_threads(threads);
+    if (opt.format.empty() && plan_path.empty()) throw Error(ExitCode::kUsage, "give --format or --plan");
+    if (!plan_path.empty()) {
+      std::string plan_sens, plan_sha;
+      opt.plan = read_plan(plan_path, &plan_sens, &plan_sha);
+      opt.plan_file = plan_path;
+      opt.format = "plan";
+      if (opt.sensitivity.empty()) opt.sensitivity = plan_sens;
+      if (!opt.sensitivity.empty() && !plan_sha.empty() && sha256_file(opt.sensitivity) != plan_sha)
+        throw_input(opt.sensitivity, "sha256 differs from the plan's inputs_sha256.sensitivity (" + plan_path +
+                                         "): not the file the plan was searched with");
+    }
+    const bool planned = opt.format == "plan";
     const bool squeeze = opt.format == "squeezellm" || opt.format == "uniform";
     const bool fgmp = opt.format == "fgmp";
     const bool act = !opt.act.text.empty();
     for (const char* flag : {"--bits", "--outlier-pct", "--sensitive-pct"})
       if (!squeeze && app.count(flag) > 0)
         throw Error(ExitCode::kUsage, std::string(flag) + " applies to --format squeezellm/uniform only");
-    if (!squeeze && !fgmp && !act && app.count("--sensitivity") > 0)
+    if (!squeeze && !fgmp && !act && !planned && app.count("--sensitivity") > 0)
       throw Error(ExitCode::kUsage, "--sensitivity applies to --format squeezellm/uniform/fgmp, or with --act-calib");
     for (const char* flag : {"--fp8-fraction", "--target-bpw", "--fgmp-select", "--fgmp-clip", "--seed"})
       if (!fgmp && app.count(flag) > 0)
@@ -139,7 +159,13 @@ int main(int argc, char** argv) {
                 r.quantized_bytes, r.quantized_bpw());
     std::printf("whole model  %lld params, %zu bytes, %.4f bpw\n", static_cast<long long>(r.total_params),
                 r.total_bytes, r.model_bpw());
-    std::printf("4096x4096    %.4f bpw (same format on one Llama-7B-sized layer)\n", r.bpw_4096x4096);
+    if (planned) {
+      std::map<std::string, int> counts;
+      for (const auto& [m, e] : opt.plan) ++counts[e.candidate];
+      for (const auto& [c, k] : counts) std::printf("  %-24s %d modules\n", c.c_str(), k);
+    } else {
+      std::printf("4096x4096    %.4f bpw (same format on one Llama-7B-sized layer)\n", r.bpw_4096x4096);
+    }
     if (act)
       std::printf("activations  fgmp thresholds for %.2f NVFP4 blocks (%.4f on the calibration windows)\n",
                   opt.act.fp4_fraction, r.manifest["quantization_config"]["activation"]["measured_fp4_fraction"].get<double>());

@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
@@ -107,6 +108,8 @@ int main(int argc, char** argv) {
       double secs = 0;
       auto [sol, plan] = solve(budget, &secs);
       plan["candidate_evaluation_seconds"] = eval_s;
+      plan["model"] = std::filesystem::absolute(model_dir).string();
+      plan["sensitivity_file"] = std::filesystem::absolute(sens_path).string();
       tool::write_json(out_path, plan);
       std::printf("wrote        %s\n", out_path.c_str());
       std::printf("status       %s (GLPK, %lld variables, %.3f s)\n", sol.status.c_str(),
