@@ -222,11 +222,12 @@ std::vector<FastPath> fast_paths() {
           {"avx512", lut_cpu_has_avx512(), lut_gemv_avx512, lut_gemm_avx512}};
 }
 
-// Runs path P's gemv (T = 1) and gemm (T = 1, 5) on L against the references.
-void check_path(const FastPath& P, const RandomLut& L, uint64_t seed) {
+// Runs path P's gemv (T = 1) and gemm (each T in Ts) on L against the references.
+void check_path(const FastPath& P, const RandomLut& L, uint64_t seed,
+                const std::vector<int64_t>& Ts = {1, 5}) {
   const LutWeightView v = L.view();
   const int64_t rows = L.rows, cols = L.cols;
-  for (int64_t T : {int64_t{1}, int64_t{5}}) {
+  for (int64_t T : Ts) {
     const std::vector<float> X = random_x(T * cols, seed * 17 + T);
     std::vector<double> exact, l1;
     dense_product(L.dense(), rows, cols, X, T, &exact, &l1);
@@ -281,12 +282,13 @@ TEST_P(LutPaths, Int32ColumnsAndNoSparsePart) {
 }
 
 TEST_P(LutPaths, LargeLayerRunsParallel) {
-  // 300 x 1031 weights is above the OpenMP threshold, and lut_gemm decodes it in several
-  // row blocks; neither split may matter.
+  // 2100 x 520 weights: lut_gemv splits rows over OpenMP threads; lut_gemm decodes more
+  // than its 4 MiB block of fp32 rows (2 blocks at least), on one thread at T = 5 and on
+  // all threads at T = 16 (above its 2^24 multiply-add threshold). No split may matter.
   uint64_t seed = 3000;
   for (int bits : kBits) {
     ++seed;
-    check_path(path(), make_random(bits, 300, 1031, seed), seed);
+    check_path(path(), make_random(bits, 2100, 520, seed), seed, {1, 5, 16});
   }
 }
 

@@ -13,6 +13,8 @@
 #include <immintrin.h>
 #pragma GCC diagnostic pop
 
+#include <omp.h>  // omp_in_parallel, omp_get_max_threads: lut_gemm's row-block split
+
 #include <Eigen/Dense>  // the per-block GEMMs of lut_gemm
 #include <algorithm>
 #include <array>
@@ -357,6 +359,11 @@ inline __mmask16 tail_lanes(int64_t rem, int n) {
   return static_cast<__mmask16>((1u << lanes) - 1);
 }
 
+// Software prefetch distance of the packed rows (bytes ahead): the hardware prefetchers
+// alone leave the kernel ~25-40% below its in-cache speed when the weights stream from DRAM
+// (4096 x 4096, one thread; 2-16 KiB ahead measured, 4 KiB best).
+constexpr int64_t kPrefetchBytes = 4096;
+
 template <int B>
 MPQ_AVX512 float avx512_row_dense(const uint8_t* row, const uint16_t* lut_h, const float* xp,
                                   int64_t cols) {
@@ -365,6 +372,7 @@ MPQ_AVX512 float avx512_row_dense(const uint8_t* row, const uint16_t* lut_h, con
   __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(),
          a3 = _mm512_setzero_ps();
   for (int64_t blk = 0; blk < full; ++blk) {
+    _mm_prefetch(reinterpret_cast<const char*>(row + blk * 16 * B) + kPrefetchBytes, _MM_HINT_T0);
     const __m512i v = load_block<B>(row + blk * 16 * B, 16);
     const float* xb = xp + blk * 128;
     a0 = _mm512_fmadd_ps(block_pass<B, 0>(v, T), _mm512_loadu_ps(xb), a0);
@@ -446,8 +454,17 @@ using MatRM = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMaj
 using MapRM = Eigen::Map<MatRM, 0, Eigen::OuterStride<>>;
 using ConstMapRM = Eigen::Map<const MatRM, 0, Eigen::OuterStride<>>;
 
-// Decoded rows per GEMM block: about kGemmBlockBytes of fp32 per thread (L2 resident).
-constexpr int64_t kGemmBlockBytes = int64_t{512} << 10;
+// Decoded rows per GEMM block: at most kGemmBlockBytes of fp32 per thread. Larger blocks
+// mean fewer GEMM calls, each of which re-packs all of X (4096 x 4096, T = 512, one thread:
+// 0.5 MiB blocks 1.3x slower than 2-8 MiB, which measured alike within noise).
+constexpr int64_t kGemmBlockBytes = int64_t{4} << 20;
+// Multiply-adds below which lut_gemm runs on one thread (~0.2 ms of work).
+constexpr int64_t kGemmParallelMacs = int64_t{1} << 24;
+
+// Whether lut_gemm runs on all threads: enough work, and not nested in a caller's region.
+inline bool gemm_is_big(const LutWeightView& w, int64_t T) {
+  return w.rows * w.cols * T >= kGemmParallelMacs && !omp_in_parallel();
+}
 
 // Shared driver of every lut_gemm path: rows are decoded in blocks into a per-thread fp32
 // buffer (row stride ld >= K; decode(row, lut, out) writes K' <= ld floats, CSR residuals
@@ -457,9 +474,16 @@ template <typename Decode, typename Pos>
 void gemm_blocked(const LutWeightView& w, const float* Xk, int64_t ldx, int64_t K, int64_t T,
                   float* Y, Decode decode, Pos pos) {
   const int64_t R = w.rows, RB = row_bytes(w), ld = padded_cols(w.cols);
-  const int64_t rb = std::max<int64_t>(8, kGemmBlockBytes / (4 * std::max<int64_t>(ld, 1)));
+  // A large product outside a parallel region gets at least one block per thread, so that
+  // every block GEMM runs inside an active parallel region, where OpenBLAS stays
+  // single-threaded instead of waking its own threads per block. Below kGemmParallelMacs
+  // (or nested in a caller's region, as mpq-eval's windows are) one thread does it all.
+  const bool big = gemm_is_big(w, T);
+  const int64_t threads = big ? omp_get_max_threads() : 1;
+  const int64_t rb = std::max<int64_t>(
+      1, std::min(kGemmBlockBytes / (4 * std::max<int64_t>(ld, 1)), (R + threads - 1) / threads));
   const int64_t nblk = (R + rb - 1) / rb;
-  const bool par = nblk > 1 && R * w.cols * T >= kParallelMinWeights;
+  const bool par = big && nblk > 1;
 #pragma omp parallel if (par)
   {
     std::vector<float> buf(static_cast<std::size_t>(std::min(rb, R) * ld));
@@ -588,7 +612,7 @@ void lut_gemm_avx512(const LutWeightView& w, const float* X, int64_t T, float* Y
   }
   // X in kernel order once per call (T * C floats), then GEMMs on rows decoded in that order.
   std::vector<float> Xk(static_cast<std::size_t>(T * Cp));
-#pragma omp parallel for schedule(static) if (T * C >= kParallelMinWeights)
+#pragma omp parallel for schedule(static) if (gemm_is_big(w, T))
   for (int64_t t = 0; t < T; ++t) to_kernel_order(X + t * C, C, Xk.data() + t * Cp);
   gemm_blocked(
       w, Xk.data(), Cp, Cp, T, Y,
