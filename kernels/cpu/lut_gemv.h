@@ -31,10 +31,13 @@
 // lut_gemv, AVX2: per group of 8 indices, broadcast + variable shift + mask + vpermps (two
 //   and a blend for b = 4), FMA with x; 4 accumulators. Scalar: the same groups, plain C++.
 //
-// lut_gemm (window of T tokens): rows are decoded in blocks of ~512 KiB of fp32 (L2) into a
+//     | (the packed rows are software-prefetched 4 KiB ahead)
+//
+// lut_gemm (window of T tokens): rows are decoded in blocks of <= 4 MiB of fp32 into a
 // per-thread buffer (CSR residuals added), and each block is one GEMM
-// Y[:, block] = X Wblock^T (Eigen, OpenBLAS when built with it; OpenMP over blocks). The
-// AVX-512 path decodes in kernel order and multiplies X put in kernel order once per call.
+// Y[:, block] = X Wblock^T (Eigen, OpenBLAS when built with it; OpenMP over blocks when
+// R*C*T >= 2^24 and not nested in a caller's parallel region). The AVX-512 path decodes in
+// kernel order and multiplies X put in kernel order once per call.
 #pragma once
 
 #include <cstdint>
