@@ -1,4 +1,5 @@
-// SqueezeLLM LUT GEMV / GEMM (kernels/cpu/lut_gemv.h) against dense products on the same
+// SqueezeLLM LUT GEMV / GEMM (kernels/cpu/lut_gemv.h) and FGMP GEMV / GEMM
+// (kernels/cpu/fgmp_gemv.h, 30% FP8 blocks) against dense products on the same
 // shapes: fp32 weights (Eigen RowMajor MatrixXf * VectorXf, row blocks split over OpenMP
 // threads), fp16 weights (F16C decode on the fly, same split), and for a window of T = 512
 // tokens the dense fp32 GEMM Y = X W^T (Eigen, OpenBLAS when built with it). Counter
@@ -24,6 +25,7 @@
 #include <random>
 #include <vector>
 
+#include "kernels/cpu/fgmp_gemv.h"
 #include "kernels/cpu/lut_gemv.h"
 #include "lib/numeric/codecs.h"
 
@@ -270,6 +272,85 @@ void BM_DenseF32Gemm(benchmark::State& state) {
 }
 BENCHMARK(BM_DenseF32Gemm)->ArgName("rows")->Arg(4096)->Unit(benchmark::kMillisecond)
     ->UseRealTime();
+
+// ---------------------------------------------------------------- FGMP ------------------
+
+// One random FGMP layer (kernels/cpu/fgmp_gemv.h layout): each block FP8 with probability
+// `fp8`, random E2M1 codes, E4M3 block scales in [2^-4, 2^2), random finite E4M3 codes.
+struct FgmpLayer {
+  int64_t rows, cols;
+  std::vector<uint8_t> map, fp4, fp4_scale, fp8;
+  std::vector<int32_t> offset;
+
+  mpq::FgmpWeightView view() const {
+    mpq::FgmpWeightView v;
+    v.rows = rows, v.cols = cols;
+    v.block_map = map.data(), v.fp8_row_offset = offset.data();
+    v.fp4 = fp4.data(), v.fp4_scale = fp4_scale.data(), v.fp4_scale_2 = 1e-3f;
+    v.fp8 = fp8.data(), v.fp8_scale = 1e-4f;
+    return v;
+  }
+  int64_t bytes() const {
+    return static_cast<int64_t>(map.size() + fp4.size() + fp4_scale.size() + fp8.size() + 4 * offset.size() + 8);
+  }
+};
+
+FgmpLayer make_fgmp_layer(int64_t rows, int64_t cols, double fp8) {
+  FgmpLayer L{rows, cols, {}, {}, {}, {}, {}};
+  std::mt19937_64 g(static_cast<uint64_t>(rows) * 7 + 1);
+  std::bernoulli_distribution is8(fp8);
+  const int64_t nb = (cols + 15) / 16, mb = (nb + 7) / 8;
+  L.map.assign(static_cast<std::size_t>(rows * mb), 0);
+  L.offset.push_back(0);
+  for (int64_t r = 0; r < rows; ++r) {
+    int32_t n8 = 0;
+    for (int64_t b = 0; b < nb; ++b) {
+      if (is8(g)) {
+        L.map[static_cast<std::size_t>(r * mb + b / 8)] |= static_cast<uint8_t>(1u << (b % 8));
+        for (int i = 0; i < 16; ++i) L.fp8.push_back(static_cast<uint8_t>(g() % 0x7E) | static_cast<uint8_t>(g() & 0x80));
+        ++n8;
+      } else {
+        for (int i = 0; i < 8; ++i) L.fp4.push_back(static_cast<uint8_t>(g()));
+        L.fp4_scale.push_back(static_cast<uint8_t>(0x18 + g() % 0x30));
+      }
+    }
+    L.offset.push_back(L.offset.back() + n8);
+  }
+  return L;
+}
+
+// Args: rows (cols = 4096): fgmp_gemv at 30% FP8 blocks, rotated like the other GEMVs.
+void BM_FgmpGemv(benchmark::State& state) {
+  const int64_t rows = state.range(0), cols = 4096;
+  const FgmpLayer first = make_fgmp_layer(rows, cols, 0.30);
+  const int copies = copies_for(first.bytes());
+  std::vector<FgmpLayer> layers(static_cast<std::size_t>(copies), first);
+  const std::vector<float> x = random_floats(cols, 1);
+  std::vector<float> y(static_cast<std::size_t>(rows));
+  std::size_t i = 0;
+  for (auto _ : state) {
+    mpq::fgmp_gemv(layers[i].view(), x.data(), y.data());
+    benchmark::DoNotOptimize(y.data());
+    i = (i + 1) % layers.size();
+  }
+  set_counters(state, first.bytes(), copies);
+  state.SetLabel(mpq::fgmp_cpu_has_avx512() ? "avx512" : (mpq::fgmp_cpu_has_avx2() ? "avx2" : "scalar"));
+}
+BENCHMARK(BM_FgmpGemv)->ArgName("rows")->Arg(4096)->Arg(11008)->Unit(benchmark::kMicrosecond)->UseRealTime();
+
+// Args: rows (cols = 4096, T = 512): fgmp_gemm, as mpq-eval runs a window.
+void BM_FgmpGemm(benchmark::State& state) {
+  const int64_t rows = state.range(0), cols = 4096;
+  const FgmpLayer L = make_fgmp_layer(rows, cols, 0.30);
+  const std::vector<float> X = random_floats(kWindow * cols, 5);
+  std::vector<float> Y(static_cast<std::size_t>(kWindow * rows));
+  for (auto _ : state) {
+    mpq::fgmp_gemm(L.view(), X.data(), kWindow, Y.data());
+    benchmark::DoNotOptimize(Y.data());
+  }
+  set_gemm_counters(state, rows, cols);
+}
+BENCHMARK(BM_FgmpGemm)->ArgName("rows")->Arg(4096)->Unit(benchmark::kMillisecond)->UseRealTime();
 
 // ---------------------------------------------------------------- bandwidth references -
 
