@@ -1,12 +1,19 @@
-// SqueezeLLM LUT GEMV (kernels/cpu/lut_gemv.h) against dense GEMVs on the same shapes:
-// fp32 weights (Eigen RowMajor MatrixXf * VectorXf, row blocks split over OpenMP threads)
-// and fp16 weights (F16C decode on the fly, same split). Counter weight_gbps = weight bytes
-// read per second (packed bytes, LUTs and CSR for the LUT kernel). Every benchmark rotates
-// over several copies of its weights (>= ~512 MB in all, at most 16 copies) so each
-// iteration reads from DRAM, not from the last-level cache. BM_Memcpy (256 MB) and
-// BM_ReadSum (256 MB, all threads) are the bandwidth references measured in the same run.
+// SqueezeLLM LUT GEMV / GEMM (kernels/cpu/lut_gemv.h) and FGMP GEMV / GEMM
+// (kernels/cpu/fgmp_gemv.h, 30% FP8 blocks) against dense products on the same
+// shapes: fp32 weights (Eigen RowMajor MatrixXf * VectorXf, row blocks split over OpenMP
+// threads), fp16 weights (F16C decode on the fly, same split), and for a window of T = 512
+// tokens the dense fp32 GEMM Y = X W^T (Eigen, OpenBLAS when built with it). Counter
+// weight_gbps = weight bytes read per second (packed bytes, LUTs and CSR for the LUT
+// kernel). Every GEMV benchmark rotates over several copies of its weights (>= ~512 MB in
+// all, at most 16 copies) so each iteration reads from DRAM, not from the last-level cache.
+// Bandwidth references measured in the same run, all OpenMP threads, 1 GiB working sets:
+// BM_ReadBandwidth (explicit 8-accumulator vector sum, each thread its slice as 1 or 8
+// concurrent streams) and
+// BM_MemcpyBandwidth (each thread memcpy's its slice; copy_gbps = bytes copied per second,
+// stream_gbps = read + write bytes per second as STREAM's Copy counts them).
 //
 //   build/bench/bench_lut_gemv --benchmark_counters_tabular=true
+//       (add --benchmark_repetitions=3 --benchmark_report_aggregates_only=true for spread)
 #include <benchmark/benchmark.h>
 #include <immintrin.h>  // F16C for the fp16 baseline (under a target attribute)
 #include <omp.h>
@@ -14,9 +21,11 @@
 #include <Eigen/Dense>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <random>
 #include <vector>
 
+#include "kernels/cpu/fgmp_gemv.h"
 #include "kernels/cpu/lut_gemv.h"
 #include "lib/numeric/codecs.h"
 
@@ -87,8 +96,10 @@ void set_counters(benchmark::State& state, int64_t weight_bytes, int copies) {
   state.counters["threads"] = omp_get_max_threads();
 }
 
-// Args: bits, rows (cols = 4096).
-void BM_LutGemv(benchmark::State& state) {
+using GemvFn = void (*)(const mpq::LutWeightView&, const float*, float*);
+
+// Args: bits, rows (cols = 4096); fn = the path measured.
+void lut_gemv_bench(benchmark::State& state, GemvFn fn, const char* path) {
   const int bits = static_cast<int>(state.range(0));
   const int64_t rows = state.range(1), cols = 4096;
   const LutLayer first = make_lut_layer(bits, rows, cols);
@@ -98,14 +109,33 @@ void BM_LutGemv(benchmark::State& state) {
   std::vector<float> y(static_cast<std::size_t>(rows));
   std::size_t i = 0;
   for (auto _ : state) {
-    mpq::lut_gemv(layers[i].view(), x.data(), y.data());
+    fn(layers[i].view(), x.data(), y.data());
     benchmark::DoNotOptimize(y.data());
     i = (i + 1) % layers.size();
   }
   set_counters(state, first.bytes(), copies);
-  state.SetLabel(mpq::lut_cpu_has_avx2() ? "avx2" : "scalar");
+  state.SetLabel(path);
+}
+
+// The path lut_gemv dispatches to on this CPU.
+void BM_LutGemv(benchmark::State& state) {
+  lut_gemv_bench(state, mpq::lut_gemv, mpq::lut_cpu_path());
 }
 BENCHMARK(BM_LutGemv)
+    ->ArgNames({"bits", "rows"})
+    ->ArgsProduct({{3, 4}, {4096, 11008}})
+    ->Unit(benchmark::kMicrosecond)
+    ->UseRealTime();
+
+// The AVX2 path, for comparison on an AVX-512 machine.
+void BM_LutGemvAvx2(benchmark::State& state) {
+  if (!mpq::lut_cpu_has_avx2()) {
+    state.SkipWithError("no AVX2");
+    return;
+  }
+  lut_gemv_bench(state, mpq::lut_gemv_avx2, "avx2");
+}
+BENCHMARK(BM_LutGemvAvx2)
     ->ArgNames({"bits", "rows"})
     ->ArgsProduct({{3, 4}, {4096, 11008}})
     ->Unit(benchmark::kMicrosecond)
@@ -193,36 +223,201 @@ void BM_DenseF16Gemv(benchmark::State& state) {
 BENCHMARK(BM_DenseF16Gemv)->ArgName("rows")->Arg(4096)->Arg(11008)->Unit(benchmark::kMicrosecond)
     ->UseRealTime();
 
-constexpr int64_t kBandwidthBytes = int64_t{256} << 20;
+// ---------------------------------------------------------------- window of T tokens --
 
-// memcpy of 256 MB (one thread): bytes copied per second (DRAM traffic is read + write).
-void BM_Memcpy(benchmark::State& state) {
-  std::vector<char> a(static_cast<std::size_t>(kBandwidthBytes), 1),
-      b(static_cast<std::size_t>(kBandwidthBytes), 0);
-  for (auto _ : state) {
-    std::memcpy(b.data(), a.data(), a.size());
-    benchmark::DoNotOptimize(b.data());
-    benchmark::ClobberMemory();
-  }
-  state.counters["copy_gbps"] = benchmark::Counter(
-      static_cast<double>(kBandwidthBytes), benchmark::Counter::kIsIterationInvariantRate,
-      benchmark::Counter::kIs1000);
+constexpr int64_t kWindow = 512;
+
+void set_gemm_counters(benchmark::State& state, int64_t rows, int64_t cols) {
+  state.counters["gflops"] = benchmark::Counter(
+      2.0 * static_cast<double>(kWindow * rows * cols),
+      benchmark::Counter::kIsIterationInvariantRate, benchmark::Counter::kIs1000);
+  state.counters["tokens_per_s"] = benchmark::Counter(
+      static_cast<double>(kWindow), benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["threads"] = omp_get_max_threads();
 }
-BENCHMARK(BM_Memcpy)->Unit(benchmark::kMillisecond)->UseRealTime();
 
-// Sum of 256 MB of floats over all OpenMP threads: the read bandwidth a GEMV can reach.
-void BM_ReadSum(benchmark::State& state) {
-  const std::vector<float> a = random_floats(kBandwidthBytes / 4, 4);
-  const int64_t n = static_cast<int64_t>(a.size());
+// Args: bits, rows (cols = 4096, T = 512): lut_gemm, as mpq-eval runs a window.
+void BM_LutGemm(benchmark::State& state) {
+  const int bits = static_cast<int>(state.range(0));
+  const int64_t rows = state.range(1), cols = 4096;
+  const LutLayer L = make_lut_layer(bits, rows, cols);
+  const std::vector<float> X = random_floats(kWindow * cols, 5);
+  std::vector<float> Y(static_cast<std::size_t>(kWindow * rows));
+  for (auto _ : state) {
+    mpq::lut_gemm(L.view(), X.data(), kWindow, Y.data());
+    benchmark::DoNotOptimize(Y.data());
+  }
+  set_gemm_counters(state, rows, cols);
+  state.SetLabel(mpq::lut_cpu_path());
+}
+BENCHMARK(BM_LutGemm)
+    ->ArgNames({"bits", "rows"})
+    ->ArgsProduct({{3, 4}, {4096}})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+
+// Args: rows (cols = 4096, T = 512): dense fp32 Y = X W^T, Eigen (OpenBLAS when built with
+// it, its own threads).
+void BM_DenseF32Gemm(benchmark::State& state) {
+  using Mat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  const int64_t rows = state.range(0), cols = 4096;
+  const Mat W = Mat::Random(rows, cols) * 0.05f;
+  const Mat X = Mat::Random(kWindow, cols);
+  Mat Y(kWindow, rows);
+  for (auto _ : state) {
+    Y.noalias() = X * W.transpose();
+    benchmark::DoNotOptimize(Y.data());
+  }
+  set_gemm_counters(state, rows, cols);
+}
+BENCHMARK(BM_DenseF32Gemm)->ArgName("rows")->Arg(4096)->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+
+// ---------------------------------------------------------------- FGMP ------------------
+
+// One random FGMP layer (kernels/cpu/fgmp_gemv.h layout): each block FP8 with probability
+// `fp8`, random E2M1 codes, E4M3 block scales in [2^-4, 2^2), random finite E4M3 codes.
+struct FgmpLayer {
+  int64_t rows, cols;
+  std::vector<uint8_t> map, fp4, fp4_scale, fp8;
+  std::vector<int32_t> offset;
+
+  mpq::FgmpWeightView view() const {
+    mpq::FgmpWeightView v;
+    v.rows = rows, v.cols = cols;
+    v.block_map = map.data(), v.fp8_row_offset = offset.data();
+    v.fp4 = fp4.data(), v.fp4_scale = fp4_scale.data(), v.fp4_scale_2 = 1e-3f;
+    v.fp8 = fp8.data(), v.fp8_scale = 1e-4f;
+    return v;
+  }
+  int64_t bytes() const {
+    return static_cast<int64_t>(map.size() + fp4.size() + fp4_scale.size() + fp8.size() + 4 * offset.size() + 8);
+  }
+};
+
+FgmpLayer make_fgmp_layer(int64_t rows, int64_t cols, double fp8) {
+  FgmpLayer L{rows, cols, {}, {}, {}, {}, {}};
+  std::mt19937_64 g(static_cast<uint64_t>(rows) * 7 + 1);
+  std::bernoulli_distribution is8(fp8);
+  const int64_t nb = (cols + 15) / 16, mb = (nb + 7) / 8;
+  L.map.assign(static_cast<std::size_t>(rows * mb), 0);
+  L.offset.push_back(0);
+  for (int64_t r = 0; r < rows; ++r) {
+    int32_t n8 = 0;
+    for (int64_t b = 0; b < nb; ++b) {
+      if (is8(g)) {
+        L.map[static_cast<std::size_t>(r * mb + b / 8)] |= static_cast<uint8_t>(1u << (b % 8));
+        for (int i = 0; i < 16; ++i) L.fp8.push_back(static_cast<uint8_t>(g() % 0x7E) | static_cast<uint8_t>(g() & 0x80));
+        ++n8;
+      } else {
+        for (int i = 0; i < 8; ++i) L.fp4.push_back(static_cast<uint8_t>(g()));
+        L.fp4_scale.push_back(static_cast<uint8_t>(0x18 + g() % 0x30));
+      }
+    }
+    L.offset.push_back(L.offset.back() + n8);
+  }
+  return L;
+}
+
+// Args: rows (cols = 4096): fgmp_gemv at 30% FP8 blocks, rotated like the other GEMVs.
+void BM_FgmpGemv(benchmark::State& state) {
+  const int64_t rows = state.range(0), cols = 4096;
+  const FgmpLayer first = make_fgmp_layer(rows, cols, 0.30);
+  const int copies = copies_for(first.bytes());
+  std::vector<FgmpLayer> layers(static_cast<std::size_t>(copies), first);
+  const std::vector<float> x = random_floats(cols, 1);
+  std::vector<float> y(static_cast<std::size_t>(rows));
+  std::size_t i = 0;
+  for (auto _ : state) {
+    mpq::fgmp_gemv(layers[i].view(), x.data(), y.data());
+    benchmark::DoNotOptimize(y.data());
+    i = (i + 1) % layers.size();
+  }
+  set_counters(state, first.bytes(), copies);
+  state.SetLabel(mpq::fgmp_cpu_has_avx512() ? "avx512" : (mpq::fgmp_cpu_has_avx2() ? "avx2" : "scalar"));
+}
+BENCHMARK(BM_FgmpGemv)->ArgName("rows")->Arg(4096)->Arg(11008)->Unit(benchmark::kMicrosecond)->UseRealTime();
+
+// Args: rows (cols = 4096, T = 512): fgmp_gemm, as mpq-eval runs a window.
+void BM_FgmpGemm(benchmark::State& state) {
+  const int64_t rows = state.range(0), cols = 4096;
+  const FgmpLayer L = make_fgmp_layer(rows, cols, 0.30);
+  const std::vector<float> X = random_floats(kWindow * cols, 5);
+  std::vector<float> Y(static_cast<std::size_t>(kWindow * rows));
+  for (auto _ : state) {
+    mpq::fgmp_gemm(L.view(), X.data(), kWindow, Y.data());
+    benchmark::DoNotOptimize(Y.data());
+  }
+  set_gemm_counters(state, rows, cols);
+}
+BENCHMARK(BM_FgmpGemm)->ArgName("rows")->Arg(4096)->Unit(benchmark::kMillisecond)->UseRealTime();
+
+// ---------------------------------------------------------------- bandwidth references -
+
+constexpr int64_t kBandwidthBytes = int64_t{1} << 30;
+
+// [j0, j1) of n for thread t of nt: the same split wherever a buffer is touched, so pages
+// are first touched by the thread that later reads them.
+inline void thread_slice(int64_t n, int64_t* j0, int64_t* j1) {
+  const int nt = omp_get_num_threads(), t = omp_get_thread_num();
+  *j0 = n * t / nt;
+  *j1 = n * (t + 1) / nt;
+}
+
+// Sum of a[0 .. n) read as S equal streams in lockstep (64 floats = 4 cache lines of each
+// per step) into 8 independent 8-float accumulators, so the loop is bound by the loads, not
+// by the add latency. One stream per core is held back by the prefetchers (~11 GB/s on the
+// machine in docs/results.md); a GEMV reads several rows at once, so S = 8 is its reference.
+__attribute__((target("avx2"), noinline)) float read_sum_avx2(const float* a, int64_t n,
+                                                              int S) {
+  __m256 s[8];
+  for (__m256& v : s) v = _mm256_setzero_ps();
+  const int64_t part = n / S / 64 * 64;
+  for (int64_t j = 0; j < part; j += 64)
+    for (int st = 0; st < S; ++st) {
+      const float* p = a + st * part + j;
+      for (int u = 0; u < 8; ++u) s[u] = _mm256_add_ps(s[u], _mm256_loadu_ps(p + 8 * u));
+    }
+  for (int u = 1; u < 8; ++u) s[0] = _mm256_add_ps(s[0], s[u]);
+  alignas(32) float t[8];
+  _mm256_store_ps(t, s[0]);
+  float r = t[0] + t[1] + t[2] + t[3] + t[4] + t[5] + t[6] + t[7];
+  for (int64_t j = part * S; j < n; ++j) r += a[j];
+  return r;
+}
+
+float read_sum_scalar(const float* a, int64_t n) {
+  float s[8] = {};
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8)
+    for (int u = 0; u < 8; ++u) s[u] += a[j + u];
+  float r = 0.0f;
+  for (float v : s) r += v;
+  for (; j < n; ++j) r += a[j];
+  return r;
+}
+
+// Arg: streams per thread. Read bandwidth: 1 GiB of floats (10x the 105 MiB L3 of the
+// machine in docs/results.md), each OpenMP thread summing its slice.
+void BM_ReadBandwidth(benchmark::State& state) {
+  const int streams = static_cast<int>(state.range(0));
+  const int64_t n = kBandwidthBytes / 4;
+  std::unique_ptr<float[]> a(new float[static_cast<std::size_t>(n)]);
+  const bool avx2 = __builtin_cpu_supports("avx2");
+#pragma omp parallel
+  {
+    int64_t j0, j1;
+    thread_slice(n, &j0, &j1);
+    for (int64_t j = j0; j < j1; ++j) a[j] = static_cast<float>(j & 1023) * 1e-3f;
+  }
   for (auto _ : state) {
     float s = 0.0f;
-    // Eigen's reduction keeps several vector accumulators in flight; a plain `simd`
-    // reduction loop is add-latency bound here and under-reports bandwidth 2-3x.
 #pragma omp parallel reduction(+ : s)
     {
-      const int nt = omp_get_num_threads(), t = omp_get_thread_num();
-      const int64_t j0 = n * t / nt, j1 = n * (t + 1) / nt;
-      s += Eigen::Map<const Eigen::VectorXf>(a.data() + j0, j1 - j0).sum();
+      int64_t j0, j1;
+      thread_slice(n, &j0, &j1);
+      s += avx2 ? read_sum_avx2(a.get() + j0, j1 - j0, streams)
+                : read_sum_scalar(a.get() + j0, j1 - j0);
     }
     benchmark::DoNotOptimize(s);
   }
@@ -231,7 +426,40 @@ void BM_ReadSum(benchmark::State& state) {
       benchmark::Counter::kIs1000);
   state.counters["threads"] = omp_get_max_threads();
 }
-BENCHMARK(BM_ReadSum)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_ReadBandwidth)->ArgName("streams")->Arg(1)->Arg(8)->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+
+// Copy bandwidth: 512 MiB -> 512 MiB, each OpenMP thread memcpy'ing its slice.
+void BM_MemcpyBandwidth(benchmark::State& state) {
+  const int64_t n = kBandwidthBytes / 2;
+  std::unique_ptr<char[]> src(new char[static_cast<std::size_t>(n)]);
+  std::unique_ptr<char[]> dst(new char[static_cast<std::size_t>(n)]);
+#pragma omp parallel
+  {
+    int64_t j0, j1;
+    thread_slice(n, &j0, &j1);
+    std::memset(src.get() + j0, 1, static_cast<std::size_t>(j1 - j0));
+    std::memset(dst.get() + j0, 0, static_cast<std::size_t>(j1 - j0));
+  }
+  for (auto _ : state) {
+#pragma omp parallel
+    {
+      int64_t j0, j1;
+      thread_slice(n, &j0, &j1);
+      std::memcpy(dst.get() + j0, src.get() + j0, static_cast<std::size_t>(j1 - j0));
+    }
+    benchmark::DoNotOptimize(dst.get());
+    benchmark::ClobberMemory();
+  }
+  state.counters["copy_gbps"] = benchmark::Counter(
+      static_cast<double>(n), benchmark::Counter::kIsIterationInvariantRate,
+      benchmark::Counter::kIs1000);
+  state.counters["stream_gbps"] = benchmark::Counter(
+      2.0 * static_cast<double>(n), benchmark::Counter::kIsIterationInvariantRate,
+      benchmark::Counter::kIs1000);
+  state.counters["threads"] = omp_get_max_threads();
+}
+BENCHMARK(BM_MemcpyBandwidth)->Unit(benchmark::kMillisecond)->UseRealTime();
 
 }  // namespace
 

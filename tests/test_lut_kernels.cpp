@@ -1,9 +1,12 @@
 // SqueezeLLM LUT kernels (kernels/cpu/lut_gemv.h): random packed weights built here with a
 // packer written from the documented bit order (lib/quant/squeezellm.h), the references
-// against an fp64 dense matvec of the decoded matrix, the fast paths (dispatcher, scalar,
-// AVX2 where the CPU has it) against the references, and the kernels on tensors produced
-// by SqueezeLLMQuantizer against decode() + dense matvec.
+// against an fp64 dense matvec of the decoded matrix, every fast path (dispatcher, scalar,
+// AVX2, AVX-512; a path the CPU lacks is skipped) against the references, the fast paths
+// never reading past the packed rows (guard page) nor multiplying padding weights, and the
+// kernels on tensors produced by SqueezeLLMQuantizer against decode() + dense matvec.
 #include <gtest/gtest.h>
+#include <sys/mman.h>  // mmap / mprotect: a guard page after the packed rows
+#include <unistd.h>    // sysconf(_SC_PAGESIZE)
 
 #include <algorithm>
 #include <cmath>
@@ -204,71 +207,170 @@ TEST(LutKernels, ReferenceMatchesDenseDecode) {
       }
 }
 
-// Runs every fast path of gemv and gemm on L against the references.
-void check_fast_paths(const RandomLut& L, uint64_t seed) {
+// One fast path: its gemv and gemm and whether this CPU can run it.
+struct FastPath {
+  std::string name;
+  bool available;
+  void (*gemv)(const LutWeightView&, const float*, float*);
+  void (*gemm)(const LutWeightView&, const float*, int64_t, float*);
+};
+
+std::vector<FastPath> fast_paths() {
+  return {{"dispatch", true, lut_gemv, lut_gemm},
+          {"scalar", true, lut_gemv_scalar, lut_gemm_scalar},
+          {"avx2", lut_cpu_has_avx2(), lut_gemv_avx2, lut_gemm_avx2},
+          {"avx512", lut_cpu_has_avx512(), lut_gemv_avx512, lut_gemm_avx512}};
+}
+
+// Runs path P's gemv (T = 1) and gemm (each T in Ts) on L against the references.
+void check_path(const FastPath& P, const RandomLut& L, uint64_t seed,
+                const std::vector<int64_t>& Ts = {1, 5}) {
   const LutWeightView v = L.view();
   const int64_t rows = L.rows, cols = L.cols;
-  for (int64_t T : {int64_t{1}, int64_t{5}}) {
+  for (int64_t T : Ts) {
     const std::vector<float> X = random_x(T * cols, seed * 17 + T);
     std::vector<double> exact, l1;
     dense_product(L.dense(), rows, cols, X, T, &exact, &l1);
     std::vector<float> ref(static_cast<std::size_t>(T * rows));
-    std::vector<float> y(ref.size());
-    const std::string lab = label(L.bits, rows, cols, T);
+    std::vector<float> y(ref.size(), -7.0f);
+    const std::string lab = P.name + " " + label(L.bits, rows, cols, T);
     lut_gemm_reference(v, X.data(), T, ref.data());
-    lut_gemm(v, X.data(), T, y.data());
-    expect_close(y, ref, l1, "lut_gemm " + lab);
-    lut_gemm_scalar(v, X.data(), T, y.data());
-    expect_close(y, ref, l1, "lut_gemm_scalar " + lab);
-    if (lut_cpu_has_avx2()) {
-      lut_gemm_avx2(v, X.data(), T, y.data());
-      expect_close(y, ref, l1, "lut_gemm_avx2 " + lab);
-    }
+    P.gemm(v, X.data(), T, y.data());
+    expect_close(y, ref, l1, "gemm " + lab);
     if (T == 1) {
       lut_gemv_reference(v, X.data(), ref.data());
-      lut_gemv(v, X.data(), y.data());
-      expect_close(y, ref, l1, "lut_gemv " + lab);
-      lut_gemv_scalar(v, X.data(), y.data());
-      expect_close(y, ref, l1, "lut_gemv_scalar " + lab);
-      if (lut_cpu_has_avx2()) {
-        lut_gemv_avx2(v, X.data(), y.data());
-        expect_close(y, ref, l1, "lut_gemv_avx2 " + lab);
-      }
+      std::fill(y.begin(), y.end(), -7.0f);
+      P.gemv(v, X.data(), y.data());
+      expect_close(y, ref, l1, "gemv " + lab);
     }
   }
 }
 
-TEST(LutKernels, FastPathsMatchReference) {
+// Columns around every boundary of the paths: groups of 8, AVX-512 blocks of 128 (16
+// groups), cols < 16, and a last block of each size class.
+constexpr int64_t kPathCols[] = {1, 7, 8, 9, 15, 16, 17, 31, 64, 127, 128, 129, 172, 200, 255, 256, 300, 513};
+
+class LutPaths : public ::testing::TestWithParam<int> {
+ protected:
+  FastPath path() const { return fast_paths()[static_cast<std::size_t>(GetParam())]; }
+  void SetUp() override {
+    if (!path().available) GTEST_SKIP() << "this CPU lacks the " << path().name << " path";
+  }
+};
+
+TEST_P(LutPaths, MatchReference) {
   uint64_t seed = 1000;
   for (int bits : kBits)
     for (int64_t rows : kRows)
-      for (int64_t cols : kCols) {
+      for (int64_t cols : kPathCols) {
         ++seed;
-        check_fast_paths(make_random(bits, rows, cols, seed), seed);
+        check_path(path(), make_random(bits, rows, cols, seed), seed);
       }
 }
 
-TEST(LutKernels, Int32ColumnsAndNoSparsePart) {
+TEST_P(LutPaths, Int32ColumnsAndNoSparsePart) {
   uint64_t seed = 2000;
   for (int bits : kBits)
-    for (int64_t cols : {int64_t{9}, int64_t{513}}) {
+    for (int64_t cols : {int64_t{9}, int64_t{200}, int64_t{513}}) {
       ++seed;
-      check_fast_paths(make_random(bits, 5, cols, seed, /*i16=*/false), seed);
+      check_path(path(), make_random(bits, 5, cols, seed, /*i16=*/false), seed);
       ++seed;
       RandomLut L = make_random(bits, 5, cols, seed);
       L.sparse = false;
-      check_fast_paths(L, seed);
+      check_path(path(), L, seed);
     }
 }
 
-TEST(LutKernels, LargeLayerRunsParallel) {
-  // 300 x 1031 weights is above the OpenMP threshold; the row split must not matter.
+TEST_P(LutPaths, LargeLayerRunsParallel) {
+  // 2100 x 520 weights: lut_gemv splits rows over OpenMP threads; lut_gemm decodes more
+  // than its 4 MiB block of fp32 rows (2 blocks at least), on one thread at T = 5 and on
+  // all threads at T = 16 (above its 2^24 multiply-add threshold). No split may matter.
   uint64_t seed = 3000;
   for (int bits : kBits) {
     ++seed;
-    check_fast_paths(make_random(bits, 300, 1031, seed), seed);
+    check_path(path(), make_random(bits, 2100, 520, seed), seed, {1, 5, 16});
   }
 }
+
+TEST_P(LutPaths, EmptyShapes) {
+  RandomLut L = make_random(4, 3, 8, 5);
+  LutWeightView v = L.view();
+  std::vector<float> x(8, 1.0f), y(3, -7.0f);
+  v.cols = 0;  // no columns: every output is 0 (CSR absent)
+  v.rowptr = nullptr;
+  path().gemv(v, x.data(), y.data());
+  EXPECT_EQ(y, std::vector<float>(3, 0.0f));
+  std::fill(y.begin(), y.end(), -7.0f);
+  path().gemm(v, x.data(), 1, y.data());
+  EXPECT_EQ(y, std::vector<float>(3, 0.0f));
+  v = L.view();
+  v.rows = 0;  // no rows, and T = 0: nothing written
+  path().gemv(v, x.data(), y.data());
+  path().gemm(v, x.data(), 1, y.data());
+  path().gemm(L.view(), x.data(), 0, y.data());
+  EXPECT_EQ(y, std::vector<float>(3, 0.0f));
+}
+
+TEST_P(LutPaths, PaddingWeightsNeverUsed) {
+  // LUT entry 0 is +inf in every row but no real column uses index 0, so the exact result
+  // is finite; the padding indices of a partial last group (0 by the layout) and any
+  // padding lanes must never be multiplied in (inf * 0 = NaN).
+  uint64_t seed = 4000;
+  for (int bits : kBits)
+    for (int64_t cols : {int64_t{3}, int64_t{13}, int64_t{130}, int64_t{301}}) {
+      RandomLut L = make_random(bits, 7, cols, ++seed);
+      const int k = 1 << bits;
+      for (int& i : L.idx) i = 1 + i % (k - 1);
+      L.qweight = pack_indices(L.idx, L.rows, cols, bits);
+      for (int64_t r = 0; r < L.rows; ++r) L.lut[r * k] = 0x7C00;  // fp16 +inf
+      L.sparse = false;  // only the LUT values matter here
+      const std::vector<float> x = random_x(cols, seed);
+      std::vector<double> exact, l1;
+      dense_product(L.dense(), L.rows, cols, x, 1, &exact, &l1);
+      std::vector<float> y(static_cast<std::size_t>(L.rows));
+      path().gemv(L.view(), x.data(), y.data());
+      expect_close(y, exact, l1, "gemv inf LUT[0] " + label(bits, L.rows, cols));
+      path().gemm(L.view(), x.data(), 1, y.data());
+      expect_close(y, exact, l1, "gemm inf LUT[0] " + label(bits, L.rows, cols));
+    }
+}
+
+TEST_P(LutPaths, NeverReadsPastPackedRows) {
+  // The packed rows end exactly at a PROT_NONE page: a load past the last row's bytes
+  // (an unmasked vector load of a partial block) would crash the test.
+  const std::size_t page = static_cast<std::size_t>(sysconf(_SC_PAGESIZE));
+  uint64_t seed = 5000;
+  for (int bits : kBits)
+    for (int64_t cols : {int64_t{5}, int64_t{40}, int64_t{129}, int64_t{200}, int64_t{384}}) {
+      const RandomLut L = make_random(bits, 3, cols, ++seed);
+      const std::size_t n = L.qweight.size();
+      const std::size_t span = (n + page - 1) / page * page;
+      void* mem = mmap(nullptr, span + page, PROT_READ | PROT_WRITE,
+                       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+      ASSERT_NE(mem, MAP_FAILED);
+      uint8_t* base = static_cast<uint8_t*>(mem);
+      ASSERT_EQ(mprotect(base + span, page, PROT_NONE), 0);
+      uint8_t* q = base + span - n;
+      std::copy(L.qweight.begin(), L.qweight.end(), q);
+      LutWeightView v = L.view();
+      v.qweight = q;
+      const std::vector<float> x = random_x(cols, seed);
+      std::vector<float> y(3), ref(3);
+      std::vector<double> exact, l1;
+      dense_product(L.dense(), 3, cols, x, 1, &exact, &l1);
+      lut_gemv_reference(v, x.data(), ref.data());
+      path().gemv(v, x.data(), y.data());
+      expect_close(y, ref, l1, "gemv guard " + label(bits, 3, cols));
+      path().gemm(v, x.data(), 1, y.data());
+      expect_close(y, ref, l1, "gemm guard " + label(bits, 3, cols));
+      munmap(mem, span + page);
+    }
+}
+
+INSTANTIATE_TEST_SUITE_P(LutKernels, LutPaths, ::testing::Range(0, 4),
+                         [](const ::testing::TestParamInfo<int>& info) {
+                           return fast_paths()[static_cast<std::size_t>(info.param)].name;
+                         });
 
 TEST(LutKernels, RejectsBadView) {
   RandomLut L = make_random(4, 2, 8, 7);

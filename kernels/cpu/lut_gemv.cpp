@@ -4,8 +4,20 @@
 // machine and never executes it on an older one.
 #include "kernels/cpu/lut_gemv.h"
 
-#include <immintrin.h>  // AVX2 / FMA / F16C intrinsics (used only under target attributes)
+// AVX2 / AVX-512 / FMA / F16C intrinsics (used only under target attributes). GCC 12 reports
+// false -Wuninitialized warnings inside its AVX-512 headers (the self-initialized __Y of
+// _mm512_undefined_*, GCC bug 105593): silenced for those headers only.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <immintrin.h>
+#pragma GCC diagnostic pop
 
+#include <omp.h>  // omp_in_parallel, omp_get_max_threads: lut_gemm's row-block split
+
+#include <Eigen/Dense>  // the per-block GEMMs of lut_gemm
+#include <algorithm>
+#include <array>
 #include <cstring>  // std::memcpy: unaligned byte loads
 #include <string>
 #include <vector>
@@ -236,23 +248,6 @@ MPQ_AVX2 void avx2_row_decode(const uint8_t* row, const uint16_t* lut_h, int64_t
     _mm256_storeu_ps(out + g * 8, group_weights<B>(load_group<B>(row + g * B), L, shifts, mask));
 }
 
-MPQ_AVX2 float avx2_dot(const float* a, const float* b, int64_t n) {
-  __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(),
-         a3 = _mm256_setzero_ps();
-  int64_t i = 0;
-  for (; i + 32 <= n; i += 32) {
-    a0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), a0);
-    a1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), a1);
-    a2 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 16), _mm256_loadu_ps(b + i + 16), a2);
-    a3 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 24), _mm256_loadu_ps(b + i + 24), a3);
-  }
-  for (; i + 8 <= n; i += 8)
-    a0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), a0);
-  float s = hsum8(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
-  for (; i < n; ++i) s += a[i] * b[i];
-  return s;
-}
-
 float avx2_dense(int bits, const uint8_t* row, const uint16_t* lut, const float* x,
                  int64_t cols) {
   switch (bits) {
@@ -270,42 +265,255 @@ void avx2_decode(int bits, const uint8_t* row, const uint16_t* lut, int64_t cols
   }
 }
 
-// Adds the row's CSR residuals into a decoded row.
-inline void add_sparse_row(const LutWeightView& w, int64_t r, float* wrow) {
-  if (!w.rowptr) return;
-  for (int64_t e = w.rowptr[r]; e < w.rowptr[r + 1]; ++e)
-    wrow[col_at(w, e)] += fp16_to_fp32(w.val_f16[e]);
+// ---------------------------------------------------------------- kernel column order -
+
+// The AVX-512 path reads x (and, in lut_gemm, writes decoded rows) in "kernel order":
+// columns in blocks of 128 = 16 groups of 8; in a block of G groups (G = 16, fewer only in
+// the last block) column c0 + 8d + n sits at position c0 + G*n + d. Dword lane d of a
+// block register then holds group d's packed bits, and pass n (shift by b*n) yields the 16
+// weights of columns c0 + n, c0 + 8 + n, .., which meet x at 16 consecutive positions.
+// Positions [C, 8*ceil(C/8)) are padding (x = 0 there).
+inline int64_t padded_cols(int64_t C) { return (C + 7) / 8 * 8; }
+
+inline int64_t kernel_pos(int64_t c, int64_t C) {
+  const int64_t c0 = c / 128 * 128, w = c - c0;
+  const int64_t g = std::min<int64_t>(16, (padded_cols(C) - c0) / 8);
+  return c0 + g * (w % 8) + w / 8;
 }
 
-// Shared driver for both window paths: decode row r with `decode`, then T dot products.
-template <typename Decode, typename Dot>
-void gemm_driver(const LutWeightView& w, const float* X, int64_t T, float* Y, Decode decode,
-                 Dot dot) {
-  const int64_t R = w.rows, C = w.cols, RB = row_bytes(w);
-  const bool par = R * C >= kParallelMinWeights && R > 1;
+// xp[0 .. padded_cols(C)) <- x[0 .. C) in kernel order, padding zero.
+void to_kernel_order(const float* x, int64_t C, float* xp) {
+  const int64_t Cp = padded_cols(C);
+  for (int64_t c0 = 0; c0 < Cp; c0 += 128) {
+    const int64_t G = std::min<int64_t>(16, (Cp - c0) / 8);
+    for (int64_t d = 0; d < G; ++d)
+      for (int64_t n = 0; n < 8; ++n) {
+        const int64_t c = c0 + 8 * d + n;
+        xp[c0 + G * n + d] = c < C ? x[c] : 0.0f;
+      }
+  }
+}
+
+// ---------------------------------------------------------------- AVX-512 path --------
+//
+// Per block of 128 weights (16 groups of 8, b bytes each):
+//   v  <- the 16b bytes, spread by one vpermb so that dword d holds group d's bits
+//         (b = 4: a plain 64-byte load, no vpermb)
+//   for n = 0..7:  w16 <- vpermps(v >> b*n, T16);  acc_n%4 += w16 * xp[c0 + 16n ..)
+// vpermps reads only bits 0..3 of each dword, so no mask is needed: T16 is the row's LUT
+// repeated to 16 fp32 entries (T16[i] = LUT[i mod 2^b]). Per 16 weights: one shift (p0),
+// one vpermps (p5), one FMA, one x load -- against ~4 port-5 uops per 8 weights in AVX2.
+
+#define MPQ_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vbmi,fma,f16c")))
+
+// vpermb index that moves bytes b*d .. b*d + b-1 of a block into dword d (its 4th byte, for
+// b < 4, is a copy of the last one and never read).
+template <int B>
+constexpr std::array<uint8_t, 64> spread_bytes() {
+  std::array<uint8_t, 64> a{};
+  for (int j = 0; j < 64; ++j)
+    a[j] = static_cast<uint8_t>(B * (j / 4) + (j % 4 < B - 1 ? j % 4 : B - 1));
+  return a;
+}
+template <int B>
+alignas(64) inline constexpr std::array<uint8_t, 64> kSpread = spread_bytes<B>();
+
+// T16: the row's 2^b fp16 entries, repeated to fill 16 fp32 lanes.
+template <int B>
+MPQ_AVX512 inline __m512 load_table16(const uint16_t* h) {
+  if constexpr (B == 4) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(h)));
+  } else {
+    __m128i h8;
+    if constexpr (B == 3) {
+      h8 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(h));
+    } else {
+      uint64_t q;
+      std::memcpy(&q, h, 8);
+      h8 = _mm_set1_epi64x(static_cast<long long>(q));
+    }
+    return _mm512_cvtph_ps(_mm256_set_m128i(h8, h8));
+  }
+}
+
+// The first `groups` (<= 16) groups of a block, spread to one group per dword; the masked
+// load never touches bytes past them (so never past the row or the buffer).
+template <int B>
+MPQ_AVX512 inline __m512i load_block(const uint8_t* p, int64_t groups) {
+  if (B == 4 && groups == 16) return _mm512_loadu_si512(p);
+  const __mmask64 m = groups * B >= 64 ? ~__mmask64{0} : (__mmask64{1} << (groups * B)) - 1;
+  const __m512i v = _mm512_maskz_loadu_epi8(m, p);
+  if constexpr (B == 4) return v;
+  return _mm512_permutexvar_epi8(_mm512_load_si512(kSpread<B>.data()), v);
+}
+
+// Pass n of a whole block: 16 weights from v.
+template <int B, int N>
+MPQ_AVX512 inline __m512 block_pass(__m512i v, __m512 table) {
+  return _mm512_permutexvar_ps(N == 0 ? v : _mm512_srli_epi32(v, B * N), table);
+}
+
+// Lanes of pass n that are real columns in a last block of `rem` (< 128) columns.
+inline __mmask16 tail_lanes(int64_t rem, int n) {
+  const int64_t lanes = rem > n ? (rem - n + 7) / 8 : 0;
+  return static_cast<__mmask16>((1u << lanes) - 1);
+}
+
+// Software prefetch distance of the packed rows (bytes ahead): the hardware prefetchers
+// alone leave the kernel ~25-40% below its in-cache speed when the weights stream from DRAM
+// (4096 x 4096, one thread; 2-16 KiB ahead measured, 4 KiB best).
+constexpr int64_t kPrefetchBytes = 4096;
+
+template <int B>
+MPQ_AVX512 float avx512_row_dense(const uint8_t* row, const uint16_t* lut_h, const float* xp,
+                                  int64_t cols) {
+  const __m512 T = load_table16<B>(lut_h);
+  const int64_t full = cols / 128;
+  __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(),
+         a3 = _mm512_setzero_ps();
+  for (int64_t blk = 0; blk < full; ++blk) {
+    _mm_prefetch(reinterpret_cast<const char*>(row + blk * 16 * B) + kPrefetchBytes, _MM_HINT_T0);
+    const __m512i v = load_block<B>(row + blk * 16 * B, 16);
+    const float* xb = xp + blk * 128;
+    a0 = _mm512_fmadd_ps(block_pass<B, 0>(v, T), _mm512_loadu_ps(xb), a0);
+    a1 = _mm512_fmadd_ps(block_pass<B, 1>(v, T), _mm512_loadu_ps(xb + 16), a1);
+    a2 = _mm512_fmadd_ps(block_pass<B, 2>(v, T), _mm512_loadu_ps(xb + 32), a2);
+    a3 = _mm512_fmadd_ps(block_pass<B, 3>(v, T), _mm512_loadu_ps(xb + 48), a3);
+    a0 = _mm512_fmadd_ps(block_pass<B, 4>(v, T), _mm512_loadu_ps(xb + 64), a0);
+    a1 = _mm512_fmadd_ps(block_pass<B, 5>(v, T), _mm512_loadu_ps(xb + 80), a1);
+    a2 = _mm512_fmadd_ps(block_pass<B, 6>(v, T), _mm512_loadu_ps(xb + 96), a2);
+    a3 = _mm512_fmadd_ps(block_pass<B, 7>(v, T), _mm512_loadu_ps(xb + 112), a3);
+  }
+  const int64_t rem = cols - full * 128;
+  if (rem > 0) {  // last block: G groups, lanes past the row's end masked to zero
+    const int64_t G = (rem + 7) / 8;
+    const __m512i v = load_block<B>(row + full * 16 * B, G);
+    const float* xb = xp + full * 128;
+    for (int n = 0; n < 8; ++n) {
+      const __mmask16 m = tail_lanes(rem, n);
+      const __m512 w16 = _mm512_maskz_permutexvar_ps(
+          m, _mm512_srlv_epi32(v, _mm512_set1_epi32(B * n)), T);
+      a0 = _mm512_fmadd_ps(w16, _mm512_maskz_loadu_ps(m, xb + G * n), a0);
+    }
+  }
+  return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+}
+
+// Decodes the row into out[0 .. padded_cols(cols)) in kernel order (padding lanes 0).
+template <int B>
+MPQ_AVX512 void avx512_row_decode(const uint8_t* row, const uint16_t* lut_h, int64_t cols,
+                                  float* out) {
+  const __m512 T = load_table16<B>(lut_h);
+  const int64_t full = cols / 128;
+  for (int64_t blk = 0; blk < full; ++blk) {
+    const __m512i v = load_block<B>(row + blk * 16 * B, 16);
+    float* ob = out + blk * 128;
+    _mm512_storeu_ps(ob, block_pass<B, 0>(v, T));
+    _mm512_storeu_ps(ob + 16, block_pass<B, 1>(v, T));
+    _mm512_storeu_ps(ob + 32, block_pass<B, 2>(v, T));
+    _mm512_storeu_ps(ob + 48, block_pass<B, 3>(v, T));
+    _mm512_storeu_ps(ob + 64, block_pass<B, 4>(v, T));
+    _mm512_storeu_ps(ob + 80, block_pass<B, 5>(v, T));
+    _mm512_storeu_ps(ob + 96, block_pass<B, 6>(v, T));
+    _mm512_storeu_ps(ob + 112, block_pass<B, 7>(v, T));
+  }
+  const int64_t rem = cols - full * 128;
+  if (rem > 0) {
+    const int64_t G = (rem + 7) / 8;
+    const __m512i v = load_block<B>(row + full * 16 * B, G);
+    const __mmask16 store = static_cast<__mmask16>((1u << G) - 1);
+    for (int n = 0; n < 8; ++n)
+      _mm512_mask_storeu_ps(out + full * 128 + G * n, store,
+                            _mm512_maskz_permutexvar_ps(
+                                tail_lanes(rem, n),
+                                _mm512_srlv_epi32(v, _mm512_set1_epi32(B * n)), T));
+  }
+}
+
+float avx512_dense(int bits, const uint8_t* row, const uint16_t* lut, const float* xp,
+                   int64_t cols) {
+  switch (bits) {
+    case 2: return avx512_row_dense<2>(row, lut, xp, cols);
+    case 3: return avx512_row_dense<3>(row, lut, xp, cols);
+    default: return avx512_row_dense<4>(row, lut, xp, cols);
+  }
+}
+
+void avx512_decode(int bits, const uint8_t* row, const uint16_t* lut, int64_t cols,
+                   float* out) {
+  switch (bits) {
+    case 2: avx512_row_decode<2>(row, lut, cols, out); break;
+    case 3: avx512_row_decode<3>(row, lut, cols, out); break;
+    default: avx512_row_decode<4>(row, lut, cols, out); break;
+  }
+}
+
+// ---------------------------------------------------------------- window product ------
+
+using MatRM = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+using MapRM = Eigen::Map<MatRM, 0, Eigen::OuterStride<>>;
+using ConstMapRM = Eigen::Map<const MatRM, 0, Eigen::OuterStride<>>;
+
+// Decoded rows per GEMM block: at most kGemmBlockBytes of fp32 per thread. Larger blocks
+// mean fewer GEMM calls, each of which re-packs all of X (4096 x 4096, T = 512, one thread:
+// 0.5 MiB blocks 1.3x slower than 2-8 MiB, which measured alike within noise).
+constexpr int64_t kGemmBlockBytes = int64_t{4} << 20;
+// Multiply-adds below which lut_gemm runs on one thread (~0.2 ms of work).
+constexpr int64_t kGemmParallelMacs = int64_t{1} << 24;
+
+// Whether lut_gemm runs on all threads: enough work, and not nested in a caller's region.
+inline bool gemm_is_big(const LutWeightView& w, int64_t T) {
+  return w.rows * w.cols * T >= kGemmParallelMacs && !omp_in_parallel();
+}
+
+// Shared driver of every lut_gemm path: rows are decoded in blocks into a per-thread fp32
+// buffer (row stride ld >= K; decode(row, lut, out) writes K' <= ld floats, CSR residuals
+// added at pos(col)), and each block is one GEMM Y[:, r0:r1] = Xk Wblock^T with Xk [T, K]
+// (row stride ldx). K and the column order of Xk must match the decoded rows.
+template <typename Decode, typename Pos>
+void gemm_blocked(const LutWeightView& w, const float* Xk, int64_t ldx, int64_t K, int64_t T,
+                  float* Y, Decode decode, Pos pos) {
+  const int64_t R = w.rows, RB = row_bytes(w), ld = padded_cols(w.cols);
+  // A large product outside a parallel region gets at least one block per thread, so that
+  // every block GEMM runs inside an active parallel region, where OpenBLAS stays
+  // single-threaded instead of waking its own threads per block. Below kGemmParallelMacs
+  // (or nested in a caller's region, as mpq-eval's windows are) one thread does it all.
+  const bool big = gemm_is_big(w, T);
+  const int64_t threads = big ? omp_get_max_threads() : 1;
+  const int64_t rb = std::max<int64_t>(
+      1, std::min(kGemmBlockBytes / (4 * std::max<int64_t>(ld, 1)), (R + threads - 1) / threads));
+  const int64_t nblk = (R + rb - 1) / rb;
+  const bool par = big && nblk > 1;
 #pragma omp parallel if (par)
   {
-    std::vector<float> wrow(static_cast<std::size_t>((C + 7) / 8 * 8));
+    std::vector<float> buf(static_cast<std::size_t>(std::min(rb, R) * ld));
 #pragma omp for schedule(static)
-    for (int64_t r = 0; r < R; ++r) {
-      decode(w.qweight + r * RB, w.lut_f16 + (r << w.bits), wrow.data());
-      add_sparse_row(w, r, wrow.data());
-      for (int64_t t = 0; t < T; ++t) Y[t * R + r] = dot(wrow.data(), X + t * C, C);
+    for (int64_t b = 0; b < nblk; ++b) {
+      const int64_t r0 = b * rb, nr = std::min(rb, R - r0);
+      for (int64_t i = 0; i < nr; ++i) {
+        const int64_t r = r0 + i;
+        float* out = buf.data() + i * ld;
+        decode(w.qweight + r * RB, w.lut_f16 + (r << w.bits), out);
+        if (w.rowptr)
+          for (int64_t e = w.rowptr[r]; e < w.rowptr[r + 1]; ++e)
+            out[pos(col_at(w, e))] += fp16_to_fp32(w.val_f16[e]);
+      }
+      MapRM(Y + r0, T, nr, Eigen::OuterStride<>(R)).noalias() =
+          ConstMapRM(Xk, T, K, Eigen::OuterStride<>(ldx)) *
+          ConstMapRM(buf.data(), nr, K, Eigen::OuterStride<>(ld)).transpose();
     }
   }
 }
 
-float scalar_dot(const float* a, const float* b, int64_t n) {
-  float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
-  int64_t i = 0;
-  for (; i + 4 <= n; i += 4) {
-    s0 += a[i] * b[i];
-    s1 += a[i + 1] * b[i + 1];
-    s2 += a[i + 2] * b[i + 2];
-    s3 += a[i + 3] * b[i + 3];
+// lut_gemm in the natural column order (scalar and AVX2 decoders).
+template <typename Decode>
+void gemm_natural(const LutWeightView& w, const float* X, int64_t T, float* Y, Decode decode) {
+  if (w.rows == 0 || T == 0) return;
+  if (w.cols == 0) {
+    std::fill(Y, Y + T * w.rows, 0.0f);
+    return;
   }
-  for (; i < n; ++i) s0 += a[i] * b[i];
-  return (s0 + s1) + (s2 + s3);
+  gemm_blocked(w, X, w.cols, w.cols, T, Y, decode, [](int64_t c) { return c; });
 }
 
 }  // namespace
@@ -316,6 +524,18 @@ bool lut_cpu_has_avx2() {
   static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
                           __builtin_cpu_supports("f16c");
   return has;
+}
+
+bool lut_cpu_has_avx512() {
+  static const bool has = lut_cpu_has_avx2() && __builtin_cpu_supports("avx512f") &&
+                          __builtin_cpu_supports("avx512bw") &&
+                          __builtin_cpu_supports("avx512vl") &&
+                          __builtin_cpu_supports("avx512vbmi");
+  return has;
+}
+
+const char* lut_cpu_path() {
+  return lut_cpu_has_avx512() ? "avx512" : lut_cpu_has_avx2() ? "avx2" : "scalar";
 }
 
 void lut_gemv_reference(const LutWeightView& w, const float* x, float* y) {
@@ -350,41 +570,71 @@ void lut_gemv_avx2(const LutWeightView& w, const float* x, float* y) {
            sparse_dot(w, r, x);
 }
 
+void lut_gemv_avx512(const LutWeightView& w, const float* x, float* y) {
+  check_view(w, "lut_gemv_avx512");
+  const int64_t R = w.rows, C = w.cols, RB = row_bytes(w);
+  std::vector<float> xp(static_cast<std::size_t>(padded_cols(C)));
+  to_kernel_order(x, C, xp.data());
+#pragma omp parallel for schedule(static) if (R * C >= kParallelMinWeights && R > 1)
+  for (int64_t r = 0; r < R; ++r)
+    y[r] = avx512_dense(w.bits, w.qweight + r * RB, w.lut_f16 + (r << w.bits), xp.data(), C) +
+           sparse_dot(w, r, x);
+}
+
 void lut_gemm_scalar(const LutWeightView& w, const float* X, int64_t T, float* Y) {
   check_view(w, "lut_gemm_scalar");
   const int bits = w.bits, k = 1 << bits;
   const int64_t C = w.cols;
-  gemm_driver(
-      w, X, T, Y,
-      [bits, k, C](const uint8_t* row, const uint16_t* lut_h, float* out) {
-        float lut[16];
-        lut_to_fp32(lut_h, k, lut);
-        scalar_decode(bits, row, lut, C, out);
-      },
-      scalar_dot);
+  gemm_natural(w, X, T, Y, [bits, k, C](const uint8_t* row, const uint16_t* lut_h, float* out) {
+    float lut[16];
+    lut_to_fp32(lut_h, k, lut);
+    scalar_decode(bits, row, lut, C, out);
+  });
 }
 
 void lut_gemm_avx2(const LutWeightView& w, const float* X, int64_t T, float* Y) {
   check_view(w, "lut_gemm_avx2");
   const int bits = w.bits;
   const int64_t C = w.cols;
-  gemm_driver(
-      w, X, T, Y,
+  gemm_natural(w, X, T, Y, [bits, C](const uint8_t* row, const uint16_t* lut_h, float* out) {
+    avx2_decode(bits, row, lut_h, C, out);
+  });
+}
+
+void lut_gemm_avx512(const LutWeightView& w, const float* X, int64_t T, float* Y) {
+  check_view(w, "lut_gemm_avx512");
+  const int bits = w.bits;
+  const int64_t R = w.rows, C = w.cols, Cp = padded_cols(C);
+  if (R == 0 || T == 0) return;
+  if (C == 0) {
+    std::fill(Y, Y + T * R, 0.0f);
+    return;
+  }
+  // X in kernel order once per call (T * C floats), then GEMMs on rows decoded in that order.
+  std::vector<float> Xk(static_cast<std::size_t>(T * Cp));
+#pragma omp parallel for schedule(static) if (gemm_is_big(w, T))
+  for (int64_t t = 0; t < T; ++t) to_kernel_order(X + t * C, C, Xk.data() + t * Cp);
+  gemm_blocked(
+      w, Xk.data(), Cp, Cp, T, Y,
       [bits, C](const uint8_t* row, const uint16_t* lut_h, float* out) {
-        avx2_decode(bits, row, lut_h, C, out);
+        avx512_decode(bits, row, lut_h, C, out);
       },
-      avx2_dot);
+      [C](int64_t c) { return kernel_pos(c, C); });
 }
 
 void lut_gemv(const LutWeightView& w, const float* x, float* y) {
-  if (lut_cpu_has_avx2())
+  if (lut_cpu_has_avx512())
+    lut_gemv_avx512(w, x, y);
+  else if (lut_cpu_has_avx2())
     lut_gemv_avx2(w, x, y);
   else
     lut_gemv_scalar(w, x, y);
 }
 
 void lut_gemm(const LutWeightView& w, const float* X, int64_t T, float* Y) {
-  if (lut_cpu_has_avx2())
+  if (lut_cpu_has_avx512())
+    lut_gemm_avx512(w, X, T, Y);
+  else if (lut_cpu_has_avx2())
     lut_gemm_avx2(w, X, T, Y);
   else
     lut_gemm_scalar(w, X, T, Y);

@@ -14,18 +14,30 @@
 //
 // The CSR part may be absent (rowptr == nullptr): then W is the dense part alone.
 //
-// Work split (lut_gemv, AVX2 path):
+// Paths, chosen at run time (AVX-512 > AVX2 > scalar; all give the reference's result up to
+// fp32 rounding of a different summation order):
 //
-//   rows r = 0 .. R-1  -- OpenMP static chunks, one thread per chunk of rows
-//     | build LUT_r in fp32 registers (k floats from fp16)
-//     | for each whole group g of 8 indices (b bytes):
-//     |     8 lanes <- (bytes >> {0, b, .., 7b}) & (k - 1)
-//     |     w8      <- permutevar8x32(LUT, lanes)  (b = 4: two halves + blend on bit 3)
-//     |     acc     += w8 * x[8g .. 8g+8)          (4 independent accumulators)
-//     | scalar tail for C mod 8, then the row's CSR entries
+// lut_gemv, AVX-512 (F, BW, VL, VBMI + FMA + F16C):
+//   x -> xp in "kernel order" once per call: per block of 128 columns (16 groups of 8; the
+//        last block has G <= 16 groups), column c0 + 8d + n goes to position c0 + G*n + d
+//   rows r = 0 .. R-1  -- OpenMP static chunks
+//     | T16 <- LUT_r as 16 fp32 lanes (T16[i] = LUT_r[i mod 2^b])
+//     | per block: v <- its 16 groups (16b bytes), one group per dword lane (vpermb;
+//     |            b = 4: plain load); masked loads, nothing read past the row
+//     |    for n = 0..7: acc += vpermps(v >> b*n, T16) * xp[c0 + 16n .. +16)
+//     |            (vpermps reads index bits 0..3 only, so no mask: 1 shift, 1 permute,
+//     |             1 FMA per 16 weights)
+//     | + the row's CSR entries (natural order x)
+// lut_gemv, AVX2: per group of 8 indices, broadcast + variable shift + mask + vpermps (two
+//   and a blend for b = 4), FMA with x; 4 accumulators. Scalar: the same groups, plain C++.
 //
-// lut_gemm decodes each row once into a per-thread fp32 buffer (C floats, L1/L2 resident)
-// and then does T dot products with it, so the packed weights are read once per window.
+//     | (the packed rows are software-prefetched 4 KiB ahead)
+//
+// lut_gemm (window of T tokens): rows are decoded in blocks of <= 4 MiB of fp32 into a
+// per-thread buffer (CSR residuals added), and each block is one GEMM
+// Y[:, block] = X Wblock^T (Eigen, OpenBLAS when built with it; OpenMP over blocks when
+// R*C*T >= 2^24 and not nested in a caller's parallel region). The AVX-512 path decodes in
+// kernel order and multiplies X put in kernel order once per call.
 #pragma once
 
 #include <cstdint>
@@ -51,24 +63,33 @@ struct LutWeightView {
 /// outside {2, 3, 4} or a negative shape.
 void lut_gemv_reference(const LutWeightView& w, const float* x, float* y);
 
-/// Fast GEMV (same contract as lut_gemv_reference): AVX2+FMA when the CPU has it (checked
-/// at run time), else the portable scalar path. OpenMP over rows for large layers.
+/// Fast GEMV (same contract as lut_gemv_reference): the AVX-512 path when the CPU has it
+/// (checked at run time), else AVX2+FMA, else the portable scalar path. OpenMP over rows for
+/// large layers.
 void lut_gemv(const LutWeightView& w, const float* x, float* y);
 
 /// Scalar reference for a window: Y[t, r] = lut_gemv_reference of X[t, :]. X: [T, cols]
 /// row-major, Y: [T, rows] row-major.
 void lut_gemm_reference(const LutWeightView& w, const float* X, int64_t T, float* Y);
 
-/// Fast window product (same contract as lut_gemm_reference): each row of W is decoded once
-/// (CSR residuals included) into a per-thread fp32 buffer, then T dot products.
+/// Fast window product (same contract as lut_gemm_reference): blocks of rows of W are
+/// decoded once (CSR residuals included) into a per-thread fp32 buffer, then one GEMM per
+/// block. Path chosen as in lut_gemv.
 void lut_gemm(const LutWeightView& w, const float* X, int64_t T, float* Y);
 
-/// The two code paths behind lut_gemv / lut_gemm, exposed for tests and benchmarks.
-/// The *_avx2 functions require lut_cpu_has_avx2().
+/// The code paths behind lut_gemv / lut_gemm, exposed for tests and benchmarks (same
+/// contracts). The *_avx2 functions require lut_cpu_has_avx2() (AVX2, FMA, F16C), the
+/// *_avx512 ones lut_cpu_has_avx512() (also AVX-512 F, BW, VL, VBMI); calling them on a CPU
+/// without is undefined (SIGILL).
 bool lut_cpu_has_avx2();
+bool lut_cpu_has_avx512();
+/// The path lut_gemv / lut_gemm take on this CPU: "avx512", "avx2" or "scalar".
+const char* lut_cpu_path();
 void lut_gemv_scalar(const LutWeightView& w, const float* x, float* y);
 void lut_gemv_avx2(const LutWeightView& w, const float* x, float* y);
+void lut_gemv_avx512(const LutWeightView& w, const float* x, float* y);
 void lut_gemm_scalar(const LutWeightView& w, const float* X, int64_t T, float* Y);
 void lut_gemm_avx2(const LutWeightView& w, const float* X, int64_t T, float* Y);
+void lut_gemm_avx512(const LutWeightView& w, const float* X, int64_t T, float* Y);
 
 }  // namespace mpq
