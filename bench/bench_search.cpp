@@ -11,8 +11,8 @@
 //    scaling with step size), at 3.5 / 4.0 / 4.5 / 6.0 bpw; with and without the ties
 //    q,k,v and gate,up.
 //
-//   MPQ_BENCH_MODEL=../shared/data/models/stories260K-hf MPQ_BENCH_SENS=sens.safetensors \
-//     build/bench/bench_search --benchmark_counters_tabular=true
+//   export MPQ_BENCH_MODEL=../shared/data/models/stories260K-hf MPQ_BENCH_SENS=sens.safetensors
+//   build/bench/bench_search --benchmark_counters_tabular=true
 #include <benchmark/benchmark.h>
 
 #include <cmath>

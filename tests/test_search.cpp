@@ -203,3 +203,70 @@ TEST(SearchTool, PlanParetoAndErrors) {
 
 }  // namespace
 }  // namespace mpq
+
+namespace mpq {
+namespace {
+
+TEST(SearchTool, PackPlanRoundTrip) {
+  SearchFixture fx("search-pack");
+  const std::string out = test::scratch_dir("search-pack-out");
+  const std::string plan = out + "/plan.json";
+  ToolRun r = run("-q --model " + fx.dir + " --sensitivity " + fx.sens +
+                  " --formats squeezellm-2bit,squeezellm-3bit-sparse,nvfp4,fgmp-30,fp8,source --target-bpw 5 --out " + plan);
+  ASSERT_EQ(r.rc, 0) << r.out;
+  std::string pout;
+  ASSERT_EQ(test::run_command(test::tools_dir() + "/mpq-pack -q --model " + fx.dir + " --plan " + plan + " --out " + out +
+                                  "/mixed 2>&1", &pout), 0) << pout;
+  std::ifstream pj(plan), mj(out + "/mixed/mpq_manifest.json"), cj(out + "/mixed/config.json");
+  const nlohmann::json p = nlohmann::json::parse(pj), m = nlohmann::json::parse(mj), c = nlohmann::json::parse(cj);
+  const auto& qc = c["quantization_config"];
+  EXPECT_EQ(qc["quant_algo"], "MIXED_PRECISION");
+  double quantized_bytes = 0;
+  for (const auto& [module, e] : p["tensors"].items()) {
+    if (e["candidate"] == "source") {  // kept as stored, listed as excluded
+      EXPECT_EQ(m["tensors"][module + ".weight"]["format"], "f32") << module;
+      continue;
+    }
+    // The plan's byte accounting is exactly what the packer wrote.
+    EXPECT_EQ(m["tensors"][module]["bytes"].get<double>(), e["bytes"].get<double>()) << module;
+    EXPECT_EQ(m["tensors"][module]["format"], e["format"]) << module;
+    EXPECT_EQ(qc["quantized_layers"][module]["candidate"], e["candidate"]) << module;
+    quantized_bytes += e["bytes"].get<double>();
+  }
+  EXPECT_EQ(m["totals"]["quantized_bytes"].get<double>(), quantized_bytes);
+  // The loader detects each module's format; the checkpoint evaluates.
+  const std::string ids = out + "/ids.i32";
+  std::vector<uint8_t> b(4 * 64);
+  for (std::size_t i = 0; i < 64; ++i) b[4 * i] = static_cast<uint8_t>((i * 13) % 64);
+  test::write_bytes(ids, b);
+  ASSERT_EQ(test::run_command(test::tools_dir() + "/mpq-eval -q --model " + out + "/mixed --tokens " + ids +
+                                  " --ctx 32 2>&1", &pout), 0) << pout;
+  std::string iout;
+  ASSERT_EQ(test::run_command(test::tools_dir() + "/mpq-inspect " + out + "/mixed 2>&1", &iout), 0);
+  for (const auto& [module, e] : p["tensors"].items())
+    if (e["candidate"] != "source") {
+      EXPECT_NE(iout.find(module), std::string::npos);
+    }
+
+  // A different sensitivity file than the plan's is refused; so is a plan missing a module.
+  SearchFixture other("search-pack-other", false);  // no traces: other bytes
+  r.rc = test::run_command(test::tools_dir() + "/mpq-pack -q --model " + fx.dir + " --plan " + plan + " --sensitivity " +
+                               other.sens + " --out " + out + "/x 2>&1", &pout);
+  EXPECT_EQ(r.rc, 3) << pout;
+  EXPECT_NE(pout.find("sha256"), std::string::npos) << pout;
+  nlohmann::json cut = p;
+  cut["tensors"].erase("model.layers.1.mlp.down_proj");
+  const std::string cut_path = out + "/cut.json";
+  test::write_text(cut_path, cut.dump());
+  r.rc = test::run_command(test::tools_dir() + "/mpq-pack -q --model " + fx.dir + " --plan " + cut_path + " --out " + out +
+                               "/y 2>&1", &pout);
+  EXPECT_EQ(r.rc, 3) << pout;
+  EXPECT_NE(pout.find("model.layers.1.mlp.down_proj"), std::string::npos) << pout;
+  EXPECT_NE(pout.find("cut.json"), std::string::npos) << pout;
+  r.rc = test::run_command(test::tools_dir() + "/mpq-pack -q --model " + fx.dir + " --plan " + plan +
+                               " --format nvfp4 --out " + out + "/z 2>&1", &pout);
+  EXPECT_EQ(r.rc, 2) << pout;
+}
+
+}  // namespace
+}  // namespace mpq

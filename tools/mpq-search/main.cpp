@@ -100,7 +100,10 @@ int main(int argc, char** argv) {
       const auto s0 = std::chrono::steady_clock::now();
       IlpSolution s = solve_assignment_ilp(p);
       *seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - s0).count();
-      return std::make_pair(s, make_plan(tensors, specs, o, s, *seconds, inputs));
+      nlohmann::json plan = make_plan(tensors, specs, o, s, *seconds, inputs);
+      plan["model"] = std::filesystem::absolute(model_dir).string();
+      plan["sensitivity_file"] = std::filesystem::absolute(sens_path).string();  // mpq-pack --plan reads it
+      return std::make_pair(s, plan);
     };
 
     if (!out_path.empty()) {
@@ -108,8 +111,6 @@ int main(int argc, char** argv) {
       double secs = 0;
       auto [sol, plan] = solve(budget, &secs);
       plan["candidate_evaluation_seconds"] = eval_s;
-      plan["model"] = std::filesystem::absolute(model_dir).string();
-      plan["sensitivity_file"] = std::filesystem::absolute(sens_path).string();
       tool::write_json(out_path, plan);
       std::printf("wrote        %s\n", out_path.c_str());
       std::printf("status       %s (GLPK, %lld variables, %.3f s)\n", sol.status.c_str(),
