@@ -1,5 +1,5 @@
 // Solver time of mpq-search's assignment ILP (lib/search/ilp.h, GLPK):
-//  * BM_SolveStories260K: the real stories260K problem (35 tensors x the default 14
+//  * BM_SolveStories260K: the real stories260K problem (35 tensors x the default 12
 //    candidates, Fisher costs from a sensitivity file) at 3.5 / 4.0 / 4.5 bpw. Needs
 //    MPQ_BENCH_MODEL and MPQ_BENCH_SENS (a model folder and an mpq-sensitivity --kind
 //    fisher file); skipped otherwise. Candidate evaluation (quantize + decode) is set-up,
