@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Command 1: install what is missing, build, then on a real model (default
 # ../shared/data/models/stories260K-hf, or the folder given as $1):
-#   sensitivities (Fisher, layer Hessian) from the calibration text ->
-#   fp32 perplexity -> pack FP8 and NVFP4 -> their perplexity and KL vs fp32 -> a table.
+#   sensitivities (Fisher, layer Hessian, activation Fisher) from the calibration text ->
+#   fp32 perplexity -> pack FP8, NVFP4, SqueezeLLM 3-bit dense-and-sparse, FGMP (30% FP8
+#   blocks) and an mpq-search plan at 4.5 bpw -> their perplexity and KL vs fp32 -> a table.
 # Calibration: $MPQ_CALIB (default ../shared/data/text/tinystories_valid_calib.txt).
 # Text: $MPQ_TEXT (default ../shared/data/text/tinystories_valid_eval.txt), first
 # $MPQ_MAX_TOKENS tokens (default 20480), ctx 512. Outputs under ./out/.
@@ -25,24 +26,36 @@ mkdir -p "$OUT"
 $B/mpq-inspect "$MODEL" --json "$OUT/inspect-fp32.json" >/dev/null
 if [ -f "$CALIB" ]; then
   $B/mpq-sensitivity --model "$MODEL" --calib "$CALIB" --samples 128 --seq-len 256 \
-    --kind fisher,hessian --out "$OUT/sensitivity.safetensors" --json "$OUT/sensitivity.json" -q | tail -n 1
+    --kind fisher,hessian,act-fisher --out "$OUT/sensitivity.safetensors" --json "$OUT/sensitivity.json" -q | tail -n 1
 fi
 $B/mpq-eval --model "$MODEL" --text "$TEXT" --ctx 512 --max-tokens "$MAXTOK" --json "$OUT/eval-fp32.json"
-for fmt in fp8 nvfp4; do
-  $B/mpq-pack --model "$MODEL" --format "$fmt" --out "$OUT/$fmt" --force -q
+FORMATS="fp8 nvfp4"
+if [ -f "$OUT/sensitivity.safetensors" ]; then
+  FORMATS="$FORMATS squeezellm3 fgmp mixed4.5"
+  $B/mpq-search --model "$MODEL" --sensitivity "$OUT/sensitivity.safetensors" --target-bpw 4.5 \
+    --out "$OUT/plan-4.5.json" -q | tail -n +2
+fi
+for fmt in $FORMATS; do
+  case "$fmt" in
+    squeezellm3) args=(--format squeezellm --bits 3 --sensitivity "$OUT/sensitivity.safetensors") ;;
+    fgmp) args=(--format fgmp --fp8-fraction 0.3 --sensitivity "$OUT/sensitivity.safetensors") ;;
+    mixed4.5) args=(--plan "$OUT/plan-4.5.json") ;;
+    *) args=(--format "$fmt") ;;
+  esac
+  $B/mpq-pack --model "$MODEL" "${args[@]}" --out "$OUT/$fmt" --force -q >/dev/null
   $B/mpq-inspect "$OUT/$fmt" --json "$OUT/inspect-$fmt.json" >/dev/null
   $B/mpq-eval --model "$OUT/$fmt" --base "$MODEL" --text "$TEXT" --ctx 512 --max-tokens "$MAXTOK" \
     --json "$OUT/eval-$fmt.json"
 done
 
-python3 - "$OUT" <<'PY'
+python3 - "$OUT" fp32 $FORMATS <<'PY'
 import json, sys
 out = sys.argv[1]
-print(f"\n{'format':<8} {'ppl':>9} {'mean KL':>10} {'linear bpw':>11} {'model bpw':>10} {'tokens/s*':>10}")
-for fmt in ("fp32", "fp8", "nvfp4"):
+print(f"\n{'format':<12} {'ppl':>9} {'mean KL':>10} {'linear bpw':>11} {'model bpw':>10} {'tokens/s*':>10}")
+for fmt in sys.argv[2:]:
     e = json.load(open(f"{out}/eval-{fmt}.json"))
     i = json.load(open(f"{out}/inspect-{fmt}.json"))
     kl = "-" if e["mean_kl"] is None else f"{e['mean_kl']:.5f}"
-    print(f"{fmt:<8} {e['ppl']:>9.4f} {kl:>10} {e['linear_bpw']:>11.4f} {i['total']['bpw']:>10.4f} {e['tokens_per_second']:>10.0f}")
-print("* forward throughput of mpq-eval; FP8/NVFP4 rows also run the fp32 base model for KL")
+    print(f"{fmt:<12} {e['ppl']:>9.4f} {kl:>10} {e['linear_bpw']:>11.4f} {i['total']['bpw']:>10.4f} {e['tokens_per_second']:>10.0f}")
+print("* forward throughput of mpq-eval; quantized rows also run the fp32 base model for KL")
 PY
