@@ -15,6 +15,7 @@
 #include "kernels/cpu/fgmp_gemv.h"
 #include "lib/common/error.h"
 #include "lib/numeric/codecs.h"
+#include "tests/test_util.h"
 
 namespace mpq {
 namespace {
@@ -119,13 +120,7 @@ RandomFgmp make_random(int64_t rows, int64_t cols, double frac8, uint64_t seed) 
   return t;
 }
 
-std::vector<float> random_x(int64_t n, uint64_t seed) {
-  std::mt19937_64 g(seed);
-  std::normal_distribution<float> nd(0.0f, 1.0f);
-  std::vector<float> x(static_cast<std::size_t>(n));
-  for (float& v : x) v = nd(g);
-  return x;
-}
+std::vector<float> random_x(int64_t n, uint64_t seed) { return test::random_normal(n, seed); }
 
 // Exact Y = X W^T and the per-output sum of |w * x| (the scale of the rounding error), fp64.
 void dense_product(const RandomFgmp& t, const std::vector<float>& X, int64_t T,
@@ -143,18 +138,9 @@ void dense_product(const RandomFgmp& t, const std::vector<float>& X, int64_t T,
 
 // |got - want| <= 1e-5 |want| + 4e-6 * sum|w x| + 1e-12.
 template <typename A, typename B>
-void expect_close(const std::vector<A>& got, const std::vector<B>& want,
-                  const std::vector<double>& l1, const std::string& what) {
-  ASSERT_EQ(got.size(), want.size()) << what;
-  int bad = 0;
-  for (std::size_t i = 0; i < got.size() && bad < 5; ++i) {
-    const double tol = 1e-5 * std::fabs(static_cast<double>(want[i])) + 4e-6 * l1[i] + 1e-12;
-    if (!(std::fabs(static_cast<double>(got[i]) - static_cast<double>(want[i])) <= tol)) {
-      ADD_FAILURE() << what << " at " << i << ": got " << got[i] << ", want " << want[i]
-                    << " (tol " << tol << ")";
-      ++bad;
-    }
-  }
+void expect_close(const std::vector<A>& got, const std::vector<B>& want, const std::vector<double>& l1,
+                  const std::string& what) {
+  test::expect_close_l1(got, want, l1, what, 1e-12);
 }
 
 std::string label(int64_t rows, int64_t cols, double frac8, int64_t T) {

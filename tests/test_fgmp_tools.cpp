@@ -24,26 +24,11 @@ namespace mpq {
 namespace {
 namespace fs = std::filesystem;
 
-std::string tool(const std::string& name) { return test::tools_dir() + "/" + name; }
+using test::error_lines;
+using test::ToolRun;
+const auto tool = &test::tool_path;
+const auto run = &test::run_tool;
 
-struct ToolRun {
-  int rc;
-  std::string out;
-};
-
-ToolRun run(const std::string& cmd) {
-  ToolRun r;
-  r.rc = test::run_command(cmd, &r.out);
-  return r;
-}
-
-std::vector<std::string> error_lines(const std::string& out) {
-  std::vector<std::string> lines;
-  std::stringstream ss(out);
-  for (std::string l; std::getline(ss, l);)
-    if (l.find("error") != std::string::npos) lines.push_back(l);
-  return lines;
-}
 
 nlohmann::json read_json(const std::string& path) {
   std::ifstream f(path);

@@ -18,6 +18,7 @@
 #include "kernels/cpu/lut_gemv.h"
 #include "lib/common/error.h"
 #include "lib/numeric/codecs.h"
+#include "tests/test_util.h"
 #include "lib/quant/squeezellm.h"
 
 namespace mpq {
@@ -124,13 +125,7 @@ RandomLut make_random(int bits, int64_t rows, int64_t cols, uint64_t seed, bool 
   return L;
 }
 
-std::vector<float> random_x(int64_t n, uint64_t seed) {
-  std::mt19937_64 g(seed);
-  std::normal_distribution<float> nd(0.0f, 1.0f);
-  std::vector<float> x(static_cast<std::size_t>(n));
-  for (float& v : x) v = nd(g);
-  return x;
-}
+std::vector<float> random_x(int64_t n, uint64_t seed) { return test::random_normal(n, seed); }
 
 // Exact Y = X W^T and the per-output sum of |w * x| (the scale of the rounding error), fp64.
 void dense_product(const std::vector<double>& w, int64_t rows, int64_t cols,
@@ -153,18 +148,9 @@ void dense_product(const std::vector<double>& w, int64_t rows, int64_t cols,
 
 // |got - want| <= 1e-5 |want| + 4e-6 * sum|w x| + 1e-7.
 template <typename A, typename B>
-void expect_close(const std::vector<A>& got, const std::vector<B>& want,
-                  const std::vector<double>& l1, const std::string& what) {
-  ASSERT_EQ(got.size(), want.size()) << what;
-  int bad = 0;
-  for (std::size_t i = 0; i < got.size() && bad < 5; ++i) {
-    const double tol = 1e-5 * std::fabs(static_cast<double>(want[i])) + 4e-6 * l1[i] + 1e-7;
-    if (!(std::fabs(static_cast<double>(got[i]) - static_cast<double>(want[i])) <= tol)) {
-      ADD_FAILURE() << what << " at " << i << ": got " << got[i] << ", want " << want[i]
-                    << " (tol " << tol << ")";
-      ++bad;
-    }
-  }
+void expect_close(const std::vector<A>& got, const std::vector<B>& want, const std::vector<double>& l1,
+                  const std::string& what) {
+  test::expect_close_l1(got, want, l1, what, 1e-7);
 }
 
 constexpr int kBits[] = {2, 3, 4};

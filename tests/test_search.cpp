@@ -141,20 +141,9 @@ TEST(Search, TiesBudgetsAndPlan) {
   EXPECT_THROW(build_problem(t2, specs, opt), Error);
 }
 
-struct ToolRun {
-  int rc;
-  std::string out;
-};
-ToolRun run(const std::string& args) {
-  ToolRun r;
-  r.rc = test::run_command(test::tools_dir() + "/mpq-search " + args + " 2>&1", &r.out);
-  return r;
-}
-int error_lines(const std::string& s) {
-  int n = 0;
-  for (std::size_t p = 0; (p = s.find("error:", p)) != std::string::npos; ++p) ++n;
-  return n;
-}
+using test::ToolRun;
+ToolRun run(const std::string& args) { return test::run_tool(test::tool_path("mpq-search") + " " + args + " 2>&1"); }
+int error_lines(const std::string& s) { return static_cast<int>(test::error_lines(s).size()); }
 
 TEST(SearchTool, PlanParetoAndErrors) {
   SearchFixture fx("search-tool");

@@ -141,4 +141,28 @@ void write_tiny_llama(const std::string& dir, const TinyLlamaSpec& s) {
   w.write((fs::path(dir) / "model.safetensors").string());
 }
 
+std::vector<float> random_normal(int64_t n, uint64_t seed, float std) {
+  std::mt19937_64 g(seed);
+  std::normal_distribution<float> nd(0.0f, std);
+  std::vector<float> x(static_cast<std::size_t>(n));
+  for (float& v : x) v = nd(g);
+  return x;
+}
+
+ToolRun run_tool(const std::string& cmd) {
+  ToolRun r;
+  r.rc = run_command(cmd, &r.out);
+  return r;
+}
+
+std::string tool_path(const std::string& name) { return tools_dir() + "/" + name; }
+
+std::vector<std::string> error_lines(const std::string& out) {
+  std::vector<std::string> lines;
+  std::stringstream ss(out);
+  for (std::string l; std::getline(ss, l);)
+    if (l.find("error") != std::string::npos) lines.push_back(l);
+  return lines;
+}
+
 }  // namespace mpq::test

@@ -3,6 +3,7 @@
 
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -29,11 +30,46 @@ std::string tools_dir();
 /// Runs a shell command; returns its exit status (0-255) and captures stdout+stderr.
 int run_command(const std::string& cmd, std::string* output = nullptr);
 
+/// A tool run: exit status (0-255) and stdout+stderr.
+struct ToolRun {
+  int rc;
+  std::string out;
+};
+
+/// Runs a shell command line (run_command) and returns its status and output.
+ToolRun run_tool(const std::string& cmd);
+
+/// Path of a built tool binary: tools_dir() + "/" + name.
+std::string tool_path(const std::string& name);
+
+/// The lines of `out` that report an error (contain "error").
+std::vector<std::string> error_lines(const std::string& out);
+
+/// Elementwise |got[i] - want[i]| <= rel * |want[i]| + l1_rel * l1[i] + abs_tol, where l1[i]
+/// is sum_j |w_ij x_j| of output i (the scale of a dot product's rounding error); reports at
+/// most 5 failures, each naming `what` and the index.
+template <typename A, typename B>
+void expect_close_l1(const std::vector<A>& got, const std::vector<B>& want, const std::vector<double>& l1,
+                     const std::string& what, double abs_tol, double rel = 1e-5, double l1_rel = 4e-6) {
+  ASSERT_EQ(got.size(), want.size()) << what;
+  int bad = 0;
+  for (std::size_t i = 0; i < got.size() && bad < 5; ++i) {
+    const double tol = rel * std::fabs(static_cast<double>(want[i])) + l1_rel * l1[i] + abs_tol;
+    if (!(std::fabs(static_cast<double>(got[i]) - static_cast<double>(want[i])) <= tol)) {
+      ADD_FAILURE() << what << " at " << i << ": got " << got[i] << ", want " << want[i] << " (tol " << tol << ")";
+      ++bad;
+    }
+  }
+}
+
 /// Reads a whole file as bytes.
 std::vector<uint8_t> read_bytes(const std::string& path);
 /// Writes bytes to a file (not atomically; tests only).
 void write_bytes(const std::string& path, const std::vector<uint8_t>& bytes);
 void write_text(const std::string& path, const std::string& text);
+
+/// n floats from N(0, std^2), deterministic in `seed`.
+std::vector<float> random_normal(int64_t n, uint64_t seed, float std = 1.0f);
 
 /// n token ids uniform in [0, vocab), deterministic in `seed`.
 std::vector<int32_t> random_tokens(int64_t n, int64_t vocab, uint64_t seed);
