@@ -24,7 +24,9 @@ namespace mpq::cuda {
 /// dequantize + cuBLAS GEMM.
 constexpr int kMaxGemvBatch = 16;
 
-/// Device memory of n floats (RAII, move-only). Throws Error(kInternal) on a CUDA error.
+/// Device memory of `bytes` bytes (RAII, move-only; a moved-from buffer is empty, data()
+/// nullptr). Throws Error(kInternal) on a CUDA error; upload()/download() copy synchronously
+/// and throw Error(kUsage) when [offset, offset + bytes) leaves the buffer.
 class DeviceBuffer {
  public:
   DeviceBuffer() = default;
@@ -51,9 +53,16 @@ class DeviceBuffer {
 class DeviceLinear {
  public:
   /// Uploads a packed tensor (as read_packed() / Quantizer::encode() give it). Throws
-  /// Error(kUsage) for an unsupported format, Error(kInput) for a malformed tensor.
+  /// Error(kUsage) for an unsupported format, Error(kInput) for a malformed tensor (the
+  /// checks of the format's decode(): part dtypes/shapes/sizes, the squeezellm CSR structure
+  /// and finite LUT / sparse values, fgmp_check()), and also for a scalar scale (fp8
+  /// weight_scale, nvfp4 weight_scale_2, fgmp weight_fp4_scale_2 / weight_fp8_scale) that is
+  /// not finite or exceeds 1e30 in magnitude. All checks run on the host before any device
+  /// call. Rows of the FP8 / NVFP4 / LUT streams are zero-padded on the device to the
+  /// kernels' 16-byte (LUT: 4b-byte) units; weight_bytes() counts that padding.
   static DeviceLinear upload(const PackedTensor& p);
   /// Uploads dense fp16 weights (IEEE binary16 bit patterns, row-major [rows, cols]).
+  /// Throws Error(kInput) for a negative shape or one beyond cuBLAS's int dimensions.
   static DeviceLinear upload_f16(const uint16_t* w, int64_t rows, int64_t cols);
 
   DeviceLinear(DeviceLinear&&) noexcept;
@@ -68,7 +77,9 @@ class DeviceLinear {
 
   /// Y[b, :] = X[b, :] W^T for b < batch, 1 <= batch <= kMaxGemvBatch. X: device fp32
   /// [batch, cols] row-major; Y: device fp32 [batch, rows]. Asynchronous on the default
-  /// stream. Throws Error(kUsage) for a batch out of range.
+  /// stream. Throws Error(kUsage) for a batch out of range or a null pointer. "f16" converts
+  /// X to fp16 into a scratch buffer of this object, so one DeviceLinear must not run gemv
+  /// from several host threads at once.
   void gemv(const float* x_dev, int64_t batch, float* y_dev) const;
 
   struct Impl;
@@ -82,7 +93,8 @@ class DeviceLinear {
 void synchronize();
 
 /// Times `fn` (which enqueues device work) with CUDA events: warm-up calls, then `reps`
-/// timed calls; returns each call's time in microseconds.
+/// timed calls; returns each call's time in microseconds. Throws Error(kUsage) for
+/// warmup < 0 or reps < 1.
 std::vector<double> time_device_us(const std::function<void()>& fn, int warmup, int reps);
 
 /// Device-to-device cudaMemcpy bandwidth over `bytes` (read + write counted once each:
