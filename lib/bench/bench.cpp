@@ -366,8 +366,8 @@ std::string format_table(const Report& r) {
   std::snprintf(buf, sizeof buf, "device: %s (%s", r.device_name.c_str(), r.device_kind.c_str());
   out += buf;
   if (r.device_kind == "cpu") {
-    std::snprintf(buf, sizeof buf, ", %d threads, load average %.2f at start, %.2f at end", r.threads,
-                  r.load_average_start[0], r.load_average_end[0]);
+    std::snprintf(buf, sizeof buf, ", %d thread%s, load average %.2f at start, %.2f at end", r.threads,
+                  r.threads == 1 ? "" : "s", r.load_average_start[0], r.load_average_end[0]);
     out += buf;
   }
   std::snprintf(buf, sizeof buf, ")\ncopy bandwidth (read + write): %.2f GB/s\n\n", r.copy_gbps);
