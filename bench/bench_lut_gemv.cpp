@@ -1,7 +1,8 @@
 // SqueezeLLM LUT GEMV / GEMM (kernels/cpu/lut_gemv.h) and FGMP GEMV / GEMM
 // (kernels/cpu/fgmp_gemv.h, 30% FP8 blocks) against dense products on the same
 // shapes: fp32 weights (Eigen RowMajor MatrixXf * VectorXf, row blocks split over OpenMP
-// threads), fp16 weights (F16C decode on the fly, same split), and for a window of T = 512
+// threads), fp16 weights (F16C decode on the fly, same split: mpq::bench::f16_gemm, the
+// baseline of mpq-bench), and for a window of T = 512
 // tokens the dense fp32 GEMM Y = X W^T (Eigen, OpenBLAS when built with it). Counter
 // weight_gbps = weight bytes read per second (packed bytes, LUTs and CSR for the LUT
 // kernel). Every GEMV benchmark rotates over several copies of its weights (>= ~512 MB in
@@ -9,13 +10,14 @@
 // Bandwidth references measured in the same run, all OpenMP threads, 1 GiB working sets:
 // BM_ReadBandwidth (explicit 8-accumulator vector sum, each thread its slice as 1 or 8
 // concurrent streams) and
-// BM_MemcpyBandwidth (each thread memcpy's its slice; copy_gbps = bytes copied per second,
-// stream_gbps = read + write bytes per second as STREAM's Copy counts them).
+// BM_MemcpyBandwidth (each thread memcpy's its slice, mpq::bench::parallel_memcpy;
+// copy_gbps = bytes copied per second, stream_gbps = read + write bytes per second as
+// STREAM's Copy counts them).
 //
 //   build/bench/bench_lut_gemv --benchmark_counters_tabular=true
 //       (add --benchmark_repetitions=3 --benchmark_report_aggregates_only=true for spread)
 #include <benchmark/benchmark.h>
-#include <immintrin.h>  // F16C for the fp16 baseline (under a target attribute)
+#include <immintrin.h>  // AVX2 for the read-bandwidth reference (under a target attribute)
 #include <omp.h>
 
 #include <Eigen/Dense>
@@ -27,6 +29,7 @@
 
 #include "kernels/cpu/fgmp_gemv.h"
 #include "kernels/cpu/lut_gemv.h"
+#include "lib/bench/dense_cpu.h"
 #include "lib/numeric/codecs.h"
 
 namespace {
@@ -169,29 +172,6 @@ void BM_DenseF32Gemv(benchmark::State& state) {
 BENCHMARK(BM_DenseF32Gemv)->ArgName("rows")->Arg(4096)->Arg(11008)->Unit(benchmark::kMicrosecond)
     ->UseRealTime();
 
-float f16_row_dot_scalar(const uint16_t* w, const float* x, int64_t n) {
-  float s = 0.0f;
-  for (int64_t j = 0; j < n; ++j) s += mpq::fp16_to_fp32(w[j]) * x[j];
-  return s;
-}
-
-__attribute__((target("avx2,fma,f16c"), noinline)) float f16_row_dot(const uint16_t* w, const float* x,
-                                                             int64_t n) {
-  __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
-  int64_t j = 0;
-  for (; j + 16 <= n; j += 16) {
-    const __m256 w0 = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + j)));
-    const __m256 w1 =
-        _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + j + 8)));
-    a0 = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x + j), a0);
-    a1 = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x + j + 8), a1);
-  }
-  alignas(32) float t[8];
-  _mm256_store_ps(t, _mm256_add_ps(a0, a1));
-  float s = t[0] + t[1] + t[2] + t[3] + t[4] + t[5] + t[6] + t[7];
-  return s + f16_row_dot_scalar(w + j, x + j, n - j);
-}
-
 // Args: rows (cols = 4096). Dense fp16 weights, F16C decode on the fly.
 void BM_DenseF16Gemv(benchmark::State& state) {
   const int64_t rows = state.range(0), cols = 4096;
@@ -206,19 +186,14 @@ void BM_DenseF16Gemv(benchmark::State& state) {
   for (int c = 1; c < copies; ++c) ws[static_cast<std::size_t>(c)] = ws[0];
   const std::vector<float> x = random_floats(cols, 3);
   std::vector<float> y(static_cast<std::size_t>(rows));
-  const bool f16c = mpq::lut_cpu_has_avx2() && __builtin_cpu_supports("f16c");
   std::size_t i = 0;
   for (auto _ : state) {
-    const uint16_t* W = ws[i].data();
-#pragma omp parallel for schedule(static)
-    for (int64_t r = 0; r < rows; ++r)
-      y[r] = f16c ? f16_row_dot(W + r * cols, x.data(), cols)
-                  : f16_row_dot_scalar(W + r * cols, x.data(), cols);
+    mpq::bench::f16_gemm(ws[i].data(), x.data(), 1, rows, cols, y.data());
     benchmark::DoNotOptimize(y.data());
     i = (i + 1) % ws.size();
   }
   set_counters(state, bytes, copies);
-  state.SetLabel(f16c ? "f16c" : "scalar");
+  state.SetLabel(mpq::bench::f16_gemm_has_f16c() ? "f16c" : "scalar");
 }
 BENCHMARK(BM_DenseF16Gemv)->ArgName("rows")->Arg(4096)->Arg(11008)->Unit(benchmark::kMicrosecond)
     ->UseRealTime();
@@ -442,12 +417,7 @@ void BM_MemcpyBandwidth(benchmark::State& state) {
     std::memset(dst.get() + j0, 0, static_cast<std::size_t>(j1 - j0));
   }
   for (auto _ : state) {
-#pragma omp parallel
-    {
-      int64_t j0, j1;
-      thread_slice(n, &j0, &j1);
-      std::memcpy(dst.get() + j0, src.get() + j0, static_cast<std::size_t>(j1 - j0));
-    }
+    mpq::bench::parallel_memcpy(dst.get(), src.get(), static_cast<std::size_t>(n));
     benchmark::DoNotOptimize(dst.get());
     benchmark::ClobberMemory();
   }

@@ -1,0 +1,43 @@
+// Dense CPU reference products and the CPU copy-bandwidth reference of mpq-bench and
+// bench/bench_lut_gemv.cpp: the baselines a packed format's speed is compared against.
+//
+// Work split: OpenMP threads over rows (static chunks), each thread reading its rows of W
+// once per call, as a batch-1 decode GEMV does. Dense fp16 decodes W with F16C on the fly
+// (8 weights per vcvtph2ps) when the CPU has AVX2 + FMA + F16C (checked at run time), else
+// with the scalar codec of lib/numeric/codecs.h. Dense fp32 uses Eigen (OpenBLAS when built
+// with it) on each thread's block of rows.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace mpq::bench {
+
+/// Y[b, r] = sum_j fp16(W[r, j]) * X[b, j] for b < batch, r < rows: dense fp16 weights,
+/// fp32 activations and accumulation. W: IEEE binary16 bit patterns, row-major [rows, cols];
+/// X: fp32 [batch, cols] row-major; Y: fp32 [batch, rows] row-major. batch >= 1. OpenMP over
+/// rows; a row is decoded once per call (into a per-thread fp32 buffer when batch > 1).
+void f16_gemm(const uint16_t* w, const float* X, int64_t batch, int64_t rows, int64_t cols,
+              float* Y);
+
+/// True when f16_gemm takes the F16C path on this CPU (AVX2, FMA and F16C).
+bool f16_gemm_has_f16c();
+
+/// Y = X W^T with fp32 W [rows, cols] row-major, X fp32 [batch, cols], Y fp32 [batch, rows]
+/// (Eigen row-major products, one block of rows per OpenMP thread).
+void f32_gemm(const float* w, const float* X, int64_t batch, int64_t rows, int64_t cols,
+              float* Y);
+
+/// memcpy of n bytes, each OpenMP thread copying its contiguous slice [n t / T, n (t+1) / T)
+/// (the split bench_lut_gemv.cpp's bandwidth references use, so pages first touched by a
+/// thread are later copied by the same thread).
+void parallel_memcpy(void* dst, const void* src, std::size_t n);
+
+/// Multi-threaded host copy bandwidth, STREAM "Copy" convention (read + write counted:
+/// 2 * bytes / time), GB/s (1e9 bytes/s), median of `reps` parallel_memcpy calls of `bytes`
+/// bytes between two freshly allocated buffers (first touched per thread slice, then one
+/// untimed warm-up copy). The same definition as cuda::device_copy_bandwidth_gbps
+/// (kernels/cuda/gemv.h). Throws Error(kUsage) for bytes == 0 or reps < 1.
+double cpu_copy_bandwidth_gbps(std::size_t bytes, int reps);
+
+}  // namespace mpq::bench

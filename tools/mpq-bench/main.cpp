@@ -1,0 +1,76 @@
+// mpq-bench: per-layer matrix-vector / small-batch product time of each weight format on
+// Llama-2-7B and Llama-3-8B layer shapes, against dense fp16 and a copy bandwidth measured
+// in the same run; the latency table mpq-search reads. See docs/cli.md and lib/bench/bench.h.
+#include <cstdio>
+#include <filesystem>
+
+#include "lib/bench/bench.h"
+#include "tools/common.h"
+
+int main(int argc, char** argv) {
+  using namespace mpq;
+  namespace fs = std::filesystem;
+  CLI::App app{"Time matrix-vector products of every weight format on LLM layer shapes (median, spread, "
+               "GB/s, fraction of copy bandwidth, speedup over fp16); write mpq-search's latency table.",
+               "mpq-bench"};
+  std::string device, json_out, latency_out, source = "f16";
+  std::vector<std::string> formats, shapes;
+  bench::Options opt;
+  int rotate_mb = 0, latency_batch = 1;
+  bool quiet = false;
+  app.add_option("--device", device, "cpu or cuda")->required()->check(CLI::IsMember({"cpu", "cuda"}));
+  app.add_option("--formats", formats,
+                 "Comma-separated labels: f16, f32, fp8, nvfp4, squeezellm-<2|3|4>bit[-sparse], "
+                 "uniform-<2|3|4>bit, fgmp-<0..100> (default: all; f16 always measured)")
+      ->delimiter(',');
+  app.add_option("--shapes", shapes, "Comma-separated ROWSxCOLS (default: the five Llama-2-7B / Llama-3-8B shapes)")
+      ->delimiter(',');
+  app.add_option("--batches", opt.batches, "Comma-separated batch sizes in [1, 16]")->delimiter(',')->capture_default_str();
+  app.add_option("--reps", opt.reps, "Timed calls per measurement")->capture_default_str();
+  app.add_option("--warmup", opt.warmup, "Untimed calls before them")->capture_default_str();
+  app.add_option("--threads", opt.threads, "CPU: OpenMP threads (0 = all cores)")->check(CLI::NonNegativeNumber);
+  app.add_option("--rotate-mb", rotate_mb,
+                 "MiB the copies of one weight span at least, and the copy-bandwidth buffer size "
+                 "(default 512 on cpu, 256 on cuda)")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--json", json_out, "Write every measurement as JSON");
+  app.add_option("--latency-table", latency_out, "Write mpq-search's latency table (JSON) for this device");
+  app.add_option("--latency-batch", latency_batch, "Batch whose medians go into the latency table")->capture_default_str();
+  app.add_option("--source", source, "The source models' dtype, whose timing is candidate 'source': f16 (also for bf16) or f32")
+      ->check(CLI::IsMember({"f16", "f32"}))
+      ->capture_default_str();
+  app.add_flag("--e2e", opt.e2e, "CUDA: decode tokens/s of a Llama-2-7B-shaped stack of linear layers per format");
+  app.add_option("--e2e-layers", opt.e2e_layers, "Layers of that stack")->capture_default_str();
+  app.add_flag("-q,--quiet", quiet, "No progress lines");
+  app.set_version_flag("--version", tool::version());
+
+  return tool::run(app, argc, argv, [&]() -> int {
+    opt.device = device == "cuda" ? bench::Device::kCuda : bench::Device::kCpu;
+    opt.formats = formats;
+    for (const auto& s : shapes) opt.shapes.push_back(bench::parse_shape(s));
+    opt.rotate_bytes = static_cast<std::size_t>(rotate_mb > 0 ? rotate_mb : (device == "cuda" ? 256 : 512)) << 20;
+    if (!quiet) opt.progress = [](const std::string& line) { std::fprintf(stderr, "mpq-bench: %s\n", line.c_str()); };
+    bench::check_options(opt);
+    bool latency_batch_measured = false;
+    for (int b : opt.batches) latency_batch_measured |= b == latency_batch;
+    if (!latency_out.empty() && !latency_batch_measured)
+      throw Error(ExitCode::kUsage, "--latency-batch " + std::to_string(latency_batch) + " is not among --batches");
+    // Fail before a long run, not after it, when an output folder is missing.
+    for (const std::string& out : {json_out, latency_out}) {
+      const fs::path parent = fs::path(out).parent_path();
+      if (!out.empty() && !parent.empty() && !fs::is_directory(parent))
+        throw_output(out, "parent folder does not exist");
+    }
+
+    const bench::Report rep = opt.device == bench::Device::kCuda ? bench::run_cuda(opt) : bench::run_cpu(opt);
+    std::fputs(bench::format_table(rep).c_str(), stdout);
+    if (!json_out.empty()) {
+      nlohmann::json j = bench::report_json(rep, opt);
+      j["tool"] = "mpq-bench";
+      j["version"] = tool::version();
+      tool::write_json(json_out, j);
+    }
+    if (!latency_out.empty()) tool::write_json(latency_out, bench::latency_table_json(rep, latency_batch, source));
+    return 0;
+  });
+}
