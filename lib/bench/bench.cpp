@@ -20,6 +20,7 @@
 #include "lib/model/llama.h"
 #include "lib/numeric/codecs.h"
 #include "lib/quant/fgmp.h"
+#include "lib/search/search.h"
 
 namespace mpq::bench {
 namespace {
@@ -141,25 +142,20 @@ LayerShape parse_shape(const std::string& text) {
 FormatSpec parse_format(const std::string& label) {
   FormatSpec s;
   s.label = s.format = label;
-  if (label == "f16" || label == "f32" || label == "fp8" || label == "nvfp4") return s;
-  static const std::regex sq("(squeezellm|uniform)-([234])bit(-sparse)?");
-  static const std::regex fg("fgmp-([0-9]{1,3})");
-  std::smatch m;
-  if (std::regex_match(label, m, sq) && !(m[1] == "uniform" && m[3].matched)) {
-    s.format = m[1];
-    s.params.bits = std::stoi(m[2]);
-    s.params.outlier_pct = m[3].matched ? 0.45 : 0.0;
-    s.params.sensitive_pct = m[3].matched ? 0.05 : 0.0;
-    return s;
+  if (label == "f16" || label == "f32") return s;
+  CandidateSpec c;
+  try {
+    c = parse_candidate(label);  // mpq-search's grammar (lib/search/search.h)
+  } catch (const Error&) {
   }
-  if (std::regex_match(label, m, fg) && std::stoi(m[1]) <= 100) {
-    s.format = "fgmp";
-    s.fp8_fraction = std::stoi(m[1]) / 100.0;
-    return s;
-  }
-  throw Error(ExitCode::kUsage, "--formats: unknown format '" + label +
-                                    "': expected f16, f32, fp8, nvfp4, squeezellm-<2|3|4>bit[-sparse], "
-                                    "uniform-<2|3|4>bit or fgmp-<0..100>");
+  if (c.format.empty() || c.format == "source")
+    throw Error(ExitCode::kUsage, "--formats: unknown format '" + label +
+                                      "': expected f16, f32, fp8, nvfp4, squeezellm-<2|3|4>bit[-sparse], "
+                                      "uniform-<2|3|4>bit or fgmp-<0..100>");
+  s.format = c.format;
+  s.params = c.params;
+  s.fp8_fraction = c.fgmp.fp8_fraction;
+  return s;
 }
 
 std::vector<std::string> default_formats(Device device) {
@@ -181,12 +177,7 @@ std::string unsupported_reason(const FormatSpec& spec, Device device) {
 
 std::unique_ptr<Quantizer> make_format_quantizer(const FormatSpec& spec) {
   if (spec.format == "f16" || spec.format == "f32") return nullptr;
-  if (spec.format == "fgmp") {
-    FgmpParams p;
-    p.fp8_fraction = spec.fp8_fraction;
-    return std::make_unique<FgmpQuantizer>(p);
-  }
-  return make_quantizer(spec.format, spec.params);
+  return make_candidate_quantizer(parse_candidate(spec.label));
 }
 
 std::string candidate_label(const std::string& format_label, const std::string& source) {

@@ -55,7 +55,7 @@ LayerShape parse_shape(const std::string& text);
 enum class Device { kCpu, kCuda };
 
 /// One format label mpq-bench measures. Labels: "f16" and "f32" (dense weights), "fp8",
-/// "nvfp4", and mpq-search's candidate labels (lib/search on branch wip-search):
+/// "nvfp4", and mpq-search's candidate labels (parse_candidate, lib/search/search.h):
 /// "squeezellm-<b>bit" (b = 2, 3, 4; LUT only, no CSR part), "squeezellm-<b>bit-sparse"
 /// (plus the 0.45% outlier + 0.05% Fisher-sensitive CSR part), "uniform-<b>bit" (min-max
 /// grid, same layout as squeezellm without CSR), "fgmp-<p>" (p percent of blocks FP8, p in
