@@ -3,6 +3,7 @@
 // Pareto output, and bad input / infeasible budgets (exit codes, one error line).
 #include <gtest/gtest.h>
 
+#include <array>
 #include <cmath>
 #include <fstream>
 #include <random>
@@ -255,6 +256,45 @@ TEST(SearchTool, PackPlanRoundTrip) {
   r.rc = test::run_command(test::tools_dir() + "/mpq-pack -q --model " + fx.dir + " --plan " + plan +
                                " --format nvfp4 --out " + out + "/z 2>&1", &pout);
   EXPECT_EQ(r.rc, 2) << pout;
+}
+
+}  // namespace
+}  // namespace mpq
+
+namespace mpq {
+namespace {
+
+// A latency table (as mpq-bench writes it) bounds the summed latency; a missing entry names
+// the file, shape and candidate.
+TEST(SearchTool, LatencyBudget) {
+  SearchFixture fx("search-lat");
+  const std::string dir = test::scratch_dir("search-lat-out");
+  const std::vector<std::array<int64_t, 2>> shapes = {{48, 48}, {24, 48}, {72, 48}, {48, 72}};
+  nlohmann::json entries = nlohmann::json::array();
+  for (const auto& s : shapes) {  // fp8: fast and big; nvfp4: slow and small
+    entries.push_back({{"rows", s[0]}, {"cols", s[1]}, {"candidate", "fp8"}, {"us", 1.0}});
+    entries.push_back({{"rows", s[0]}, {"cols", s[1]}, {"candidate", "nvfp4"}, {"us", 3.0}});
+  }
+  test::write_text(dir + "/lat.json", nlohmann::json{{"device", "test"}, {"entries", entries}}.dump());
+  const std::string base = "-q --model " + fx.dir + " --sensitivity " + fx.sens + " --formats nvfp4,fp8 --max-bytes 1e12" +
+                           " --latency-table " + dir + "/lat.json --out " + dir + "/p.json";
+  // Unbounded bytes: Omega alone picks fp8 everywhere (14 x 1 us).
+  ToolRun r = run(base + " --max-latency-us 1000");
+  ASSERT_EQ(r.rc, 0) << r.out;
+  std::ifstream a(dir + "/p.json");
+  nlohmann::json p = nlohmann::json::parse(a);
+  EXPECT_DOUBLE_EQ(p["totals"]["latency_us"].get<double>(), 14.0);
+  // A latency budget below 14 us is infeasible; a table without nvfp4 for one shape is exit 3.
+  r = run(base + " --max-latency-us 13");
+  EXPECT_EQ(r.rc, 3) << r.out;
+  entries.erase(entries.size() - 1);
+  test::write_text(dir + "/lat.json", nlohmann::json{{"device", "test"}, {"entries", entries}}.dump());
+  r = run(base + " --max-latency-us 1000");
+  EXPECT_EQ(r.rc, 3) << r.out;
+  EXPECT_NE(r.out.find("lat.json"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("nvfp4"), std::string::npos) << r.out;
+  r = run("-q --model " + fx.dir + " --sensitivity " + fx.sens + " --target-bpw 5 --max-latency-us 5 --out " + dir + "/q.json");
+  EXPECT_EQ(r.rc, 2) << r.out;  // a latency budget without a table
 }
 
 }  // namespace
