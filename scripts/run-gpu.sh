@@ -33,10 +33,12 @@ set -e
 # The benchmark (tools/mpq-bench, its own target), when the checkout has it.
 if [ -d tools/mpq-bench ]; then
   cmake --build build-gpu -j"$JOBS" --target mpq-bench
-  build-gpu/tools/mpq-bench --device cuda --json "$OUT/bench_cuda.json" 2>&1 | tee "$OUT/bench_cuda.log"
-  echo "== $OUT/bench_cuda.json"
-  cat "$OUT/bench_cuda.json"
-  echo
+  build-gpu/tools/mpq-bench --device cuda --json "$OUT/bench_cuda.json" \
+    --latency-table "$OUT/latency_cuda.json" 2>&1 | tee "$OUT/bench_cuda.log"
+  # End to end: a Llama-2-7B-shaped stack of linear layers per token (see docs/cli.md).
+  build-gpu/tools/mpq-bench --device cuda --e2e --batches 1 --json "$OUT/bench_cuda_e2e.json" 2>&1 |
+    tee "$OUT/bench_cuda_e2e.log"
+  echo "== results: $OUT/bench_cuda.json, $OUT/bench_cuda_e2e.json, $OUT/latency_cuda.json"
 else
   echo "run-gpu.sh: tools/mpq-bench not in this checkout; benchmark skipped"
 fi
