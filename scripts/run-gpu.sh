@@ -2,9 +2,9 @@
 # The one command for a GPU machine (H100 / sm_90): builds mpq with the CUDA kernels into
 # build-gpu, runs every CUDA test (mpq_tests --gtest_filter='Cuda*': the GEMV kernels of all
 # packed formats against the CPU references, dequantization, decoders, errors), then the GPU
-# benchmark `mpq-bench --device cuda` when that tool exists (and, with the real data, mpq-eval
-# --device cpu / cuda on stories260K-hf into $OUT/eval_{cpu,cuda}.json), writing its JSON to
-# $OUT/bench_cuda.json ($OUT defaults to build-gpu/out) and printing it.
+# benchmark `mpq-bench --device cuda` when that tool exists, writing its JSON to
+# $OUT/bench_cuda.json ($OUT defaults to build-gpu/out) and printing it. With the real data,
+# also mpq-eval --device cpu / cuda on stories260K-hf into $OUT/eval_{cpu,cuda}.json.
 # Needs the Debian packages of scripts/setup.sh and nvcc (/usr/local/cuda or on PATH).
 # Usage: scripts/run-gpu.sh            Exit status: non-zero if the build or a test fails.
 set -euo pipefail
