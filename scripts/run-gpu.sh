@@ -3,7 +3,8 @@
 # build-gpu, runs every CUDA test (mpq_tests --gtest_filter='Cuda*': the GEMV kernels of all
 # packed formats against the CPU references, dequantization, decoders, errors), then the GPU
 # benchmark `mpq-bench --device cuda` when that tool exists, writing its JSON to
-# $OUT/bench_cuda.json ($OUT defaults to build-gpu/out) and printing it.
+# $OUT/bench_cuda.json ($OUT defaults to build-gpu/out) and printing it. With the real data,
+# also mpq-eval --device cpu / cuda on stories260K-hf into $OUT/eval_{cpu,cuda}.json.
 # Needs the Debian packages of scripts/setup.sh and nvcc (/usr/local/cuda or on PATH).
 # Usage: scripts/run-gpu.sh            Exit status: non-zero if the build or a test fails.
 set -euo pipefail
@@ -29,6 +30,16 @@ build-gpu/tests/mpq_tests --gtest_filter='Cuda*' --gtest_output="json:$OUT/cuda_
   tee "$OUT/cuda_tests.log"
 test_status=${PIPESTATUS[0]}
 set -e
+
+# mpq-eval --device cuda vs --device cpu on stories260K-hf (fp32), when the real data is there.
+MODEL="${MPQ_DATA:-../shared/data}/models/stories260K-hf"
+TEXT="${MPQ_DATA:-../shared/data}/text/tinystories_valid_eval.txt"
+if [ -d "$MODEL" ] && [ -f "$TEXT" ]; then
+  for dev in cpu cuda; do
+    build-gpu/tools/mpq-eval --model "$MODEL" --text "$TEXT" --max-tokens 20480 -q --device "$dev" \
+      --json "$OUT/eval_$dev.json" 2>&1 | tee "$OUT/eval_$dev.log" || test_status=1
+  done
+fi
 
 # The benchmark (tools/mpq-bench, its own target), when the checkout has it.
 if [ -d tools/mpq-bench ]; then

@@ -45,6 +45,7 @@
 #include <utility>
 #include <vector>
 
+#include "kernels/cuda/check.h"  // MPQ_CUDA_CHECK, MPQ_CUBLAS_CHECK
 #include "kernels/cuda/gemv_decode.h"
 #include "lib/common/error.h"
 #include "lib/numeric/codecs.h"
@@ -52,25 +53,8 @@
 #include "lib/quant/quant_common.h"
 #include "lib/quant/squeezellm.h"
 
-// Every CUDA runtime / cuBLAS call goes through these: a failure throws Error(kInternal)
-// naming the call and file:line.
-#define MPQ_CUDA_CHECK(expr) ::mpq::cuda::check_cuda((expr), #expr, __FILE__, __LINE__)
-#define MPQ_CUBLAS_CHECK(expr) ::mpq::cuda::check_cublas((expr), #expr, __FILE__, __LINE__)
-
 namespace mpq::cuda {
 namespace {
-
-void check_cuda(cudaError_t err, const char* expr, const char* file, int line) {
-  if (err != cudaSuccess)
-    throw Error(ExitCode::kInternal, std::string(file) + ":" + std::to_string(line) + ": " + expr + ": " +
-                                         cudaGetErrorString(err));
-}
-
-void check_cublas(cublasStatus_t st, const char* expr, const char* file, int line) {
-  if (st != CUBLAS_STATUS_SUCCESS)
-    throw Error(ExitCode::kInternal, std::string(file) + ":" + std::to_string(line) + ": " + expr +
-                                         ": cuBLAS status " + std::to_string(static_cast<int>(st)));
-}
 
 constexpr int kWarpsPerBlock = 8;
 constexpr int kThreads = 32 * kWarpsPerBlock;

@@ -61,6 +61,15 @@ double sum_kl_divergence(const MatrixRM& base_logits, const MatrixRM& logits) {
 PerplexityResult evaluate_perplexity(const LlamaModel& model, const std::vector<int32_t>& ids,
                                      const PerplexityOptions& opt,
                                      const PerplexityProgress& progress) {
+  const WindowForward forward = [&model](const int32_t* tok, int64_t T) { return model.forward(tok, T); };
+  WindowForward base;
+  if (opt.base) base = [b = opt.base](const int32_t* tok, int64_t T) { return b->forward(tok, T); };
+  return evaluate_perplexity(forward, ids, opt, base, window_threads(parameter_count(model)) > 1, progress);
+}
+
+PerplexityResult evaluate_perplexity(const WindowForward& model, const std::vector<int32_t>& ids,
+                                     const PerplexityOptions& opt, const WindowForward& base,
+                                     bool parallel_windows, const PerplexityProgress& progress) {
   if (opt.ctx < 2) throw Error(ExitCode::kUsage, "--ctx must be at least 2");
   int64_t n = static_cast<int64_t>(ids.size());
   if (opt.max_tokens > 0) n = std::min(n, opt.max_tokens);
@@ -82,11 +91,11 @@ PerplexityResult evaluate_perplexity(const LlamaModel& model, const std::vector<
   double nll_done = 0;
   auto run_window = [&](int64_t w) {
     const int32_t* tok = ids.data() + w * opt.ctx;
-    const MatrixRM logits = model.forward(tok, opt.ctx);
+    const MatrixRM logits = model(tok, opt.ctx);
     const double nll = sum_next_token_nll(logits, tok);
     window_sum[static_cast<std::size_t>(w)] = nll;
     r.window_nll[static_cast<std::size_t>(w)] = nll / static_cast<double>(opt.ctx - 1);
-    if (opt.base) window_kl[static_cast<std::size_t>(w)] = sum_kl_divergence(opt.base->forward(tok, opt.ctx), logits);
+    if (base) window_kl[static_cast<std::size_t>(w)] = sum_kl_divergence(base(tok, opt.ctx), logits);
     std::lock_guard<std::mutex> lock(mu);
     ++done;
     nll_done += nll;
@@ -96,9 +105,8 @@ PerplexityResult evaluate_perplexity(const LlamaModel& model, const std::vector<
     }
   };
 
-  const bool window_parallel = window_threads(parameter_count(model)) > 1;
   std::exception_ptr failure;
-  if (window_parallel) {
+  if (parallel_windows) {
 #pragma omp parallel for schedule(dynamic, 1)
     for (int64_t w = 0; w < windows; ++w) {
       try {
@@ -123,7 +131,7 @@ PerplexityResult evaluate_perplexity(const LlamaModel& model, const std::vector<
   r.mean_nll = total / static_cast<double>(r.scored_tokens);
   r.ppl = std::exp(r.mean_nll);
   r.tokens_per_second = static_cast<double>(windows * opt.ctx) / std::max(r.seconds, 1e-9);
-  if (opt.base) r.mean_kl = kl / static_cast<double>(r.scored_tokens);
+  if (base) r.mean_kl = kl / static_cast<double>(r.scored_tokens);
   return r;
 }
 

@@ -43,6 +43,18 @@ PerplexityResult evaluate_perplexity(const LlamaModel& model, const std::vector<
                                      const PerplexityOptions& opt,
                                      const PerplexityProgress& progress = nullptr);
 
+/// One window's forward pass: logits [T, vocab] (fp32, row-major) for tokens[0..T) run as a
+/// fresh context, e.g. LlamaModel::forward or cuda::CudaLlamaModel::forward.
+using WindowForward = std::function<MatrixRM(const int32_t* tokens, int64_t T)>;
+
+/// The same convention over any forward pass (the overload above calls this one): `model`
+/// scores every window; `base`, when non-empty, gives the KL reference (opt.base is ignored
+/// here). With parallel_windows the windows run on OpenMP threads and both forwards must be
+/// thread-safe; otherwise one at a time, in order (the GPU runtime). Errors as above.
+PerplexityResult evaluate_perplexity(const WindowForward& model, const std::vector<int32_t>& ids,
+                                     const PerplexityOptions& opt, const WindowForward& base,
+                                     bool parallel_windows, const PerplexityProgress& progress = nullptr);
+
 /// Sum over rows t in [0, T-1) of -log softmax(logits[t])[ids[t+1]], in float64.
 double sum_next_token_nll(const MatrixRM& logits, const int32_t* ids);
 

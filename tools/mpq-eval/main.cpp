@@ -9,13 +9,18 @@
 #include "lib/model/tokenizer.h"
 #include "tools/common.h"
 
+#ifdef MPQ_HAVE_CUDA
+#include "kernels/cuda/dequant.h"  // device_count(), device_name()
+#include "kernels/cuda/forward.h"
+#endif
+
 int main(int argc, char** argv) {
   using namespace mpq;
   CLI::App app{"Perplexity of a Llama-family model (dense or mpq/ModelOpt packed) over "
                "non-overlapping windows; optional KL divergence vs a base model and "
                "regression gates.",
                "mpq-eval"};
-  std::string model_dir, text_file, token_file, json_out, base_dir, act_name = "none";
+  std::string model_dir, text_file, token_file, json_out, base_dir, act_name = "none", device = "cpu";
   int64_t ctx = 512, max_tokens = 0;
   int threads = 0;
   double max_ppl = 0, baseline_ppl = 0, max_increase_pct = -1;
@@ -36,6 +41,11 @@ int main(int argc, char** argv) {
                  "the --base model always runs unquantized activations")
       ->check(CLI::IsMember({"none", "fp8", "nvfp4", "fgmp"}))
       ->capture_default_str();
+  app.add_option("--device", device,
+                 "cpu, or cuda: the whole forward pass on CUDA device 0 with the packed weights "
+                 "(--base runs there too; --act must be none)")
+      ->check(CLI::IsMember({"cpu", "cuda"}))
+      ->capture_default_str();
   app.add_option("--threads", threads, "OpenMP threads (0 = all cores)")->check(CLI::NonNegativeNumber);
   app.add_option("--max-ppl", max_ppl, "Gate: exit 5 if ppl > X");
   auto* gate_base = app.add_option("--baseline-ppl", baseline_ppl, "Gate: baseline ppl for --max-increase-pct");
@@ -50,6 +60,18 @@ int main(int argc, char** argv) {
     if (text_file.empty() && token_file.empty())
       throw Error(ExitCode::kUsage, "one of --text or --tokens is required");
     if (threads > 0) omp_set_num_threads(threads);
+    const bool cuda = device == "cuda";
+    if (cuda && act_name != "none")
+      throw Error(ExitCode::kUsage, "--act " + act_name + " needs --device cpu (the CUDA runtime runs fp32 activations)");
+    if (cuda) {
+#ifdef MPQ_HAVE_CUDA
+      if (cuda::device_count() == 0)
+        throw Error(ExitCode::kInput, "--device cuda: no CUDA device visible (driver missing or no GPU)");
+#else
+      throw Error(ExitCode::kInput,
+                  "--device cuda: this mpq was built without CUDA (configure with -DMPQ_CUDA=ON where nvcc is installed)");
+#endif
+    }
     LlamaModel model = LlamaModel::load(model_dir);
     model.set_act_quant(parse_act_mode(act_name), model_dir);
     std::vector<int32_t> ids;
@@ -80,7 +102,25 @@ int main(int argc, char** argv) {
                    static_cast<long long>(total), ppl, tool::format_seconds(secs).c_str(),
                    tool::format_seconds(eta).c_str());
     };
-    const PerplexityResult r = evaluate_perplexity(model, ids, opt, progress);
+    PerplexityResult r;
+    std::string device_name = "cpu";
+    if (!cuda) {
+      r = evaluate_perplexity(model, ids, opt, progress);
+    } else {
+#ifdef MPQ_HAVE_CUDA
+      // Windows run one at a time on the device; the base model (if any) is uploaded too.
+      device_name = cuda::device_name();
+      const cuda::CudaLlamaModel gpu = cuda::CudaLlamaModel::upload(model, model_dir);
+      std::optional<cuda::CudaLlamaModel> gpu_base;
+      WindowForward base_forward;
+      if (base) {
+        gpu_base.emplace(cuda::CudaLlamaModel::upload(*base, base_dir));
+        base_forward = [&](const int32_t* tok, int64_t T) { return gpu_base->forward(tok, T); };
+      }
+      r = evaluate_perplexity([&](const int32_t* tok, int64_t T) { return gpu.forward(tok, T); }, ids, opt,
+                              base_forward, /*parallel_windows=*/false, progress);
+#endif
+    }
 
     // Bits per weight of the quantizable linears as stored.
     std::size_t linear_bytes = 0;
@@ -95,6 +135,7 @@ int main(int argc, char** argv) {
     const double linear_bpw = 8.0 * static_cast<double>(linear_bytes) / static_cast<double>(linear_params);
 
     std::printf("model        %s\n", model_dir.c_str());
+    std::printf("device       %s\n", device_name.c_str());
     std::printf("input        %s (%zu tokens)\n", (token_file.empty() ? text_file : token_file).c_str(), ids.size());
     std::printf("windows      %lld x %lld tokens, %lld scored\n", static_cast<long long>(r.windows),
                 static_cast<long long>(r.ctx), static_cast<long long>(r.scored_tokens));
@@ -122,6 +163,8 @@ int main(int argc, char** argv) {
     j["seconds"] = r.seconds;
     j["tokens_per_second"] = r.tokens_per_second;
     j["threads"] = omp_get_max_threads();
+    j["device"] = device;
+    j["device_name"] = device_name;
     j["linear_bpw"] = linear_bpw;
     j["linear_bytes"] = linear_bytes;
     j["linear_params"] = linear_params;
