@@ -9,6 +9,8 @@
 #include "lib/quant/fp8.h"
 #include "lib/quant/nvfp4.h"
 
+#include "tests/test_util.h"
+
 #ifdef MPQ_HAVE_CUDA
 #include "kernels/cuda/dequant.h"
 #endif
@@ -24,12 +26,6 @@ namespace {
   return w;
 }
 
-#ifdef MPQ_HAVE_CUDA
-#define MPQ_REQUIRE_GPU() \
-  if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device visible"
-#else
-#define MPQ_REQUIRE_GPU() GTEST_SKIP() << "mpq built without CUDA (MPQ_CUDA=OFF or no nvcc)"
-#endif
 
 TEST(CudaDequant, Nvfp4MatchesCpuReference) {
   MPQ_REQUIRE_GPU();

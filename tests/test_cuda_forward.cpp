@@ -36,15 +36,6 @@
 namespace mpq {
 namespace {
 
-#ifdef MPQ_HAVE_CUDA
-#define MPQ_REQUIRE_GPU() \
-  if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device visible"
-bool gpu_visible() { return cuda::device_count() > 0; }
-#else
-#define MPQ_REQUIRE_GPU() GTEST_SKIP() << "mpq built without CUDA (MPQ_CUDA=OFF or no nvcc)"
-bool gpu_visible() { return false; }
-#endif
-
 std::string ids_file(const std::string& dir, const std::vector<int32_t>& ids) {
   const std::string p = dir + "/ids.i32";
   std::vector<uint8_t> bytes(ids.size() * 4);
@@ -224,7 +215,7 @@ TEST(CudaForwardStories, PerplexityMatchesCpuForFp32AndNvfp4) {
 // --- Runs everywhere: the tool's device errors and the JSON field ----------------------
 
 TEST(CudaForwardTool, DeviceCudaWithoutGpuIsExit3WithOneErrorLine) {
-  if (gpu_visible()) GTEST_SKIP() << "a CUDA device is visible: the no-device error cannot be produced";
+  if (test::gpu_visible()) GTEST_SKIP() << "a CUDA device is visible: the no-device error cannot be produced";
   const std::string m = tiny_model("cf-nodev", tiny_spec(false, false, 30), "");
   const std::string ids = ids_file(m, test::random_tokens(64, 128, 5));
   const test::ToolRun r =

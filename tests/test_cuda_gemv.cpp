@@ -28,6 +28,8 @@
 #include "lib/quant/quantizer.h"
 #include "lib/quant/squeezellm.h"
 
+#include "tests/test_util.h"
+
 #ifdef MPQ_HAVE_CUDA
 #include "kernels/cuda/dequant.h"  // device_count()
 #include "kernels/cuda/gemv.h"
@@ -37,11 +39,8 @@ namespace mpq {
 namespace {
 
 #ifdef MPQ_HAVE_CUDA
-#define MPQ_REQUIRE_GPU() \
-  if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device visible"
 #define MPQ_REQUIRE_CUDA_BUILD() (void)0
 #else
-#define MPQ_REQUIRE_GPU() GTEST_SKIP() << "mpq built without CUDA (MPQ_CUDA=OFF or no nvcc)"
 #define MPQ_REQUIRE_CUDA_BUILD() GTEST_SKIP() << "mpq built without CUDA (MPQ_CUDA=OFF or no nvcc)"
 #endif
 

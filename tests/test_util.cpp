@@ -1,5 +1,9 @@
 #include "tests/test_util.h"
 
+#ifdef MPQ_HAVE_CUDA
+#include "kernels/cuda/dequant.h"  // device_count()
+#endif
+
 #include <sys/wait.h>
 
 #include <cstdio>
@@ -147,6 +151,22 @@ std::vector<float> random_normal(int64_t n, uint64_t seed, float std) {
   std::vector<float> x(static_cast<std::size_t>(n));
   for (float& v : x) v = nd(g);
   return x;
+}
+
+bool gpu_visible() {
+#ifdef MPQ_HAVE_CUDA
+  return cuda::device_count() > 0;
+#else
+  return false;
+#endif
+}
+
+std::string gpu_skip_reason() {
+#ifdef MPQ_HAVE_CUDA
+  return "no CUDA device visible";
+#else
+  return "mpq built without CUDA (MPQ_CUDA=OFF or no nvcc)";
+#endif
 }
 
 ToolRun run_tool(const std::string& cmd) {

@@ -24,6 +24,17 @@ std::string data_dir();
 /// A fresh empty folder under the system temp dir, removed at process exit.
 std::string scratch_dir(const std::string& tag);
 
+/// True when mpq was built with CUDA and a CUDA device is visible.
+bool gpu_visible();
+/// Why GPU tests skip here ("mpq built without CUDA ..." or "no CUDA device visible").
+std::string gpu_skip_reason();
+
+/// Skips the current test unless a CUDA device can run it.
+#define MPQ_REQUIRE_GPU()                                                       \
+  do {                                                                          \
+    if (!::mpq::test::gpu_visible()) GTEST_SKIP() << ::mpq::test::gpu_skip_reason(); \
+  } while (0)
+
 /// Folder where the tool binaries were built (mpq-eval, mpq-pack, mpq-inspect).
 std::string tools_dir();
 
