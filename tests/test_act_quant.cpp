@@ -453,14 +453,19 @@ struct DirectScores final : LinearInputObserver {
   }
 };
 
-TEST(ActCalibration, ThresholdsGiveTheRequestedFp4FractionOnTheCalibrationData) {
-  const ActFixture f = act_fixture("act-cal");
+// The calibration both the library and the mpq-pack tests run: 6 windows of 32 tokens.
+ActCalibOptions calib_options(const ActFixture& f) {
   ActCalibOptions o;
   o.text = f.ids;
   o.sensitivity = f.sens;
   o.samples = 6;
   o.seq_len = 32;
-  const ActCalibration cal = calibrate_act_thresholds(f.model, o);
+  return o;
+}
+
+TEST(ActCalibration, ThresholdsGiveTheRequestedFp4FractionOnTheCalibrationData) {
+  const ActFixture f = act_fixture("act-cal");
+  const ActCalibration cal = calibrate_act_thresholds(f.model, calib_options(f));
   ASSERT_EQ(cal.modules.size(), 14u);
   EXPECT_EQ(cal.record["method"], "fgmp");
   EXPECT_EQ(cal.record["calibration"]["samples"], 6);
@@ -534,12 +539,7 @@ TEST(ActTools, PackWithActCalibThenEvalEveryActMode) {
     EXPECT_EQ(read_json(dst + "/mpq_manifest.json")["quantization_config"]["activation"], act);
   }
   // Thresholds written by mpq-pack are those of the library calibration.
-  ActCalibOptions o;
-  o.text = f.ids;
-  o.sensitivity = f.sens;
-  o.samples = 6;
-  o.seq_len = 32;
-  const ActCalibration cal = calibrate_act_thresholds(f.model, o);
+  const ActCalibration cal = calibrate_act_thresholds(f.model, calib_options(f));
   const LlamaModel packed = LlamaModel::load(out + "/nvfp4");
   EXPECT_EQ(packed.weights().layers[1].linear[6].input_fgmp_threshold,
             cal.modules.at("model.layers.1.mlp.down_proj").threshold);

@@ -129,44 +129,6 @@ constexpr double kTolF16 = 1.5e-3;
   }
 }
 
-[[maybe_unused]] float scalar_part(const PackedTensor& p, const std::string& suffix) {
-  float v;
-  std::memcpy(&v, p.part(suffix).bytes.data(), 4);
-  return v;
-}
-
-[[maybe_unused]] LutWeightView lut_view(const PackedTensor& p) {
-  const PackedPart& lt = p.part("lookup_table");
-  const PackedPart& val = p.part("sparse_val");
-  LutWeightView v;
-  v.bits = squeezellm_bits_for_lut(lt.shape[1]);
-  v.rows = p.rows;
-  v.cols = p.cols;
-  v.qweight = p.part("qweight").bytes.data();
-  v.lut_f16 = reinterpret_cast<const uint16_t*>(lt.bytes.data());
-  if (!val.bytes.empty()) {
-    v.rowptr = reinterpret_cast<const int32_t*>(p.part("sparse_rowptr").bytes.data());
-    v.col = p.part("sparse_col").bytes.data();
-    v.col_is_i16 = p.part("sparse_col").dtype == DType::I16;
-    v.val_f16 = reinterpret_cast<const uint16_t*>(val.bytes.data());
-  }
-  return v;
-}
-
-[[maybe_unused]] FgmpWeightView fgmp_view(const PackedTensor& p) {
-  FgmpWeightView v;
-  v.rows = p.rows;
-  v.cols = p.cols;
-  v.block_map = p.part("weight_block_map").bytes.data();
-  v.fp8_row_offset = reinterpret_cast<const int32_t*>(p.part("weight_fp8_row_offset").bytes.data());
-  v.fp4 = p.part("weight_fp4").bytes.data();
-  v.fp4_scale = p.part("weight_fp4_scale").bytes.data();
-  v.fp4_scale_2 = scalar_part(p, "weight_fp4_scale_2");
-  v.fp8 = p.part("weight_fp8").bytes.data();
-  v.fp8_scale = scalar_part(p, "weight_fp8_scale");
-  return v;
-}
-
 // fp64 reference y = W x for one batch row from decoded weights W [rows, cols].
 [[maybe_unused]] void dense_reference(const std::vector<float>& w, int64_t rows, int64_t cols, const float* x, float* y) {
   for (int64_t r = 0; r < rows; ++r) {
@@ -283,7 +245,7 @@ TEST(CudaGemv, Nvfp4MatchesDecodeMatmul) {
 TEST(CudaGemv, SqueezeLlmMatchesLutGemvReference) {
   MPQ_REQUIRE_GPU();
 #ifdef MPQ_HAVE_CUDA
-  auto lut_ref = [](const PackedTensor& p, const float* x, float* y) { lut_gemv_reference(lut_view(p), x, y); };
+  auto lut_ref = [](const PackedTensor& p, const float* x, float* y) { lut_gemv_reference(squeezellm_weight_view(p), x, y); };
   for (int bits : {2, 3, 4})
     for (double outlier_pct : {0.45, 0.0}) {  // with and without the CSR part
       QuantizerParams params;
@@ -306,7 +268,7 @@ TEST(CudaGemv, SqueezeLlmMatchesLutGemvReference) {
 TEST(CudaGemv, FgmpMatchesFgmpGemvReference) {
   MPQ_REQUIRE_GPU();
 #ifdef MPQ_HAVE_CUDA
-  auto fgmp_ref = [](const PackedTensor& p, const float* x, float* y) { fgmp_gemv_reference(fgmp_view(p), x, y); };
+  auto fgmp_ref = [](const PackedTensor& p, const float* x, float* y) { fgmp_gemv_reference(fgmp_weight_view(p), x, y); };
   for (double fraction : {0.0, 0.3, 1.0}) {
     FgmpParams params;
     params.fp8_fraction = fraction;

@@ -384,16 +384,9 @@ TEST(LutKernels, SqueezeLLMEncoderTensors) {
     const PackedTensor p = q.encode("w", w.data(), rows, cols);
     std::vector<float> dec(w.size());
     q.decode(p, dec.data());
-    LutWeightView v;
-    v.bits = bits;
-    v.rows = rows;
-    v.cols = cols;
-    v.qweight = p.part("qweight").bytes.data();
-    v.lut_f16 = reinterpret_cast<const uint16_t*>(p.part("lookup_table").bytes.data());
-    v.rowptr = reinterpret_cast<const int32_t*>(p.part("sparse_rowptr").bytes.data());
-    v.col = p.part("sparse_col").bytes.data();
-    v.col_is_i16 = p.part("sparse_col").dtype == DType::I16;
-    v.val_f16 = reinterpret_cast<const uint16_t*>(p.part("sparse_val").bytes.data());
+    const LutWeightView v = squeezellm_weight_view(p);
+    ASSERT_EQ(v.bits, bits);
+    ASSERT_NE(v.rowptr, nullptr);
     ASSERT_GT(v.rowptr[rows], 0);
 
     const int64_t T = 5;

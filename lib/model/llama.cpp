@@ -3,13 +3,13 @@
 #include <omp.h>
 
 #include <cmath>
-#include <cstring>
 #include <random>
 #include <string>
 
 #include "formats/packed_checkpoint.h"
 #include "formats/safetensors.h"
 #include "lib/common/error.h"
+#include "lib/quant/fgmp.h"
 #include "lib/quant/squeezellm.h"
 
 namespace mpq {
@@ -227,44 +227,11 @@ std::vector<double> rope_inv_freq(const LlamaConfig& c) {
 
 PackedLinear::PackedLinear(PackedTensor t) : tensor(std::move(t)) {
   if (is_fgmp()) {
-    auto scalar = [&](const char* suffix) {
-      const PackedPart& part = tensor.part(suffix);
-      MPQ_ASSERT(part.bytes.size() == 4);  // read_packed() checked the layout
-      float v;
-      std::memcpy(&v, part.bytes.data(), 4);
-      return v;
-    };
-    fgmp.rows = tensor.rows;
-    fgmp.cols = tensor.cols;
-    fgmp.block_map = tensor.part("weight_block_map").bytes.data();
-    fgmp.fp8_row_offset = reinterpret_cast<const int32_t*>(tensor.part("weight_fp8_row_offset").bytes.data());
-    fgmp.fp4 = tensor.part("weight_fp4").bytes.data();
-    fgmp.fp4_scale = tensor.part("weight_fp4_scale").bytes.data();
-    fgmp.fp4_scale_2 = scalar("weight_fp4_scale_2");
-    fgmp.fp8 = tensor.part("weight_fp8").bytes.data();
-    fgmp.fp8_scale = scalar("weight_fp8_scale");
+    fgmp = fgmp_weight_view(tensor);
     fgmp_check_layout(fgmp, "fgmp tensor [" + std::to_string(tensor.rows) + " x " + std::to_string(tensor.cols) + "]");
-    return;
+  } else {
+    view = squeezellm_weight_view(tensor);
   }
-  const PackedPart& qw = tensor.part("qweight");
-  const PackedPart& lt = tensor.part("lookup_table");
-  const PackedPart& rp = tensor.part("sparse_rowptr");
-  const PackedPart& col = tensor.part("sparse_col");
-  const PackedPart& val = tensor.part("sparse_val");
-  view.bits = lt.shape.size() == 2 ? squeezellm_bits_for_lut(lt.shape[1]) : 0;
-  if (view.bits == 0)
-    throw Error(ExitCode::kInput, "squeezellm lookup_table of shape " + shape_str(lt.shape) +
-                                      ": expected 4, 8 or 16 entries per row");
-  view.rows = tensor.rows;
-  view.cols = tensor.cols;
-  view.qweight = qw.bytes.data();
-  view.lut_f16 = reinterpret_cast<const uint16_t*>(lt.bytes.data());
-  // read_packed() validated the CSR part; with no entries the kernels skip it entirely.
-  const bool has_sparse = !val.bytes.empty();
-  view.rowptr = has_sparse ? reinterpret_cast<const int32_t*>(rp.bytes.data()) : nullptr;
-  view.col = has_sparse ? static_cast<const void*>(col.bytes.data()) : nullptr;
-  view.col_is_i16 = col.dtype == DType::I16;
-  view.val_f16 = has_sparse ? reinterpret_cast<const uint16_t*>(val.bytes.data()) : nullptr;
 }
 
 std::shared_ptr<const PackedLinear> make_packed_linear(PackedTensor t) {

@@ -457,4 +457,25 @@ void FgmpQuantizer::decode(const PackedTensor& p, float* out) const {
   }
 }
 
+FgmpWeightView fgmp_weight_view(const PackedTensor& p) {
+  auto scalar = [&](const char* suffix) {
+    const PackedPart& part = p.part(suffix);
+    if (part.bytes.size() != 4)
+      throw Error(ExitCode::kInput, std::string("fgmp tensor: part '") + suffix + "' holds " +
+                                        std::to_string(part.bytes.size()) + " bytes, expected one F32");
+    return load_f32_le(part.bytes.data());
+  };
+  FgmpWeightView v;
+  v.rows = p.rows;
+  v.cols = p.cols;
+  v.block_map = p.part("weight_block_map").bytes.data();
+  v.fp8_row_offset = reinterpret_cast<const int32_t*>(p.part("weight_fp8_row_offset").bytes.data());
+  v.fp4 = p.part("weight_fp4").bytes.data();
+  v.fp4_scale = p.part("weight_fp4_scale").bytes.data();
+  v.fp4_scale_2 = scalar("weight_fp4_scale_2");
+  v.fp8 = p.part("weight_fp8").bytes.data();
+  v.fp8_scale = scalar("weight_fp8_scale");
+  return v;
+}
+
 }  // namespace mpq

@@ -135,6 +135,12 @@ FgmpSelection fgmp_select_global(const std::vector<FgmpTensorScores>& tensors, d
                                  double target_bpw);
 
 /// FGMP quantizer (format name "fgmp").
+/// The kernel view (kernels/cpu/fgmp_gemv.h) of an fgmp PackedTensor as read_packed() or
+/// FgmpQuantizer::encode() give it: pointers into p's part bytes (p must outlive the view)
+/// and the two fp32 tensor scales. Throws Error(kInput) for a missing part or a tensor scale
+/// part that is not 4 bytes; the contents are checked by fgmp_check_layout(), not here.
+FgmpWeightView fgmp_weight_view(const PackedTensor& p);
+
 class FgmpQuantizer final : public Quantizer {
  public:
   /// Throws Error(kUsage) when fp8_fraction is outside [0, 1] or NaN.

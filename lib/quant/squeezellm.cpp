@@ -322,4 +322,26 @@ void SqueezeLLMQuantizer::decode(const PackedTensor& p, float* out) const {
   }
 }
 
+LutWeightView squeezellm_weight_view(const PackedTensor& p) {
+  const PackedPart& lt = p.part("lookup_table");
+  const PackedPart& col = p.part("sparse_col");
+  const PackedPart& val = p.part("sparse_val");
+  LutWeightView v;
+  v.bits = lt.shape.size() == 2 ? squeezellm_bits_for_lut(lt.shape[1]) : 0;
+  if (v.bits == 0)
+    throw Error(ExitCode::kInput, "squeezellm lookup_table of shape " + shape_str(lt.shape) +
+                                      ": expected 4, 8 or 16 entries per row");
+  v.rows = p.rows;
+  v.cols = p.cols;
+  v.qweight = p.part("qweight").bytes.data();
+  v.lut_f16 = reinterpret_cast<const uint16_t*>(lt.bytes.data());
+  // With no entries the kernels skip the CSR part entirely.
+  const bool has_sparse = !val.bytes.empty();
+  v.rowptr = has_sparse ? reinterpret_cast<const int32_t*>(p.part("sparse_rowptr").bytes.data()) : nullptr;
+  v.col = has_sparse ? static_cast<const void*>(col.bytes.data()) : nullptr;
+  v.col_is_i16 = col.dtype == DType::I16;
+  v.val_f16 = has_sparse ? reinterpret_cast<const uint16_t*>(val.bytes.data()) : nullptr;
+  return v;
+}
+
 }  // namespace mpq

@@ -51,6 +51,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/cpu/lut_gemv.h"  // LutWeightView
 #include "lib/quant/quantizer.h"
 
 namespace mpq {
@@ -63,6 +64,12 @@ inline DType squeezellm_col_dtype(int64_t cols) { return cols < 32768 ? DType::I
 
 /// Index bits for a lookup table of `entries` entries: 2, 3 or 4 for 4, 8 or 16; 0 otherwise.
 int squeezellm_bits_for_lut(int64_t entries);
+
+/// The kernel view (kernels/cpu/lut_gemv.h) of a squeezellm PackedTensor as read_packed() or
+/// SqueezeLLMQuantizer::encode() give it: pointers into p's part bytes (p must outlive the
+/// view); no CSR pointers when the sparse part is empty. Throws Error(kInput) for a missing
+/// part or a lookup table whose width is not 4, 8 or 16 entries.
+LutWeightView squeezellm_weight_view(const PackedTensor& p);
 
 /// The variable-size parts for `nnz` sparse entries: sparse_col, sparse_val (bytes empty).
 std::vector<PackedPart> squeezellm_sparse_layout(int64_t cols, int64_t nnz);
