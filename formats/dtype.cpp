@@ -2,6 +2,8 @@
 // functions, so adding a type is adding a row.
 #include "formats/dtype.h"
 
+#include <cctype>
+
 #include "lib/common/error.h"  // MPQ_ASSERT
 
 namespace mpq {
@@ -36,6 +38,12 @@ const DTypeRow& row(DType t) {
 std::size_t dtype_size(DType t) { return row(t).size; }
 
 const char* dtype_name(DType t) { return row(t).name; }
+
+std::string dtype_name_lower(DType t) {
+  std::string s = dtype_name(t);
+  for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return s;
+}
 
 std::optional<DType> parse_dtype(const std::string& name) {
   for (const DTypeRow& r : kDTypes) {

@@ -3,7 +3,6 @@
 #include <unistd.h>
 
 #include <array>
-#include <cctype>
 #include <map>
 #include <cmath>
 #include <ctime>
@@ -27,12 +26,6 @@ namespace {
 
 const char* kTokenizerFiles[] = {"tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
                                  "tokenizer.json", "generation_config.json"};
-
-std::string dtype_lower(DType t) {
-  std::string s = dtype_name(t);
-  for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  return s;
-}
 
 std::string utc_now() {
   const std::time_t t = std::time(nullptr);
@@ -208,7 +201,7 @@ PackReport pack_model(const std::string& model_dir, const std::string& out_dir, 
       rep.quantized_bytes += p.bytes();
     } else {
       writer.add(name, t.dtype, t.shape, std::vector<uint8_t>(t.data, t.data + t.nbytes));
-      rec = {name, dtype_lower(t.dtype), t.shape, t.nbytes, 8.0 * static_cast<double>(t.nbytes) / static_cast<double>(std::max<int64_t>(1, t.numel()))};
+      rec = {name, dtype_name_lower(t.dtype), t.shape, t.nbytes, 8.0 * static_cast<double>(t.nbytes) / static_cast<double>(std::max<int64_t>(1, t.numel()))};
     }
     int64_t numel = 1;
     for (auto d : rec.shape) numel *= d;

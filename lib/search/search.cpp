@@ -19,12 +19,6 @@ namespace {
 
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 
-std::string lower_dtype(DType t) {
-  std::string s = dtype_name(t);
-  for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  return s;
-}
-
 // Hutchinson traces per module from a sensitivity file's "traces" metadata (empty if none).
 std::map<std::string, double> hutchinson_traces(const TensorStore& sens, const std::string& path) {
   std::map<std::string, double> out;
@@ -117,7 +111,7 @@ std::vector<TensorCandidates> evaluate_candidates(const std::string& model_dir, 
       if (t.shape != std::vector<int64_t>{rows, cols})
         throw_input(t.file, "tensor '" + t.name + "': shape " + shape_str(t.shape) + " disagrees with config.json " +
                                 shape_str({rows, cols}));
-      tc.source_dtype = lower_dtype(t.dtype);
+      tc.source_dtype = dtype_name_lower(t.dtype);
       const std::vector<float> w = to_f32(t);
       for (std::size_t k = 0; k < w.size(); ++k)
         if (!std::isfinite(w[k]))
