@@ -10,14 +10,11 @@
 namespace mpq {
 
 std::string detect_linear_format(const TensorStore& store, const std::string& prefix) {
-  // squeezellm has no "<prefix>.weight" (its parts are qweight, lookup_table, sparse_*).
-  if (store.has(prefix + ".lookup_table")) return "squeezellm";
-  // Neither has fgmp (weight_block_map, weight_fp4, weight_fp8, ...).
-  if (store.has(prefix + ".weight_block_map")) return "fgmp";
+  // One row per layout family (the table's detectors are mutually exclusive).
+  for (const FormatInfo& f : format_table())
+    if (&layout_format(f.layout) == &f && f.detect(store, prefix)) return f.name;
   const std::string wname = prefix + ".weight";
   const TensorView& w = store.get(wname);  // throws "missing tensor"
-  if (store.has(prefix + ".weight_scale_2")) return "nvfp4";
-  if (w.dtype == DType::F8_E4M3 && store.has(prefix + ".weight_scale")) return "fp8";
   switch (w.dtype) {
     case DType::F32: return "f32";
     case DType::F16: return "f16";
@@ -48,10 +45,13 @@ PackedPart checked_store_part(const TensorStore& store, const std::string& prefi
   return PackedPart{e.suffix, e.dtype, e.shape, std::vector<uint8_t>(t.data, t.data + t.nbytes)};
 }
 
+}  // namespace
+
 // squeezellm: the bit width comes from the lookup_table's width, nnz from sparse_rowptr's
 // last entry; the CSR structure is validated here so errors name the file and tensor.
-PackedTensor read_squeezellm(const TensorStore& store, const std::string& prefix, int64_t rows,
-                             int64_t cols) {
+PackedTensor read_squeezellm_tensor(const TensorStore& store, const std::string& prefix, int64_t rows,
+                                    int64_t cols) {
+  quant_detail::check_shape(prefix, rows, cols);
   const std::string format = "squeezellm";
   const std::string lname = prefix + ".lookup_table";
   const TensorView& lt = store.get(lname);
@@ -91,8 +91,9 @@ PackedTensor read_squeezellm(const TensorStore& store, const std::string& prefix
 
 // fgmp: N8 comes from weight_fp8's first dimension, N4 = R * NB - N8 from it; the block
 // map, row offsets and scales are validated here so errors name the file and tensor.
-PackedTensor read_fgmp(const TensorStore& store, const std::string& prefix, int64_t rows,
-                       int64_t cols) {
+PackedTensor read_fgmp_tensor(const TensorStore& store, const std::string& prefix, int64_t rows,
+                              int64_t cols) {
+  quant_detail::check_shape(prefix, rows, cols);
   const std::string format = "fgmp";
   const TensorView& f8 = store.get(prefix + ".weight_fp8");
   const int64_t total = rows * ((cols + 15) / 16);
@@ -115,30 +116,26 @@ PackedTensor read_fgmp(const TensorStore& store, const std::string& prefix, int6
   return p;
 }
 
-}  // namespace
-
-PackedTensor read_packed(const TensorStore& store, const std::string& prefix,
-                         const std::string& format, int64_t rows, int64_t cols) {
-  if (format == "squeezellm") {
-    quant_detail::check_shape(prefix, rows, cols);
-    return read_squeezellm(store, prefix, rows, cols);
-  }
-  if (format == "fgmp") {
-    quant_detail::check_shape(prefix, rows, cols);
-    return read_fgmp(store, prefix, rows, cols);
-  }
-  const Quantizer& q = quantizer_for(format);
+PackedTensor read_layout_tensor(const TensorStore& store, const std::string& prefix, const Quantizer& q,
+                                int64_t rows, int64_t cols) {
   // The expected part names, dtypes and shapes come from the quantizer's layout(), the one
   // source of truth that encode() also builds from. Checking the shape first keeps an
   // invalid one reported as "<prefix>: invalid shape [rows, cols]" (layout() names the format).
   quant_detail::check_shape(prefix, rows, cols);
   PackedTensor p;
-  p.format = format;
+  p.format = q.info().name;
   p.rows = rows;
   p.cols = cols;
   for (const PackedPart& e : q.layout(rows, cols))
-    p.parts.push_back(checked_store_part(store, prefix, e, format, rows, cols));
+    p.parts.push_back(checked_store_part(store, prefix, e, p.format, rows, cols));
   return p;
+}
+
+PackedTensor read_packed(const TensorStore& store, const std::string& prefix,
+                         const std::string& format, int64_t rows, int64_t cols) {
+  const FormatInfo* f = find_format(format);
+  if (!f) quantizer_for(format);  // throws the usage error listing the known names
+  return f->read(store, prefix, rows, cols);
 }
 
 std::vector<float> read_linear_f32(const TensorStore& store, const std::string& prefix,
@@ -157,7 +154,7 @@ std::vector<float> read_linear_f32(const TensorStore& store, const std::string& 
   const PackedTensor p = read_packed(store, prefix, fmt, rows, cols);
   if (stored_bytes) *stored_bytes = p.bytes();
   std::vector<float> out(static_cast<std::size_t>(rows * cols));
-  quantizer_for(fmt).decode(p, out.data());
+  find_format(fmt)->decoder().decode(p, out.data());
   return out;
 }
 

@@ -43,6 +43,17 @@ std::vector<float> read_linear_f32(const TensorStore& store, const std::string& 
                                    int64_t rows, int64_t cols, std::string* format = nullptr,
                                    std::size_t* stored_bytes = nullptr);
 
+/// The readers behind the format table's FormatInfo::read (use read_packed()):
+/// a layout-only format (fp8, nvfp4) whose parts are exactly q.layout(rows, cols);
+PackedTensor read_layout_tensor(const TensorStore& store, const std::string& prefix,
+                                const Quantizer& q, int64_t rows, int64_t cols);
+/// squeezellm (bits from the lookup table, nnz from the row pointer, CSR validated);
+PackedTensor read_squeezellm_tensor(const TensorStore& store, const std::string& prefix,
+                                    int64_t rows, int64_t cols);
+/// fgmp (N8 from weight_fp8, contents validated by fgmp_check()).
+PackedTensor read_fgmp_tensor(const TensorStore& store, const std::string& prefix, int64_t rows,
+                              int64_t cols);
+
 /// Adds every part of `p` to `w` as "<prefix>.<suffix>".
 void add_packed(SafetensorsWriter& w, const std::string& prefix, const PackedTensor& p);
 
