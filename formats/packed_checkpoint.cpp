@@ -1,6 +1,9 @@
 #include "formats/packed_checkpoint.h"
 
 #include <algorithm>
+#include <cmath>
+#include <limits>
+#include <regex>
 
 #include "lib/common/error.h"
 #include "lib/quant/fgmp.h"
@@ -129,6 +132,167 @@ PackedTensor read_layout_tensor(const TensorStore& store, const std::string& pre
   for (const PackedPart& e : q.layout(rows, cols))
     p.parts.push_back(checked_store_part(store, prefix, e, p.format, rows, cols));
   return p;
+}
+
+PackedTensor read_nvfp4_tensor(const TensorStore& store, const std::string& prefix, int64_t rows, int64_t cols) {
+  const Quantizer& q = quantizer_for("nvfp4");
+  if (!store.has(prefix + ".weight_packed")) return read_layout_tensor(store, prefix, q, rows, cols);
+  // compressed-tensors nvfp4-pack-quantized: the same bytes under other names, and the global
+  // scale as a divisor: weight_scale_2 = 1 / weight_global_scale (converters/modelopt_nvfp4.py).
+  quant_detail::check_shape(prefix, rows, cols);
+  std::vector<PackedPart> lay = q.layout(rows, cols);
+  PackedTensor p;
+  p.format = "nvfp4";
+  p.rows = rows;
+  p.cols = cols;
+  PackedPart w = lay[0];
+  w.suffix = "weight_packed";
+  p.parts.push_back(checked_store_part(store, prefix, w, p.format, rows, cols));
+  p.parts.back().suffix = "weight";
+  p.parts.push_back(checked_store_part(store, prefix, lay[1], p.format, rows, cols));
+  PackedPart g = lay[2];
+  g.suffix = "weight_global_scale";
+  PackedPart gs = checked_store_part(store, prefix, g, p.format, rows, cols);
+  const float v = quant_detail::load_f32_le(gs.bytes.data());
+  if (!std::isfinite(v) || !(v > 0.0f)) {
+    const TensorView& t = store.get(prefix + ".weight_global_scale");
+    throw_input(t.file, "tensor '" + t.name + "': " + std::to_string(v) + ", expected a finite value > 0");
+  }
+  gs.suffix = "weight_scale_2";
+  quant_detail::store_f32_le(1.0f / v, gs.bytes.data());
+  p.parts.push_back(std::move(gs));
+  return p;
+}
+
+PackedTensor read_fp8_tensor(const TensorStore& store, const std::string& prefix, int64_t rows, int64_t cols) {
+  const Quantizer& q = quantizer_for("fp8");
+  const TensorView& s = store.get(prefix + ".weight_scale");
+  if (s.numel() == 1) return read_layout_tensor(store, prefix, q, rows, cols);
+  // A per-output-channel scale, [rows] (ModelOpt FP8_PER_CHANNEL_PER_TOKEN) or [rows, 1]
+  // (compressed-tensors channel strategy): mpq's fp8 has one scale per tensor, so every row's
+  // scale must be the same (what mpq's exports write).
+  if (s.dtype != DType::F32 || !(s.shape == std::vector<int64_t>{rows} || s.shape == std::vector<int64_t>{rows, 1}))
+    throw_input(s.file, "tensor '" + s.name + "': " + dtype_name(s.dtype) + " " + shape_str(s.shape) + ", expected F32 [], [1], [" +
+                            std::to_string(rows) + "] or [" + std::to_string(rows) + ", 1] for fp8");
+  const std::vector<float> v = to_f32(s);
+  for (std::size_t r = 1; r < v.size(); ++r)
+    if (v[r] != v[0])
+      throw_input(s.file, "tensor '" + s.name + "': row " + std::to_string(r) + " has scale " + std::to_string(v[r]) +
+                              ", row 0 " + std::to_string(v[0]) +
+                              ": per-channel FP8 scales are not supported (mpq's fp8 has one scale per tensor)");
+  std::vector<PackedPart> lay = q.layout(rows, cols);
+  PackedTensor p;
+  p.format = "fp8";
+  p.rows = rows;
+  p.cols = cols;
+  p.parts.push_back(checked_store_part(store, prefix, lay[0], p.format, rows, cols));
+  PackedPart sc = lay[1];
+  sc.bytes.resize(4);
+  quant_detail::store_f32_le(v[0], sc.bytes.data());
+  p.parts.push_back(std::move(sc));
+  return p;
+}
+
+float read_input_scale(const TensorStore& store, const std::string& prefix) {
+  for (const char* suffix : {"input_scale", "input_global_scale"}) {
+    const std::string name = prefix + "." + suffix;
+    if (!store.has(name)) continue;
+    const TensorView& t = store.get(name);
+    if (t.numel() != 1 || (t.dtype != DType::F32 && t.dtype != DType::F16 && t.dtype != DType::BF16))
+      throw_input(t.file, "tensor '" + name + "': " + dtype_name(t.dtype) + " " + shape_str(t.shape) +
+                              ", expected a float scalar ([] or [1])");
+    const float v = to_f32(t)[0];
+    if (!std::isfinite(v) || !(v > 0.0f))
+      throw_input(t.file, "tensor '" + name + "': " + std::to_string(v) + ", expected a finite value > 0");
+    // compressed-tensors' nvfp4 input_global_scale is a divisor (1 / ModelOpt's input_scale).
+    return std::string(suffix) == "input_global_scale" ? 1.0f / v : v;
+  }
+  return std::numeric_limits<float>::quiet_NaN();
+}
+
+namespace {
+
+// A string field of a JSON object, "" when absent or not a string.
+std::string str_field(const nlohmann::json& j, const char* key) {
+  auto it = j.find(key);
+  return it != j.end() && it->is_string() ? it->get<std::string>() : std::string();
+}
+
+// A field of a JSON object, null when absent.
+nlohmann::json field(const nlohmann::json& j, const char* key) {
+  auto it = j.find(key);
+  return it != j.end() ? *it : nlohmann::json();
+}
+
+bool listed(const nlohmann::json& list, const std::string& module) {
+  if (!list.is_array()) return false;
+  for (const auto& e : list) {
+    if (!e.is_string()) continue;
+    const std::string s = e.get<std::string>();
+    if (s.rfind("re:", 0) == 0) {
+      try {
+        if (std::regex_match(module, std::regex(s.substr(3)))) return true;
+      } catch (const std::regex_error&) {
+      }
+    } else if (s == module) {
+      return true;
+    }
+  }
+  return false;
+}
+
+}  // namespace
+
+ActQuantMode declared_activation(const nlohmann::json& qc, const std::string& module, const std::string& file,
+                                 bool* dynamic) {
+  *dynamic = false;
+  if (!qc.is_object()) return ActQuantMode::kNone;
+  const std::string method = str_field(qc, "quant_method");
+  if (method.rfind("modelopt", 0) == 0) {
+    if (listed(field(qc, "ignore"), module)) return ActQuantMode::kNone;
+    std::string algo = str_field(qc, "quant_algo");
+    if (algo == "MIXED_PRECISION") {
+      const nlohmann::json layers = field(qc, "quantized_layers");
+      if (!layers.is_object() || !layers.contains(module)) return ActQuantMode::kNone;
+      algo = layers[module].is_object() ? str_field(layers[module], "quant_algo") : std::string();
+    }
+    if (algo == "NVFP4") return ActQuantMode::kNvfp4;
+    if (algo == "FP8") return ActQuantMode::kFp8;
+    if (algo == "FP8_PER_CHANNEL_PER_TOKEN") {
+      *dynamic = true;
+      return ActQuantMode::kFp8;
+    }
+    if (algo == "W4A16_NVFP4") return ActQuantMode::kNone;
+    throw_input(file, "quantization_config.quant_algo: '" + algo + "' for " + module +
+                          " is not one mpq emulates (NVFP4, W4A16_NVFP4, FP8, FP8_PER_CHANNEL_PER_TOKEN, MIXED_PRECISION)");
+  }
+  if (method == "compressed-tensors") {
+    if (listed(field(qc, "ignore"), module)) return ActQuantMode::kNone;
+    const nlohmann::json groups = field(qc, "config_groups");
+    if (!groups.is_object()) return ActQuantMode::kNone;
+    for (const auto& [name, g] : groups.items()) {
+      if (!g.is_object()) continue;
+      const nlohmann::json targets = field(g, "targets");
+      bool match = listed(targets, module);
+      if (targets.is_array())
+        for (const auto& t : targets) match = match || (t.is_string() && t.get<std::string>() == "Linear");
+      if (!match) continue;
+      const nlohmann::json a = field(g, "input_activations");
+      if (!a.is_object()) return ActQuantMode::kNone;
+      const nlohmann::json nb = field(a, "num_bits");
+      const int bits = nb.is_number_integer() ? nb.get<int>() : 0;
+      const nlohmann::json dyn = field(a, "dynamic");
+      if (bits == 4) return ActQuantMode::kNvfp4;
+      if (bits == 8) {
+        *dynamic = dyn.is_boolean() && dyn.get<bool>();
+        return ActQuantMode::kFp8;
+      }
+      throw_input(file, "quantization_config.config_groups." + name + ".input_activations.num_bits: " +
+                            std::to_string(bits) + " is not one mpq emulates (4: NVFP4, 8: FP8)");
+    }
+    return ActQuantMode::kNone;
+  }
+  return ActQuantMode::kNone;
 }
 
 PackedTensor read_packed(const TensorStore& store, const std::string& prefix,

@@ -210,7 +210,8 @@ TEST(SearchTool, PackPlanRoundTrip) {
   std::ifstream pj(plan), mj(out + "/mixed/mpq_manifest.json"), cj(out + "/mixed/config.json");
   const nlohmann::json p = nlohmann::json::parse(pj), m = nlohmann::json::parse(mj), c = nlohmann::json::parse(cj);
   const auto& qc = c["quantization_config"];
-  EXPECT_EQ(qc["quant_algo"], "MIXED_PRECISION");
+  EXPECT_EQ(qc["quant_method"], "mpq");  // squeezellm / fgmp entries: mpq-native
+  EXPECT_EQ(qc["format"], "mixed");
   double quantized_bytes = 0;
   for (const auto& [module, e] : p["tensors"].items()) {
     if (e["candidate"] == "source") {  // kept as stored, listed as excluded

@@ -42,6 +42,10 @@ PackedTensor Quantizer::encode_weighted(const std::string& name, const float* w,
   return encode(name, w, rows, cols);
 }
 
+PackedTensor Quantizer::encode_with_amax(const std::string&, const float*, int64_t, int64_t, float) const {
+  throw Error(ExitCode::kUsage, std::string(info().name) + ": no per-tensor scale to share (only fp8 and nvfp4 have one)");
+}
+
 namespace {
 
 // ---- Label grammar of each row (parse), quantizer factories (make), recorded params ----
@@ -108,9 +112,7 @@ const std::vector<FormatInfo>& format_table() {
          return st.has(p + ".weight") && st.get(p + ".weight").dtype == DType::F8_E4M3 &&
                 has_part(st, p, "weight_scale") && !has_part(st, p, "weight_scale_2");
        },
-       [](const TensorStore& st, const std::string& p, int64_t r, int64_t c) {
-         return read_layout_tensor(st, p, quantizer_for("fp8"), r, c);
-       },
+       read_fp8_tensor,
        []() -> const Quantizer& { return quantizer_for("fp8"); }},
       {"nvfp4", FormatId::kNvfp4, "NVFP4", 4.5, kNvfp4BlockSize,
        "E2M1 weights, E4M3 scale per 16-element block, fp32 scale per tensor (ModelOpt NVFP4)", "nvfp4",
@@ -118,10 +120,10 @@ const std::vector<FormatInfo>& format_table() {
        [](const std::string& l, FormatSpec*) { return parse_plain("nvfp4", l); },
        [](const FormatSpec&) -> std::unique_ptr<Quantizer> { return std::make_unique<Nvfp4Quantizer>(); },
        no_params,
-       [](const TensorStore& st, const std::string& p) { return has_part(st, p, "weight_scale_2"); },
-       [](const TensorStore& st, const std::string& p, int64_t r, int64_t c) {
-         return read_layout_tensor(st, p, quantizer_for("nvfp4"), r, c);
+       [](const TensorStore& st, const std::string& p) {  // ModelOpt or compressed-tensors names
+         return has_part(st, p, "weight_scale_2") || (has_part(st, p, "weight_packed") && has_part(st, p, "weight_global_scale"));
        },
+       read_nvfp4_tensor,
        []() -> const Quantizer& { return quantizer_for("nvfp4"); }},
       // SqueezeLLM at 4 bits on a 4096-wide layer (lib/quant/squeezellm.h): 4 index bits
       // + 16 fp16 LUT entries per row (16*16/4096 = 0.0625) + the I32 row pointer

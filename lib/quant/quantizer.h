@@ -124,6 +124,16 @@ class Quantizer {
   /// sensitivity is negative, NaN or Inf.
   virtual PackedTensor encode_weighted(const std::string& name, const float* w,
                                        const float* fisher, int64_t rows, int64_t cols) const;
+  /// Tensor-scale formats (fp8, nvfp4): encode() with the per-tensor scale computed from
+  /// `tensor_amax` instead of w's own amax, so that the shards of a fused engine layer
+  /// (q/k/v -> qkv_proj, gate/up -> gate_up_proj) share one scale, as vLLM requires (it
+  /// dequantizes a fused NVFP4 layer with the max of the shards' weight_scale_2 and
+  /// requantizes FP8 shards to the max weight_scale; docs/formats.md "Engine exports").
+  /// Block scales (nvfp4) are computed against that shared scale. Throws as encode() does,
+  /// Error(kInternal) when tensor_amax is not finite or below amax(|w|), and Error(kUsage)
+  /// for the other formats.
+  virtual PackedTensor encode_with_amax(const std::string& name, const float* w, int64_t rows,
+                                        int64_t cols, float tensor_amax) const;
   /// Expands a packed tensor back to fp32 rows x cols (the logical shape).
   /// Throws Error(kInput) if a part is missing or has the wrong dtype/shape.
   virtual void decode(const PackedTensor& p, float* out) const = 0;
