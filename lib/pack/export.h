@@ -132,7 +132,8 @@ nlohmann::json export_hf_quant_config(const ExportPlan& plan);
 struct EngineVerdict {
   std::string engine;   ///< "vLLM (modelopt)", "vLLM (compressed-tensors)", "TensorRT-LLM", "transformers"
   bool loads = false;
-  std::string reason;   ///< why not, or notes (kernel constraints) when it loads
+  std::string reason;               ///< why not ("" when it loads)
+  std::vector<std::string> notes;   ///< version requirements and kernel constraints when it loads
 };
 
 /// Which engines can load the folder `model_dir` and why not, from its config.json and tensors,
