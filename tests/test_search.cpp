@@ -5,6 +5,7 @@
 
 #include <array>
 #include <cmath>
+#include <filesystem>
 #include <fstream>
 #include <set>
 #include <random>
@@ -345,6 +346,18 @@ TEST(SearchTool, EngineExportPlansAreServable) {
     if (exp == "modelopt") EXPECT_EQ(qc["quant_algo"], "MIXED_PRECISION");
     else EXPECT_EQ(qc["format"], "mixed-precision");
   }
+  // A plan that splits a fused layer between formats: exit 3 naming the plan and the module,
+  // nothing written.
+  nlohmann::json bad = nlohmann::json::parse(std::ifstream(out + "/plan-compressed-tensors.json"));
+  bad["tensors"]["model.layers.0.self_attn.q_proj"]["candidate"] = "fp8";
+  bad["tensors"]["model.layers.0.self_attn.k_proj"]["candidate"] = "nvfp4";
+  test::write_text(out + "/split.json", bad.dump());
+  std::string sout;
+  EXPECT_EQ(test::run_command(test::tool_path("mpq-pack") + " -q --model " + fx.dir + " --plan " + out +
+                                  "/split.json --out " + out + "/split 2>&1", &sout), 3) << sout;
+  EXPECT_NE(sout.find(out + "/split.json: model.layers.0.self_attn.k_proj is nvfp4 but model.layers.0.self_attn.q_proj is fp8"),
+            std::string::npos) << sout;
+  EXPECT_FALSE(std::filesystem::exists(out + "/split"));
   // Candidates an engine cannot load are refused up front when asked for by name.
   ToolRun r = test::run_tool(test::tool_path("mpq-search") + " -q --model " + fx.dir + " --sensitivity " + fx.sens +
                              " --export modelopt --formats squeezellm-3bit,nvfp4 --target-bpw 6 --out " + out + "/x.json 2>&1");
