@@ -36,10 +36,6 @@ const std::vector<std::vector<int>>& fused_index_groups() {
   return g;
 }
 
-unsigned export_bit(ExportKind k) {
-  return k == ExportKind::kModelOpt ? kExportModelOpt : k == ExportKind::kCompressedTensors ? kExportCompressedTensors : 0u;
-}
-
 PackedPart f32_part(const std::string& suffix, std::vector<int64_t> shape, const std::vector<float>& v) {
   PackedPart p{suffix, DType::F32, std::move(shape), std::vector<uint8_t>(4 * v.size())};
   for (std::size_t i = 0; i < v.size(); ++i) quant_detail::store_f32_le(v[i], p.bytes.data() + 4 * i);
@@ -68,7 +64,7 @@ ExportPlan resolve_kind(const LlamaConfig& cfg, const std::map<std::string, cons
       ExportModule em;
       em.format = it->second;
       if (engine && em.format) {
-        if (!(em.format->exports & export_bit(kind)))
+        if (!(em.format->exports & export_mask(kind)))
           throw Error(ExitCode::kUsage, std::string("--export ") + export_name(kind) + " cannot express " + m + " in " +
                                             em.format->name + " (" + em.format->export_note + "); use --export mpq");
         const int64_t cols = linear_shape(cfg, i)[1];
@@ -127,6 +123,10 @@ int linear_index(const std::string& module) {
 }
 
 }  // namespace
+
+unsigned export_mask(ExportKind k) {
+  return k == ExportKind::kModelOpt ? kExportModelOpt : k == ExportKind::kCompressedTensors ? kExportCompressedTensors : 0u;
+}
 
 const char* export_name(ExportKind k) {
   switch (k) {

@@ -49,6 +49,9 @@ enum class ExportKind {
   kCompressedTensors,  ///< compressed-tensors (llm-compressor; vLLM "compressed-tensors")
 };
 
+/// The FormatInfo::exports bit of an engine export (0 for kMpq and kAuto).
+unsigned export_mask(ExportKind k);
+
 /// "auto", "mpq", "modelopt", "compressed-tensors"; parse throws Error(kUsage) otherwise.
 const char* export_name(ExportKind k);
 ExportKind parse_export(const std::string& name);

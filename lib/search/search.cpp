@@ -117,8 +117,7 @@ std::vector<TensorCandidates> evaluate_candidates(const std::string& model_dir, 
 
 bool export_allows(ExportKind kind, const CandidateSpec& spec, int64_t cols) {
   if (kind == ExportKind::kMpq || spec.is_source()) return true;
-  const unsigned bit = kind == ExportKind::kModelOpt ? kExportModelOpt : kExportCompressedTensors;
-  if (!(spec.info->exports & bit)) return false;
+  if (!(spec.info->exports & export_mask(kind))) return false;
   return !(spec.info->layout == FormatId::kNvfp4 && cols % kNvfp4BlockSize != 0);
 }
 

@@ -79,7 +79,7 @@ int main(int argc, char** argv) {
     opt.target_export = parse_export(target_export);
     for (const auto& l : formats.empty() ? default_candidate_labels() : split_commas(formats)) {
       CandidateSpec s = parse_format_label(l);
-      if (opt.target_export != ExportKind::kMpq && !s.is_source() && !(s.info->exports & (opt.target_export == ExportKind::kModelOpt ? kExportModelOpt : kExportCompressedTensors))) {
+      if (opt.target_export != ExportKind::kMpq && !s.is_source() && !(s.info->exports & export_mask(opt.target_export))) {
         if (!formats.empty())
           throw Error(ExitCode::kUsage, "--formats " + l + ": --export " + target_export + " cannot express " +
                                             s.format + " (" + s.info->export_note + ")");
