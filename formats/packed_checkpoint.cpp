@@ -7,6 +7,7 @@
 
 #include "lib/common/error.h"
 #include "lib/quant/fgmp.h"
+#include "lib/quant/intg.h"
 #include "lib/quant/quant_common.h"
 #include "lib/quant/squeezellm.h"
 
@@ -117,6 +118,29 @@ PackedTensor read_fgmp_tensor(const TensorStore& store, const std::string& prefi
     throw_input(t.file, "tensor '" + t.name + "': " + msg);
   }
   return p;
+}
+
+PackedTensor read_int_tensor(const TensorStore& store, const std::string& prefix, int64_t rows, int64_t cols) {
+  quant_detail::check_shape(prefix, rows, cols);
+  // The geometry (bits, group size) comes from the stored shapes; the parts are then checked
+  // against that layout, and the values by the decoder at load.
+  PackedTensor probe;
+  probe.format = "int";
+  probe.rows = rows;
+  probe.cols = cols;
+  for (const char* suffix : {"qweight", "scales", "zeros"}) {
+    const TensorView& t = store.get(prefix + "." + suffix);
+    probe.parts.push_back(PackedPart{suffix, t.dtype, t.shape, {}});
+  }
+  int bits = 0;
+  int64_t g = 0;
+  try {
+    int_tensor_geometry(probe, &bits, &g);
+  } catch (const Error& e) {
+    throw_input(store.get(prefix + ".qweight").file, "module '" + prefix + "': " + e.what());
+  }
+  const IntGroupQuantizer q(bits, probe.parts[1].shape[1] == 1 ? 0 : g);
+  return read_layout_tensor(store, prefix, q, rows, cols);
 }
 
 PackedTensor read_layout_tensor(const TensorStore& store, const std::string& prefix, const Quantizer& q,

@@ -87,6 +87,10 @@ float read_input_scale(const TensorStore& store, const std::string& prefix);
 ActQuantMode declared_activation(const nlohmann::json& qc, const std::string& module, const std::string& file,
                                  bool* dynamic);
 
+/// int (lib/quant/intg.h: bits from the qweight width, group size from the scales width).
+PackedTensor read_int_tensor(const TensorStore& store, const std::string& prefix, int64_t rows,
+                             int64_t cols);
+
 /// Adds every part of `p` to `w` as "<prefix>.<suffix>".
 void add_packed(SafetensorsWriter& w, const std::string& prefix, const PackedTensor& p);
 

@@ -114,7 +114,9 @@ std::string expect_error(F&& f, ExitCode code) {
 
 TEST(Quant, FormatTable) {
   const std::vector<FormatInfo>& t = format_table();
-  ASSERT_EQ(t.size(), 5u);
+  ASSERT_EQ(t.size(), 6u);
+  EXPECT_STREQ(t[5].name, "int");
+  EXPECT_EQ(t[5].layout, FormatId::kInt);
   EXPECT_STREQ(t[2].name, "squeezellm");
   EXPECT_STREQ(t[3].name, "uniform");
   EXPECT_STREQ(t[4].name, "fgmp");
@@ -137,15 +139,18 @@ TEST(Quant, FormatTable) {
 }
 
 TEST(Quant, UnknownFormatIsUsageError) {
-  const std::string msg = expect_error([] { quantizer_for("int3"); }, ExitCode::kUsage);
-  EXPECT_EQ(msg, "unknown format 'int3' (expected source | fp8 | nvfp4 | squeezellm[-<2|3|4>bit][-sparse] | "
-                 "uniform[-<2|3|4>bit] | fgmp[-<0..100>])");
+  const std::string msg = expect_error([] { quantizer_for("int5"); }, ExitCode::kUsage);
+  EXPECT_EQ(msg, "unknown format 'int5' (expected source | fp8 | nvfp4 | squeezellm[-<2|3|4>bit][-sparse] | "
+                 "uniform[-<2|3|4>bit] | fgmp[-<0..100>] | int<2|3|4|8>[-g<16|32|64|128>])");
+  // A valid label that is not a row name is refused by the name-based lookup.
+  expect_error([] { quantizer_for("int3"); }, ExitCode::kUsage);
 }
 
 TEST(Quant, OneLabelGrammarForEveryRow) {
   // Every row's bare name parses to that row, with the row's quantizer.
   for (const FormatInfo& f : format_table()) {
-    const FormatSpec s = parse_format_label(f.name);
+    const std::string label = f.layout == FormatId::kInt ? "int4" : f.name;  // "int" needs its bits
+    const FormatSpec s = parse_format_label(label);
     EXPECT_EQ(s.info, &f) << f.name;
     EXPECT_EQ(s.format, f.name);
     const std::unique_ptr<Quantizer> q = make_quantizer(s);
@@ -153,6 +158,13 @@ TEST(Quant, OneLabelGrammarForEveryRow) {
     EXPECT_EQ(&q->info(), &f) << f.name;
     // The detector of the row's layout family recognizes what its quantizer writes (below).
     EXPECT_EQ(&layout_format(f.layout), find_format(f.layout == FormatId::kSqueezeLLM ? "squeezellm" : f.name));
+  }
+  {
+    const FormatSpec i = parse_format_label("int3-g32");
+    EXPECT_EQ(i.params.bits, 3);
+    EXPECT_EQ(i.params.group_size, 32);
+    EXPECT_EQ(parse_format_label("int8").params.group_size, 0);
+    for (const char* bad : {"int", "int5", "int4-g24", "int4-g"}) EXPECT_THROW(parse_format_label(bad), Error) << bad;
   }
   EXPECT_TRUE(parse_format_label("source").is_source());
   EXPECT_EQ(make_quantizer(parse_format_label("source")), nullptr);
@@ -166,7 +178,7 @@ TEST(Quant, OneLabelGrammarForEveryRow) {
   EXPECT_TRUE(format_params_json(parse_format_label("nvfp4")).empty());
   // Only fp8 and nvfp4 are expressible in the engine exports.
   for (const FormatInfo& f : format_table()) {
-    const bool engine = f.layout == FormatId::kFp8 || f.layout == FormatId::kNvfp4;
+    const bool engine = f.layout == FormatId::kFp8 || f.layout == FormatId::kNvfp4;  // int: not yet
     EXPECT_EQ(f.exports != 0, engine) << f.name;
     EXPECT_EQ(std::string(f.export_note).empty(), engine) << f.name;
   }

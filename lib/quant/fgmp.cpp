@@ -180,11 +180,6 @@ PackedTensor assemble(const Analysis& a, const float* w, int64_t rows, int64_t c
   return out;
 }
 
-int32_t load_i32_le(const uint8_t* p) {
-  return static_cast<int32_t>(static_cast<uint32_t>(p[0]) | static_cast<uint32_t>(p[1]) << 8 |
-                              static_cast<uint32_t>(p[2]) << 16 | static_cast<uint32_t>(p[3]) << 24);
-}
-
 }  // namespace
 
 const char* fgmp_selection_name(FgmpParams::Selection s) {

@@ -53,6 +53,28 @@ uint64_t splitmix64_next(uint64_t& state);
 /// The format_table() row named `format` (Quantizer::info()); aborts if absent (a bug).
 const FormatInfo& format_info(const char* format);
 
+/// Little-endian 16- and 32-bit integers (the packed parts' element encoding).
+void store_u16_le(uint16_t v, uint8_t* dst);
+uint16_t load_u16_le(const uint8_t* src);
+void store_i32_le(int32_t v, uint8_t* dst);
+int32_t load_i32_le(const uint8_t* src);
+
+/// Code j of a row packed as a little-endian bitstream of `bits`-bit codes, LSB first (code j
+/// at bits [j*bits, j*bits + bits); squeezellm's and int's qweight): ORs `code` in at `row`
+/// (which starts zeroed), and reads it back.
+inline void pack_code(uint8_t* row, int64_t j, int bits, uint32_t code) {
+  const int64_t bit = j * bits;
+  const uint32_t v = code << (bit & 7);
+  row[bit >> 3] |= static_cast<uint8_t>(v);
+  if ((bit & 7) + bits > 8) row[(bit >> 3) + 1] |= static_cast<uint8_t>(v >> 8);
+}
+inline uint32_t unpack_code(const uint8_t* row, int64_t j, int bits) {
+  const int64_t bit = j * bits;
+  uint32_t v = row[bit >> 3];
+  if ((bit & 7) + bits > 8) v |= static_cast<uint32_t>(row[(bit >> 3) + 1]) << 8;
+  return (v >> (bit & 7)) & ((1u << bits) - 1u);
+}
+
 /// Writes v as 4 little-endian bytes to dst.
 void store_f32_le(float v, uint8_t* dst);
 

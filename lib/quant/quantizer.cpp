@@ -8,6 +8,7 @@
 #include "lib/common/error.h"
 #include "lib/quant/fgmp.h"
 #include "lib/quant/fp8.h"
+#include "lib/quant/intg.h"
 #include "lib/quant/nvfp4.h"
 #include "lib/quant/quant_common.h"
 #include "lib/quant/squeezellm.h"
@@ -80,6 +81,18 @@ bool parse_fgmp(const std::string& label, FormatSpec* spec) {
     if (p > 100) return false;
     spec->fgmp.fp8_fraction = p / 100.0;
   }
+  return true;
+}
+
+// int<b>[-g<G>]
+bool parse_int(const std::string& label, FormatSpec* spec) {
+  static const std::regex re("int([2348])(-g(16|32|64|128))?");
+  std::smatch m;
+  if (!std::regex_match(label, m, re)) return false;
+  spec->params = QuantizerParams{};
+  spec->params.bits = std::stoi(m[1]);
+  spec->params.group_size = m[2].matched ? std::stoll(m[3]) : 0;
+  spec->params.outlier_pct = spec->params.sensitive_pct = 0.0;
   return true;
 }
 
@@ -172,6 +185,21 @@ const std::vector<FormatInfo>& format_table() {
        [](const TensorStore& st, const std::string& p) { return has_part(st, p, "weight_block_map"); },
        read_fgmp_tensor,
        []() -> const Quantizer& { return quantizer_for("fgmp"); }},
+      // int4-g128 on a 4096-wide layer (lib/quant/intg.h): 4 + (16 + 8) / 128 = 4.19;
+      // int4 (per row) 4.006, int4-g32 4.75.
+      {"int", FormatId::kInt, "INT", 4.0 + 24.0 / 128.0, 0,
+       "group-wise integer (GPTQ's asymmetric grid): b-bit codes, fp16 scale and integer zero per "
+       "group of G inputs (int<b> = one group per row), b = 2, 3, 4, 8",
+       "int<2|3|4|8>[-g<16|32|64|128>]", 0,
+       "mpq's int layout (U8 bitstream codes, U8 zeros); compressed-tensors pack-quantized export not written yet",
+       parse_int,
+       [](const FormatSpec& s) -> std::unique_ptr<Quantizer> {
+         return std::make_unique<IntGroupQuantizer>(s.params.bits, s.params.group_size);
+       },
+       [](const FormatSpec& s) -> nlohmann::json { return {{"bits", s.params.bits}, {"group_size", s.params.group_size}}; },
+       [](const TensorStore& st, const std::string& p) { return has_part(st, p, "zeros") && has_part(st, p, "scales"); },
+       read_int_tensor,
+       []() -> const Quantizer& { return quantizer_for("int"); }},
   };
   return table;
 }
@@ -223,6 +251,7 @@ const Quantizer& quantizer_for(const std::string& format) {
   static const SqueezeLLMQuantizer squeezellm(4, 0.45, 0.05);
   static const SqueezeLLMQuantizer uniform(4, 0.0, 0.0, SqueezeLLMQuantizer::Grid::kUniform);
   static const FgmpQuantizer fgmp;
+  static const IntGroupQuantizer intg(4, 0);
   const FormatInfo* f = find_format(format);
   if (!f) parse_format_label(format);  // throws the usage error listing the forms
   if (!f) throw Error(ExitCode::kUsage, "quantizer_for: '" + format + "' is a label, not a format name");
@@ -231,6 +260,7 @@ const Quantizer& quantizer_for(const std::string& format) {
     case FormatId::kNvfp4: return nvfp4;
     case FormatId::kSqueezeLLM: return format == "uniform" ? static_cast<const Quantizer&>(uniform) : squeezellm;
     case FormatId::kFgmp: return fgmp;
+    case FormatId::kInt: return intg;
   }
   MPQ_ASSERT(!"unhandled FormatId");
   std::abort();
@@ -239,7 +269,9 @@ const Quantizer& quantizer_for(const std::string& format) {
 std::unique_ptr<Quantizer> make_quantizer(const std::string& format, const QuantizerParams& params) {
   const FormatInfo* f = find_format(format);
   if (!f) quantizer_for(format);  // throws the usage error listing the known forms
-  FormatSpec spec = parse_format_label(format);
+  FormatSpec spec;
+  spec.label = spec.format = format;
+  spec.info = f;
   spec.params = params;
   return f->make(spec);
 }

@@ -48,11 +48,12 @@ struct QuantizerParams {
   int bits = 4;                 ///< index bits: 2, 3 or 4 (lookup table of 2^bits entries)
   double outlier_pct = 0.45;    ///< percent of weights, largest |w|, kept sparse in fp16
   double sensitive_pct = 0.05;  ///< percent of weights, largest Fisher, kept sparse (needs Fisher)
+  int64_t group_size = 0;       ///< int: columns per group (0 = one group per row)
 };
 
 /// The on-disk layout family of a quantized linear. Several table rows may share one
 /// (squeezellm and uniform are two fitting methods of the SqueezeLLM LUT + CSR layout).
-enum class FormatId { kFp8, kNvfp4, kSqueezeLLM, kFgmp };
+enum class FormatId { kFp8, kNvfp4, kSqueezeLLM, kFgmp, kInt };
 
 /// Checkpoint exports beside mpq's own layout (mpq-pack --export; lib/pack/export.h).
 /// A row's FormatInfo::exports is the set of exports that can express the format.
@@ -102,7 +103,7 @@ struct FormatSpec {
   std::string label;              ///< as written, e.g. "squeezellm-3bit-sparse"
   std::string format;             ///< the row's name, or "source"
   const FormatInfo* info = nullptr;
-  QuantizerParams params;         ///< squeezellm / uniform
+  QuantizerParams params;         ///< squeezellm / uniform / int (bits; group_size)
   FgmpParams fgmp;                ///< fgmp: a per-tensor FP8 fraction (no global threshold)
   bool is_source() const { return info == nullptr; }
 };
@@ -176,6 +177,7 @@ const FormatInfo& layout_format(FormatId layout);
 
 /// Parses a format label: "source", or one of a row's label_forms:
 ///   fp8 | nvfp4 | squeezellm[-<2|3|4>bit][-sparse] | uniform[-<2|3|4>bit] | fgmp[-<0..100>]
+///   | int<2|3|4|8>[-g<16|32|64|128>]
 /// "squeezellm" alone is mpq-pack's default (4 bits, 0.45% outliers + 0.05% sensitive);
 /// "squeezellm-<b>bit" has no sparse part and "-sparse" adds the default one; "fgmp-<p>"
 /// stores p percent of the tensor's blocks in FP8 ("fgmp" alone: 30). Throws

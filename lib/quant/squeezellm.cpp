@@ -49,19 +49,6 @@ void mark_top(const float* v, int64_t n, int64_t count, std::vector<uint8_t>& ma
     }
 }
 
-int32_t load_i32_le(const uint8_t* p) {
-  return static_cast<int32_t>(static_cast<uint32_t>(p[0]) | static_cast<uint32_t>(p[1]) << 8 |
-                              static_cast<uint32_t>(p[2]) << 16 | static_cast<uint32_t>(p[3]) << 24);
-}
-void store_i32_le(int32_t v, uint8_t* p) {
-  const uint32_t u = static_cast<uint32_t>(v);
-  for (int i = 0; i < 4; ++i) p[i] = static_cast<uint8_t>(u >> (8 * i));
-}
-uint16_t load_u16_le(const uint8_t* p) { return static_cast<uint16_t>(p[0] | p[1] << 8); }
-void store_u16_le(uint16_t v, uint8_t* p) {
-  p[0] = static_cast<uint8_t>(v);
-  p[1] = static_cast<uint8_t>(v >> 8);
-}
 int64_t load_col(const uint8_t* col, DType dt, int64_t i) {
   if (dt == DType::I16) return static_cast<int16_t>(load_u16_le(col + 2 * i));
   return load_i32_le(col + 4 * i);
@@ -230,10 +217,7 @@ PackedTensor SqueezeLLMQuantizer::encode_weighted(const std::string& name, const
     uint8_t* qr = qw.bytes.data() + r * rb;
     for (int64_t c = 0; c < cols; ++c) {
       idx[static_cast<std::size_t>(r * cols + c)] = a[static_cast<std::size_t>(c)];
-      const int64_t bit = c * bits_;
-      const uint32_t v = static_cast<uint32_t>(a[static_cast<std::size_t>(c)]) << (bit & 7);
-      qr[bit >> 3] |= static_cast<uint8_t>(v);
-      if ((bit & 7) + bits_ > 8) qr[(bit >> 3) + 1] |= static_cast<uint8_t>(v >> 8);
+      pack_code(qr, c, bits_, a[static_cast<std::size_t>(c)]);
     }
   }
   int64_t nnz = 0;
@@ -297,18 +281,12 @@ void SqueezeLLMQuantizer::decode(const PackedTensor& p, float* out) const {
                                         " at flat index " + std::to_string(i));
   }
   const int64_t rb = qw.shape[1];
-  const uint32_t mask = (1u << bits) - 1;
 #pragma omp parallel for schedule(static) if (rows * cols >= kParallelMin)
   for (int64_t r = 0; r < rows; ++r) {
     const uint8_t* qr = qw.bytes.data() + r * rb;
     const float* lr = lut.data() + r * k;
     float* orow = out + r * cols;
-    for (int64_t c = 0; c < cols; ++c) {
-      const int64_t bit = c * bits;
-      uint32_t v = qr[bit >> 3];
-      if ((bit & 7) + bits > 8) v |= static_cast<uint32_t>(qr[(bit >> 3) + 1]) << 8;
-      orow[c] = lr[(v >> (bit & 7)) & mask];
-    }
+    for (int64_t c = 0; c < cols; ++c) orow[c] = lr[unpack_code(qr, c, bits)];
   }
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t a = load_i32_le(rp.bytes.data() + 4 * r), b = load_i32_le(rp.bytes.data() + 4 * (r + 1));

@@ -1,0 +1,139 @@
+// Group-wise integer format (lib/quant/intg.h): the bitstream, the grid, the layout and the
+// round trip through a packed folder.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+
+#include "formats/packed_checkpoint.h"
+#include "lib/common/error.h"
+#include "lib/model/llama.h"
+#include "lib/numeric/codecs.h"
+#include "lib/quant/intg.h"
+#include "lib/quant/quant_common.h"
+#include "tests/test_util.h"
+
+namespace mpq {
+namespace {
+
+using quant_detail::pack_code;
+using quant_detail::unpack_code;
+
+TEST(IntFormat, BitstreamRoundTripsEveryCodeAtEveryPosition) {
+  for (int bits : {2, 3, 4, 8})
+    for (int64_t n : {1, 7, 8, 9, 31, 64, 77}) {
+      std::vector<uint8_t> row(static_cast<std::size_t>((n + 7) / 8 * bits), 0);
+      std::vector<uint32_t> codes(static_cast<std::size_t>(n));
+      for (int64_t j = 0; j < n; ++j) codes[static_cast<std::size_t>(j)] = static_cast<uint32_t>((j * 37 + 11) % (1 << bits));
+      for (int64_t j = 0; j < n; ++j) pack_code(row.data(), j, bits, codes[static_cast<std::size_t>(j)]);
+      for (int64_t j = 0; j < n; ++j) ASSERT_EQ(unpack_code(row.data(), j, bits), codes[static_cast<std::size_t>(j)]) << bits << " " << j;
+      // LSB first: code 0 sits in the low bits of byte 0.
+      EXPECT_EQ(row[0] & ((1u << std::min(bits, 8)) - 1u), codes[0] & 0xFF);
+    }
+}
+
+TEST(IntFormat, GridIsAsymmetricMinMaxIncludingZero) {
+  std::mt19937 g(5);
+  std::normal_distribution<float> nd(0.0f, 0.05f);
+  for (int bits : {2, 3, 4, 8}) {
+    const int maxq = (1 << bits) - 1;
+    for (int trial = 0; trial < 200; ++trial) {
+      std::vector<float> w(32);
+      for (float& x : w) x = nd(g) + (trial % 3 == 0 ? 0.1f : 0.0f);  // some groups all positive
+      const IntGroupParams p = int_group_params(w.data(), 32, bits);
+      float lo = 0, hi = 0;
+      for (float x : w) lo = std::min(lo, x), hi = std::max(hi, x);
+      EXPECT_EQ(p.scale, fp16_to_fp32(fp32_to_fp16((hi - lo) / maxq)));  // fp16 scale
+      EXPECT_GE(p.zero, 0);
+      EXPECT_LE(p.zero, maxq);
+      // 0 is on the grid; every value maps to its nearest grid point (within the range).
+      EXPECT_EQ(p.scale * static_cast<float>(int_group_code(0.0f, p, bits) - p.zero), 0.0f);
+      for (float x : w) {
+        const int q = int_group_code(x, p, bits);
+        const float y = p.scale * static_cast<float>(q - p.zero);
+        float best = INFINITY;
+        for (int c = 0; c <= maxq; ++c) best = std::min(best, std::fabs(x - p.scale * static_cast<float>(c - p.zero)));
+        EXPECT_LE(std::fabs(x - y), best * (1 + 1e-6f) + 1e-12f) << bits << " " << x;
+      }
+    }
+  }
+  // All-zero group: scale 1, zero 0, decodes to 0.
+  const float z[4] = {0, 0, 0, 0};
+  EXPECT_EQ(int_group_params(z, 4, 4).scale, 1.0f);
+  EXPECT_EQ(int_group_params(z, 4, 4).zero, 0);
+}
+
+TEST(IntFormat, EncodeDecodeLayoutAndBytes) {
+  for (int bits : {2, 3, 4, 8})
+    for (int64_t gs : {int64_t{0}, int64_t{16}, int64_t{32}, int64_t{128}})
+      for (const auto& [rows, cols] : std::vector<std::pair<int64_t, int64_t>>{{3, 40}, {5, 172}, {2, 128}, {1, 7}}) {
+        const IntGroupQuantizer q(bits, gs);
+        const std::vector<float> w = test::random_normal(rows * cols, 17 + bits, 0.05f);
+        const PackedTensor p = q.encode("w", w.data(), rows, cols);
+        const int64_t g = gs ? gs : cols, ng = (cols + g - 1) / g;
+        EXPECT_EQ(p.bytes(), static_cast<std::size_t>(rows * ((cols + 7) / 8 * bits + 3 * ng)));
+        EXPECT_EQ(p.bytes(), q.bytes(rows, cols));
+        std::vector<float> d(w.size());
+        q.decode(p, d.data());
+        // Each value is decoded from its group's stored parameters: recompute them independently.
+        for (int64_t r = 0; r < rows; ++r)
+          for (int64_t k = 0; k < ng; ++k) {
+            const int64_t c0 = k * g, c1 = std::min(cols, c0 + g);
+            const IntGroupParams gp = int_group_params(w.data() + r * cols + c0, c1 - c0, bits);
+            for (int64_t c = c0; c < c1; ++c) {
+              const float want = gp.scale * static_cast<float>(int_group_code(w[r * cols + c], gp, bits) - gp.zero);
+              ASSERT_EQ(d[r * cols + c], want) << bits << " g" << gs << " [" << r << ", " << c << "]";
+            }
+          }
+        // The decoder of the format table reads it back (bits and group size from the parts).
+        std::vector<float> d2(w.size());
+        quantizer_for("int").decode(p, d2.data());
+        EXPECT_EQ(d, d2);
+      }
+  EXPECT_THROW(IntGroupQuantizer(5, 0), Error);
+  EXPECT_THROW(IntGroupQuantizer(4, 24), Error);
+  EXPECT_NEAR(8.0 * static_cast<double>(IntGroupQuantizer(4, 128).bytes(4096, 4096)) / (4096.0 * 4096.0), 4.0 + 24.0 / 128, 1e-12);
+}
+
+TEST(IntFormat, DecoderRejectsBadParts) {
+  const IntGroupQuantizer q(3, 16);
+  const std::vector<float> w = test::random_normal(4 * 48, 3, 0.05f);
+  PackedTensor p = q.encode("w", w.data(), 4, 48);
+  std::vector<float> d(w.size());
+  PackedTensor bad = p;
+  bad.parts[2].bytes[0] = 8;  // zero above 2^3 - 1
+  EXPECT_THROW(q.decode(bad, d.data()), Error);
+  bad = p;
+  quant_detail::store_u16_le(0x7C00, bad.parts[1].bytes.data());  // +inf scale
+  EXPECT_THROW(q.decode(bad, d.data()), Error);
+  bad = p;
+  bad.parts[1].shape = {4, 5};  // 5 groups fits no group size of 48 columns
+  EXPECT_THROW(q.decode(bad, d.data()), Error);
+}
+
+TEST(IntFormat, PackedFolderLoadsToTheDecodedWeights) {
+  const std::string m = test::scratch_dir("int-src");
+  test::TinyLlamaSpec s;
+  s.intermediate = 40;
+  test::write_tiny_llama(m, s);
+  const std::string out = test::scratch_dir("int-out") + "/p";
+  const test::ToolRun r = test::run_tool(test::tool_path("mpq-pack") + " --model " + m + " --format int3-g16 --out " + out + " -q");
+  ASSERT_EQ(r.rc, 0) << r.out;
+  const LlamaModel orig = LlamaModel::load(m), packed = LlamaModel::load(out);
+  const IntGroupQuantizer q(3, 16);
+  for (std::size_t l = 0; l < 2; ++l)
+    for (int i = 0; i < 7; ++i) {
+      const Linear& a = orig.weights().layers[l].linear[static_cast<std::size_t>(i)];
+      const Linear& b = packed.weights().layers[l].linear[static_cast<std::size_t>(i)];
+      EXPECT_EQ(b.format, "int");
+      std::vector<float> d(static_cast<std::size_t>(a.w.size()));
+      q.decode(q.encode("w", a.w.data(), a.w.rows(), a.w.cols()), d.data());
+      ASSERT_EQ(b.w.size(), a.w.size());
+      for (Eigen::Index k = 0; k < a.w.size(); ++k) ASSERT_EQ(b.w.data()[k], d[static_cast<std::size_t>(k)]);
+    }
+  const test::ToolRun insp = test::run_tool(test::tool_path("mpq-inspect") + " " + out);
+  EXPECT_NE(insp.out.find("quant_method 'mpq'"), std::string::npos) << insp.out;  // mpq-native
+}
+
+}  // namespace
+}  // namespace mpq
