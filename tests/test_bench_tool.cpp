@@ -124,7 +124,7 @@ TEST(BenchFormats, LabelsAndCandidates) {
   EXPECT_DOUBLE_EQ(bench::parse_format("fgmp-30").fp8_fraction, 0.30);
   EXPECT_EQ(bench::parse_format("uniform-4bit").format, "uniform");
   EXPECT_DOUBLE_EQ(bench::parse_format("fgmp").fp8_fraction, 0.30);  // the grammar's default
-  for (const char* bad : {"uniform-3bit-sparse", "squeezellm-5bit", "fgmp-101", "fgmp-", "source", "int8", ""}) {
+  for (const char* bad : {"uniform-3bit-sparse", "squeezellm-5bit", "fgmp-101", "fgmp-", "source", "int5", ""}) {
     try {
       bench::parse_format(bad);
       ADD_FAILURE() << bad;
@@ -244,7 +244,7 @@ TEST(BenchTool, CpuRunWritesJsonAndLatencyTable) {
 TEST(BenchTool, BadFlagsAreUsageErrors) {
   const std::string dir = test::scratch_dir("bench_flags");
   const std::string base = bench_tool() + " --device cpu --shapes 16x16 --reps 1 --rotate-mb 1";
-  for (const std::string& flags : {std::string(" --formats f16,int3"), std::string(" --formats fgmp-150"),
+  for (const std::string& flags : {std::string(" --formats f16,int5"), std::string(" --formats fgmp-150"),
                                    std::string(" --shapes 16y16"), std::string(" --batches 17"),
                                    std::string(" --e2e"), std::string(" --batches 1 --latency-table " + dir + "/l.json --latency-batch 4"),
                                    std::string(" --reps 0")}) {

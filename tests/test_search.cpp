@@ -65,7 +65,7 @@ TEST(Search, ParsesCandidateLabels) {
   EXPECT_DOUBLE_EQ(parse_format_label("squeezellm-2bit").params.outlier_pct, 0.0);
   EXPECT_DOUBLE_EQ(parse_format_label("fgmp-30").fgmp.fp8_fraction, 0.30);
   EXPECT_EQ(parse_format_label("uniform-4bit").format, "uniform");
-  for (const char* bad : {"squeezellm-5bit", "uniform-3bit-sparse", "fgmp-101", "fgmp-x", "int4", ""})
+  for (const char* bad : {"squeezellm-5bit", "uniform-3bit-sparse", "fgmp-101", "fgmp-x", "int5", ""})
     EXPECT_THROW(parse_format_label(bad), Error) << bad;
 }
 

@@ -234,7 +234,7 @@ TEST(EvalGates, ExitCodeFiveWhenCrossed) {
   EXPECT_EQ(run(base + " --baseline-ppl 1e9 --max-increase-pct 1").rc, 0);
   EXPECT_EQ(run(base + " --baseline-ppl 1.0").rc, 2);  // needs --max-increase-pct
   EXPECT_EQ(run(tool("mpq-eval") + " --model " + m).rc, 2);  // no --text/--tokens
-  EXPECT_EQ(run(tool("mpq-pack") + " --model " + m + " --format int3 --out x").rc, 2);
+  EXPECT_EQ(run(tool("mpq-pack") + " --model " + m + " --format int5 --out x").rc, 2);
 }
 
 // --- Bad input: one test each ------------------------------------------------
