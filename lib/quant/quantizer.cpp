@@ -34,6 +34,10 @@ const PackedPart& PackedTensor::part(const std::string& suffix) const {
                                     std::to_string(cols) + "]: missing part '" + suffix + "'");
 }
 
+PackedPart& PackedTensor::part_mut(const std::string& suffix) {
+  return const_cast<PackedPart&>(static_cast<const PackedTensor&>(*this).part(suffix));
+}
+
 std::size_t Quantizer::bytes(int64_t rows, int64_t cols) const {
   return quant_detail::layout_bytes(layout(rows, cols));
 }

@@ -41,6 +41,7 @@ struct PackedTensor {
   double bpw() const;
   /// The part with `suffix`; throws Error(kInput) if absent.
   const PackedPart& part(const std::string& suffix) const;
+  PackedPart& part_mut(const std::string& suffix);
 };
 
 /// Parameters of the parameterized formats (squeezellm, uniform); fp8/nvfp4 ignore them.
