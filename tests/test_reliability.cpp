@@ -25,6 +25,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "calibration/windows.h"
 #include "formats/hf_config.h"
 #include "formats/output_dir.h"
 #include "formats/safetensors.h"
@@ -536,6 +537,26 @@ TEST(EvalCtx, BeyondMaxPositionEmbeddingsNeedsAllowFlag) {
   j = read_json(js);
   EXPECT_EQ(j["ctx"], 256);
   EXPECT_EQ(j["ctx_beyond_max_position_embeddings"], false);
+}
+
+}  // namespace
+}  // namespace mpq
+
+namespace mpq {
+namespace {
+
+// --- Calibration windows (found by fuzz_tokens: --samples 150000000 allocated 1.2 GB) ----
+
+TEST(CalibrationWindows, HugeSampleCountsAreInputErrorsBeforeAllocating) {
+  expect_throws([] { calibration_window_starts(1000, int64_t{1} << 40, 16, 0, false); }, ExitCode::kInput,
+                {"985 distinct windows", "--samples 1099511627776"});
+  expect_throws([] { calibration_window_starts(1000, int64_t{1} << 62, 4, 0, true); }, ExitCode::kInput,
+                {"sequential windows"});  // N * L overflowed int64 before
+  EXPECT_EQ(calibration_window_starts(1000, 985, 16, 0, false).size(), 985u);
+  const std::string m = tiny_model("rel-samples");
+  const ToolRun r = run(tool("mpq-sensitivity") + " --model " + m + " --calib " + tiny_tokens(m) +
+                        " --samples 2000000000 --seq-len 16 --out " + m + "/s.safetensors -q");
+  expect_error_line(r, 3, {"--samples 2000000000"});
 }
 
 }  // namespace
