@@ -1,30 +1,26 @@
 #!/usr/bin/env bash
 # Runs every libFuzzer target of tests/fuzz for SECONDS each (default 60), one after the
-# other, on the sanitizer build (Clang, -DMPQ_SANITIZE=address,undefined -DMPQ_FUZZ=ON) in
-# $MPQ_FUZZ_BUILD (default ./build-fuzz), configured and built here when needed.
+# other, on the sanitizer build (Clang, -DMPQ_SANITIZE=address,undefined -DMPQ_FUZZ=ON) that
+# scripts/run-sanitized-tests.sh makes in $MPQ_SANITIZE_BUILD (default ./build-sanitize).
 #   scripts/fuzz.sh [SECONDS] [TARGET...]
 # Seeds are generated at fuzz time from ../shared/data ($MPQ_DATA) by tests/fuzz/make_seeds.py,
 # plus a sensitivity file, a plan and packed checkpoints that the tools of that build write
 # for stories260K, plus the small hand-written seeds in tests/fuzz/seeds/<target>/. The
-# corpus grows in $MPQ_FUZZ_BUILD/fuzz/corpus/<target> (kept between runs); crash inputs go
-# to $MPQ_FUZZ_BUILD/fuzz/artifacts/. Exit 1 when any target found a crash (a sanitizer
+# corpus grows in $MPQ_SANITIZE_BUILD/fuzz/corpus/<target> (kept between runs); crash inputs go
+# to $MPQ_SANITIZE_BUILD/fuzz/artifacts/. Exit 1 when any target found a crash (a sanitizer
 # report, an internal error, a leak, a timeout, an allocation over 1 GiB, 2 GiB RSS); the
 # table of executions and corpus sizes is printed and written to fuzz/summary.txt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS="${1:-60}"
 shift || true
-B="${MPQ_FUZZ_BUILD:-build-fuzz}"
+B="${MPQ_SANITIZE_BUILD:-build-sanitize}"
 DATA="${MPQ_DATA:-../shared/data}"
 ALL=(fuzz_safetensors fuzz_safetensors_index fuzz_config fuzz_tokenizer fuzz_plan fuzz_sensitivity fuzz_tokens)
 TARGETS=("$@")
 [ ${#TARGETS[@]} -gt 0 ] || TARGETS=("${ALL[@]}")
 
-if [ ! -f "$B/CMakeCache.txt" ]; then
-  cmake -S . -B "$B" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_COMPILER=clang++ \
-    -DMPQ_SANITIZE=address,undefined -DMPQ_FUZZ=ON -DMPQ_BLAS=OFF -DMPQ_BUILD_BENCH=OFF >/dev/null
-fi
-cmake --build "$B" -j"$(nproc)" --target fuzz_targets mpq-sensitivity mpq-search mpq-pack >/dev/null
+MPQ_SANITIZE_BUILD="$B" bash scripts/run-sanitized-tests.sh --build-only >/dev/null
 
 W="$B/fuzz"
 mkdir -p "$W/corpus" "$W/artifacts"
