@@ -508,7 +508,7 @@ TEST(PlanModules, NonLinearTensorIsRefused) {
     j["tensors"][module] = {{"candidate", "fp8"}};  // every linear is there too
     test::write_text(plan, j.dump());
     const ToolRun r = run(tool("mpq-pack") + " --model " + m + " --plan " + plan + " --out " + out + " -q");
-    expect_error_line(r, 3, {plan, "'" + std::string(module) + "'", "not a linear projection"});
+    expect_error_line(r, 3, {plan, "'" + std::string(module) + "'", "is not a linear module"});
     EXPECT_FALSE(fs::exists(out));
   }
 }

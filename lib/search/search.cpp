@@ -23,47 +23,6 @@ constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 
 }  // namespace
 
-CandidateSpec parse_candidate(const std::string& label) {
-  CandidateSpec s;
-  s.label = s.format = label;
-  if (label == "source" || label == "fp8" || label == "nvfp4") return s;
-  static const std::regex sq("(squeezellm|uniform)-([234])bit(-sparse)?");
-  std::smatch m;
-  if (std::regex_match(label, m, sq) && !(m[1] == "uniform" && m[3].matched)) {
-    s.format = m[1];
-    s.params.bits = std::stoi(m[2]);
-    const bool sparse = m[3].matched;
-    s.params.outlier_pct = sparse ? 0.45 : 0.0;
-    s.params.sensitive_pct = sparse ? 0.05 : 0.0;
-    return s;
-  }
-  static const std::regex fg("fgmp-([0-9]{1,3})");
-  if (std::regex_match(label, m, fg) && std::stoi(m[1]) <= 100) {
-    s.format = "fgmp";
-    s.fgmp.fp8_fraction = std::stoi(m[1]) / 100.0;
-    return s;
-  }
-  throw Error(ExitCode::kUsage, "unknown candidate '" + label +
-                                    "': expected source, fp8, nvfp4, squeezellm-<2|3|4>bit[-sparse], "
-                                    "uniform-<2|3|4>bit or fgmp-<0..100>");
-}
-
-std::unique_ptr<Quantizer> make_candidate_quantizer(const CandidateSpec& spec) {
-  if (spec.format == "source") return nullptr;
-  if (spec.format == "fgmp") return std::make_unique<FgmpQuantizer>(spec.fgmp);
-  return make_quantizer(spec.format, spec.params);
-}
-
-nlohmann::json candidate_params_json(const CandidateSpec& s) {
-  if (s.format == "squeezellm" || s.format == "uniform")
-    return {{"bits", s.params.bits}, {"outlier_pct", s.params.outlier_pct}, {"sensitive_pct", s.params.sensitive_pct}};
-  if (s.format == "fgmp")
-    return {{"fp8_fraction", s.fgmp.fp8_fraction},
-            {"selection", fgmp_selection_name(s.fgmp.selection)},
-            {"clipping", fgmp_clipping_name(s.fgmp.clipping)}};
-  return nlohmann::json::object();
-}
-
 std::vector<std::string> default_candidate_labels() {
   return {"squeezellm-2bit", "squeezellm-2bit-sparse", "squeezellm-3bit", "squeezellm-3bit-sparse",
           "squeezellm-4bit", "squeezellm-4bit-sparse", "nvfp4",           "fgmp-10",
@@ -81,7 +40,7 @@ std::vector<TensorCandidates> evaluate_candidates(const std::string& model_dir, 
   const TensorStore sens = TensorStore::open(sensitivity);
   const std::map<std::string, double> traces = read_hutchinson_traces(sens);
   std::vector<std::unique_ptr<Quantizer>> quants;
-  for (const auto& s : specs) quants.push_back(make_candidate_quantizer(s));
+  for (const auto& s : specs) quants.push_back(make_quantizer(s));
 
   std::vector<TensorCandidates> out;
   const std::size_t total = static_cast<std::size_t>(cfg.num_layers) * 7;
@@ -166,18 +125,18 @@ std::map<std::string, PlanEntry> read_plan(const std::string& path, std::string*
   std::map<std::string, PlanEntry> out;
   for (const auto& [module, e] : j["tensors"].items()) {
     const JsonObject entry(e, path, tensors.field(module));
+    const std::string label = entry.get_string("candidate");
     CandidateSpec spec;
     try {
-      spec = parse_candidate(entry.get_string("candidate"));
+      spec = parse_format_label(label);
     } catch (const Error& err) {
-      if (err.code() == ExitCode::kInput) throw;
       entry.fail("candidate", err.what());
     }
     PlanEntry pe;
     pe.candidate = spec.label;
     pe.format = spec.format;
-    pe.quantizer = make_candidate_quantizer(spec);
-    pe.params = candidate_params_json(spec);
+    pe.quantizer = make_quantizer(spec);
+    pe.params = format_params_json(spec);
     out[module] = std::move(pe);
   }
   const std::string sens_file = plan.get_string("sensitivity_file", "");
@@ -269,7 +228,7 @@ nlohmann::json make_plan(const std::vector<TensorCandidates>& tensors, const std
   for (std::size_t t = 0; t < tensors.size(); ++t) {
     const CandidateSpec& s = specs[static_cast<std::size_t>(sol.choice[t])];
     const CandidateCost& cc = tensors[t].costs[static_cast<std::size_t>(sol.choice[t])];
-    const nlohmann::json params = candidate_params_json(s);
+    const nlohmann::json params = format_params_json(s);
     tj[tensors[t].module] = {{"candidate", s.label},
                              {"format", s.format == "source" ? tensors[t].source_dtype : s.format},
                              {"params", params},
