@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The bad-input classes of issue [8/12] and the exit code each gets (docs/results.md §7):
+# The bad-input classes of issue [8/12] and the exit code each gets (docs/results.md §8):
 #   bench/bad_input_table.sh [TOOLS_DIR]     (default build/tools)
 # Runs every case on a scratch copy of stories260K-hf ($MPQ_DATA or ../shared/data) and
 # prints a markdown table: class, tool, exit code, first error line. Pointing TOOLS_DIR at

@@ -1,5 +1,5 @@
 // Shared by the libFuzzer targets in tests/fuzz (scripts/fuzz.sh runs them; docs/results.md
-// §7 has their numbers): a private scratch folder, input files, the rule that decides what is
+// §8 has their numbers): a private scratch folder, input files, the rule that decides what is
 // a bug, and the stories260K-shaped random model some targets read.
 //
 // The rule: hostile input must end in mpq::Error with the exit code a tool would return for
