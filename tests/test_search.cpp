@@ -5,7 +5,9 @@
 
 #include <array>
 #include <cmath>
+#include <filesystem>
 #include <fstream>
+#include <set>
 #include <random>
 
 #include <nlohmann/json.hpp>
@@ -296,6 +298,71 @@ TEST(SearchTool, LatencyBudget) {
   EXPECT_NE(r.out.find("nvfp4"), std::string::npos) << r.out;
   r = run("-q --model " + fx.dir + " --sensitivity " + fx.sens + " --target-bpw 5 --max-latency-us 5 --out " + dir + "/q.json");
   EXPECT_EQ(r.rc, 2) << r.out;  // a latency budget without a table
+}
+
+}  // namespace
+}  // namespace mpq
+
+namespace mpq {
+namespace {
+
+// mpq-search --export: every chosen candidate is one the engine export loads for that tensor
+// (fp8 / nvfp4 / source; NVFP4 only where in_features % 16 == 0), the engine's fused layers
+// take one candidate, the plan records the export, and mpq-pack --plan packs with it.
+TEST(SearchTool, EngineExportPlansAreServable) {
+  SearchFixture fx("search-export");
+  const std::string out = test::scratch_dir("search-export-out");
+  for (const std::string exp : {"compressed-tensors", "modelopt"}) {
+    const std::string plan = out + "/plan-" + exp + ".json";
+    ToolRun r = test::run_tool(test::tool_path("mpq-search") + " -q --model " + fx.dir + " --sensitivity " + fx.sens +
+                               " --export " + exp + " --target-bpw 6 --out " + plan + " 2>&1");
+    ASSERT_EQ(r.rc, 0) << r.out;
+    const nlohmann::json p = nlohmann::json::parse(std::ifstream(plan));
+    EXPECT_EQ(p["export"], exp);
+    std::set<std::string> chosen;
+    for (int64_t l = 0; l < fx.cfg.num_layers; ++l) {
+      auto cand = [&](int i) {
+        return p["tensors"]["model.layers." + std::to_string(l) + "." + kLinearNames[i]]["candidate"].get<std::string>();
+      };
+      EXPECT_EQ(cand(0), cand(1));
+      EXPECT_EQ(cand(0), cand(2));
+      EXPECT_EQ(cand(4), cand(5));
+      EXPECT_NE(cand(6), "nvfp4");  // down_proj: 72 inputs
+      for (int i = 0; i < 7; ++i) chosen.insert(cand(i));
+    }
+    for (const std::string& c : chosen) EXPECT_TRUE(c == "fp8" || c == "nvfp4" || c == "source") << c;
+    EXPECT_GE(chosen.size(), 2u);  // a real mix at 6 bpw
+    // Packed with the plan's export (modelopt needs static input scales for its FP8 layers).
+    const std::string ids = out + "/ids.i32";
+    std::vector<uint8_t> b(4 * 600);
+    for (std::size_t i = 0; i < 600; ++i) b[4 * i] = static_cast<uint8_t>((i * 13) % 64);
+    test::write_bytes(ids, b);
+    const std::string extra = exp == "modelopt" ? " --activations static --calib " + ids : "";
+    std::string pout;
+    ASSERT_EQ(test::run_command(test::tool_path("mpq-pack") + " -q --model " + fx.dir + " --plan " + plan + extra +
+                                    " --out " + out + "/p-" + exp + " 2>&1", &pout), 0) << pout;
+    const nlohmann::json qc = nlohmann::json::parse(std::ifstream(out + "/p-" + exp + "/config.json"))["quantization_config"];
+    EXPECT_EQ(qc["quant_method"], exp);
+    if (exp == "modelopt") EXPECT_EQ(qc["quant_algo"], "MIXED_PRECISION");
+    else EXPECT_EQ(qc["format"], "mixed-precision");
+  }
+  // A plan that splits a fused layer between formats: exit 3 naming the plan and the module,
+  // nothing written.
+  nlohmann::json bad = nlohmann::json::parse(std::ifstream(out + "/plan-compressed-tensors.json"));
+  bad["tensors"]["model.layers.0.self_attn.q_proj"]["candidate"] = "fp8";
+  bad["tensors"]["model.layers.0.self_attn.k_proj"]["candidate"] = "nvfp4";
+  test::write_text(out + "/split.json", bad.dump());
+  std::string sout;
+  EXPECT_EQ(test::run_command(test::tool_path("mpq-pack") + " -q --model " + fx.dir + " --plan " + out +
+                                  "/split.json --out " + out + "/split 2>&1", &sout), 3) << sout;
+  EXPECT_NE(sout.find(out + "/split.json: model.layers.0.self_attn.k_proj is nvfp4 but model.layers.0.self_attn.q_proj is fp8"),
+            std::string::npos) << sout;
+  EXPECT_FALSE(std::filesystem::exists(out + "/split"));
+  // Candidates an engine cannot load are refused up front when asked for by name.
+  ToolRun r = test::run_tool(test::tool_path("mpq-search") + " -q --model " + fx.dir + " --sensitivity " + fx.sens +
+                             " --export modelopt --formats squeezellm-3bit,nvfp4 --target-bpw 6 --out " + out + "/x.json 2>&1");
+  EXPECT_EQ(r.rc, 2) << r.out;
+  EXPECT_NE(r.out.find("--export modelopt cannot express squeezellm"), std::string::npos) << r.out;
 }
 
 }  // namespace

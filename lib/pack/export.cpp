@@ -6,6 +6,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <set>
 
 #include "formats/packed_checkpoint.h"
@@ -33,10 +34,6 @@ bool is_nvfp4(const FormatInfo* f) { return f && f->layout == FormatId::kNvfp4; 
 const std::vector<std::vector<int>>& fused_index_groups() {
   static const std::vector<std::vector<int>> g = {{0, 1, 2}, {4, 5}};
   return g;
-}
-
-unsigned export_bit(ExportKind k) {
-  return k == ExportKind::kModelOpt ? kExportModelOpt : k == ExportKind::kCompressedTensors ? kExportCompressedTensors : 0u;
 }
 
 PackedPart f32_part(const std::string& suffix, std::vector<int64_t> shape, const std::vector<float>& v) {
@@ -67,7 +64,7 @@ ExportPlan resolve_kind(const LlamaConfig& cfg, const std::map<std::string, cons
       ExportModule em;
       em.format = it->second;
       if (engine && em.format) {
-        if (!(em.format->exports & export_bit(kind)))
+        if (!(em.format->exports & export_mask(kind)))
           throw Error(ExitCode::kUsage, std::string("--export ") + export_name(kind) + " cannot express " + m + " in " +
                                             em.format->name + " (" + em.format->export_note + "); use --export mpq");
         const int64_t cols = linear_shape(cfg, i)[1];
@@ -126,6 +123,10 @@ int linear_index(const std::string& module) {
 }
 
 }  // namespace
+
+unsigned export_mask(ExportKind k) {
+  return k == ExportKind::kModelOpt ? kExportModelOpt : k == ExportKind::kCompressedTensors ? kExportCompressedTensors : 0u;
+}
 
 const char* export_name(ExportKind k) {
   switch (k) {
@@ -352,6 +353,132 @@ nlohmann::json export_hf_quant_config(const ExportPlan& plan) {
   return {{"producer", {{"name", "modelopt"}, {"version", std::string("mpq-") + MPQ_VERSION}}},
           {"mpq_version", MPQ_VERSION},
           {"quantization", q}};
+}
+
+namespace {
+
+std::string json_str(const nlohmann::json& j, const char* key) {
+  auto it = j.find(key);
+  return it != j.end() && it->is_string() ? it->get<std::string>() : std::string();
+}
+
+// The global weight scale (ModelOpt meaning, the dequantization multiplier) of an NVFP4 linear
+// as the engine reads it; NaN when absent.
+float nvfp4_global(const TensorStore& st, const std::string& m) {
+  if (st.has(m + ".weight_scale_2")) return to_f32(st.get(m + ".weight_scale_2"))[0];
+  if (st.has(m + ".weight_global_scale")) return 1.0f / to_f32(st.get(m + ".weight_global_scale"))[0];
+  return std::numeric_limits<float>::quiet_NaN();
+}
+
+}  // namespace
+
+std::vector<EngineVerdict> engine_compatibility(const std::string& model_dir) {
+  const LlamaConfig cfg = load_llama_config(model_dir);
+  const TensorStore st = TensorStore::open(model_dir);
+  const std::string cfg_file = (fs::path(model_dir) / "config.json").string();
+  std::vector<EngineVerdict> out;
+
+  // mpq's own runtime reads every layout it writes.
+  EngineVerdict own{"mpq-eval", true, "", {}};
+  for (int64_t l = 0; l < cfg.num_layers && own.loads; ++l)
+    for (int i = 0; i < 7 && own.loads; ++i) {
+      const std::string m = module_name(l, i);
+      try {
+        const std::string f = detect_linear_format(st, m);
+        const auto [rows, cols] = linear_shape(cfg, i);
+        if (find_format(f)) read_packed(st, m, f, rows, cols);
+      } catch (const Error& e) {
+        own = {"mpq-eval", false, e.what(), {}};
+      }
+    }
+  out.push_back(own);
+
+  EngineVerdict v{"vLLM", true, "", {}};
+  const nlohmann::json& qc = cfg.quantization_config;
+  const std::string method = qc.is_object() ? json_str(qc, "quant_method") : std::string();
+  auto refuse = [&](const std::string& why) {
+    if (v.loads) v = {"vLLM", false, why, {}};
+  };
+  std::vector<std::string> notes;
+  if (qc.is_null()) {
+    v.notes.push_back("dense checkpoint");
+  } else if (method.rfind("modelopt", 0) != 0 && method != "compressed-tensors") {
+    const std::string fmt = qc.is_object() ? json_str(qc, "format") : std::string();
+    refuse("quant_method '" + method + "'" + (fmt.empty() ? "" : " (mpq-native " + fmt + ")") +
+           ": vLLM stops with \"Unknown quantization method: " + method + "\"" +
+           (method == "squeezellm" ? "; vLLM releases that had a SqueezeLLM loader expect another qweight layout: "
+                                     "repack with this mpq (quant_method mpq)"
+                                   : ""));
+  } else {
+    if (method != "compressed-tensors") {
+      const std::string algo = json_str(qc, "quant_algo");
+      if (qc.contains("exclude_modules") && !qc.contains("ignore"))
+        refuse("config.json quantization_config has exclude_modules, but vLLM reads 'ignore' there: the excluded "
+               "modules would be loaded as quantized");
+      if (algo == "W4A16_NVFP4") notes.push_back("W4A16_NVFP4 needs a vLLM with ModelOpt weight-only NVFP4 (PR #41769, May 2026; older ones refuse it)");
+      if (algo == "MIXED_PRECISION") notes.push_back("MIXED_PRECISION needs a vLLM with ModelOpt mixed precision (PR #35047, Feb 2026; older ones refuse it)");
+    }
+    // Per fused layer: one scheme, the tensor set of the scheme, equal global scales.
+    for (int64_t l = 0; l < cfg.num_layers; ++l) {
+      std::vector<std::vector<int>> layer_groups = fused_index_groups();
+      layer_groups.push_back({3});
+      layer_groups.push_back({6});
+      for (const std::vector<int>& g : layer_groups) {
+        std::set<std::string> formats;
+        std::set<float> globals;
+        int64_t rows_sum = 0;
+        std::string fused = fused_layer_name(module_name(l, g[0]));
+        for (int i : g) {
+          const std::string m = module_name(l, i);
+          bool dyn = false;
+          ActQuantMode act = ActQuantMode::kNone;
+          try {
+            act = declared_activation(qc, m, cfg_file, &dyn);
+          } catch (const Error& e) {
+            refuse(e.what());
+          }
+          std::string f;
+          try {
+            f = detect_linear_format(st, m);
+          } catch (const Error& e) {
+            refuse(e.what());
+            continue;
+          }
+          formats.insert(f);
+          const auto [rows, cols] = linear_shape(cfg, i);
+          rows_sum += rows;
+          if (f == "nvfp4") {
+            if (cols % kNvfp4BlockSize) refuse(m + ": NVFP4 with in_features " + std::to_string(cols) + " (vLLM needs a multiple of 16)");
+            globals.insert(nvfp4_global(st, m));
+          } else if (f == "fp8") {
+            globals.insert(to_f32(st.get(m + ".weight_scale"))[0]);
+          } else if (f != "f32" && f != "f16" && f != "bf16") {
+            refuse(m + ": " + f + " tensors, which no vLLM scheme reads");
+          }
+          if (act != ActQuantMode::kNone && !dyn && std::isnan(read_input_scale(st, m)))
+            refuse(m + ": the config declares static " + std::string(act_mode_name(act)) +
+                   " activations but input_scale is missing (vLLM would use an uninitialized scale)");
+        }
+        if (formats.size() > 1) refuse(fused + ": shards stored as " + *formats.begin() + " and " + *formats.rbegin() +
+                                       " (vLLM needs one precision per fused layer)");
+        if (globals.size() > 1) {
+          if (*formats.begin() == "nvfp4")
+            refuse(fused + ": shards with different NVFP4 global scales; vLLM dequantizes all with the max and loads "
+                           "wrong weights (re-export with mpq-pack --export)");
+          else
+            notes.push_back(fused + ": FP8 shards with different scales are requantized to the max scale by vLLM (a second rounding)");
+        }
+        const bool marlin = formats.size() == 1 && *formats.begin() == "nvfp4";
+        if (marlin && rows_sum % 64)
+          notes.push_back(fused + ": N = " + std::to_string(rows_sum) +
+                          " is not a multiple of 64: vLLM's Marlin NVFP4 kernel (weight-only, or GPUs without native FP4 "
+                          "such as Hopper) raises at load; native FP4 kernels (Blackwell) pad it");
+      }
+    }
+  }
+  if (v.loads) v.notes.insert(v.notes.end(), notes.begin(), notes.end());
+  out.push_back(v);
+  return out;
 }
 
 }  // namespace mpq

@@ -49,6 +49,9 @@ enum class ExportKind {
   kCompressedTensors,  ///< compressed-tensors (llm-compressor; vLLM "compressed-tensors")
 };
 
+/// The FormatInfo::exports bit of an engine export (0 for kMpq and kAuto).
+unsigned export_mask(ExportKind k);
+
 /// "auto", "mpq", "modelopt", "compressed-tensors"; parse throws Error(kUsage) otherwise.
 const char* export_name(ExportKind k);
 ExportKind parse_export(const std::string& name);
@@ -132,7 +135,8 @@ nlohmann::json export_hf_quant_config(const ExportPlan& plan);
 struct EngineVerdict {
   std::string engine;   ///< "vLLM (modelopt)", "vLLM (compressed-tensors)", "TensorRT-LLM", "transformers"
   bool loads = false;
-  std::string reason;   ///< why not, or notes (kernel constraints) when it loads
+  std::string reason;               ///< why not ("" when it loads)
+  std::vector<std::string> notes;   ///< version requirements and kernel constraints when it loads
 };
 
 /// Which engines can load the folder `model_dir` and why not, from its config.json and tensors,

@@ -1,5 +1,6 @@
 #include "lib/search/search.h"
 
+#include <algorithm>
 #include <cmath>
 #include <fstream>
 #include <map>
@@ -15,6 +16,7 @@
 #include "lib/common/error.h"
 #include "lib/common/shape.h"
 #include "lib/model/llama.h"
+#include "lib/quant/nvfp4.h"
 
 namespace mpq {
 namespace {
@@ -91,6 +93,12 @@ std::vector<TensorCandidates> evaluate_candidates(const std::string& model_dir, 
   return out;
 }
 
+bool export_allows(ExportKind kind, const CandidateSpec& spec, int64_t cols) {
+  if (kind == ExportKind::kMpq || spec.is_source()) return true;
+  if (!(spec.info->exports & export_mask(kind))) return false;
+  return !(spec.info->layout == FormatId::kNvfp4 && cols % kNvfp4BlockSize != 0);
+}
+
 double LatencyTable::lookup(int64_t rows, int64_t cols, const std::string& candidate) const {
   for (const auto& [r, c, name, us] : entries)
     if (r == rows && c == cols && name == candidate) return us;
@@ -114,7 +122,7 @@ LatencyTable read_latency_table(const std::string& path) {
 }
 
 std::map<std::string, PlanEntry> read_plan(const std::string& path, std::string* sensitivity,
-                                           std::string* sensitivity_sha256) {
+                                           std::string* sensitivity_sha256, std::string* target_export) {
   const nlohmann::json j = read_json_file(path);
   const JsonObject plan(j, path);
   if (plan.get_int("mpq_plan_version") != 1) plan.fail("mpq_plan_version", "expected 1");
@@ -138,6 +146,14 @@ std::map<std::string, PlanEntry> read_plan(const std::string& path, std::string*
     pe.quantizer = make_quantizer(spec);
     pe.params = format_params_json(spec);
     out[module] = std::move(pe);
+  }
+  if (target_export) {
+    *target_export = plan.get_string("export", "mpq");
+    try {
+      parse_export(*target_export);
+    } catch (const Error& e) {
+      plan.fail("export", e.what());
+    }
   }
   const std::string sens_file = plan.get_string("sensitivity_file", "");
   std::string sens_sha;
@@ -174,13 +190,18 @@ IlpProblem build_problem(const std::vector<TensorCandidates>& tensors, const std
                                           : "sensitivity file: no Hutchinson trace for '" + t.module +
                                                 "' (run mpq-sensitivity --kind hutchinson; needed by --cost hawq)");
       const double lat = opt.latency ? opt.latency->lookup(t.rows, t.cols, specs[c].label) : 0.0;
-      cs.push_back({cc.bytes, omega, lat});
+      cs.push_back({cc.bytes, omega, lat, export_allows(opt.target_export, specs[c], t.cols)});
     }
     index[t.module] = static_cast<int>(p.tensors.size());
     p.tensors.push_back(std::move(cs));
   }
-  // Ties: per layer prefix, the modules whose last name component is listed.
-  for (const auto& tie : opt.ties) {
+  // Ties: per layer prefix, the modules whose last name component is listed; an engine
+  // export adds its fused layers.
+  std::vector<std::string> ties = opt.ties;
+  if (opt.target_export != ExportKind::kMpq)
+    for (const char* fused : {"q_proj,k_proj,v_proj", "gate_proj,up_proj"})
+      if (std::find(ties.begin(), ties.end(), fused) == ties.end()) ties.push_back(fused);
+  for (const auto& tie : ties) {
     std::vector<std::string> names;
     std::stringstream ss(tie);
     for (std::string s; std::getline(ss, s, ',');)
@@ -211,6 +232,7 @@ nlohmann::json make_plan(const std::vector<TensorCandidates>& tensors, const std
                          {"cost", opt.cost},
                          {"candidates", labels},
                          {"ties", opt.ties},
+                         {"export", export_name(opt.target_export)},
                          {"inputs_sha256", inputs}};
   plan["budget"] = {{"max_bytes", std::isfinite(opt.max_bytes) ? nlohmann::json(opt.max_bytes) : nlohmann::json()},
                     {"target_bpw", std::isfinite(opt.max_bytes) ? nlohmann::json(8.0 * opt.max_bytes / n) : nlohmann::json()},

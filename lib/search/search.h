@@ -87,7 +87,17 @@ struct SearchOptions {
   /// layer, the modules ending in those names take one candidate.
   std::vector<std::string> ties;
   const LatencyTable* latency = nullptr;
+  /// Target engine export (lib/pack/export.h), kMpq = none: only candidates the export can
+  /// express for the tensor are allowed (FormatInfo::exports; NVFP4 only where in_features %
+  /// 16 == 0), and the engine's fused layers (q/k/v, gate/up) are tied. Recorded in the plan;
+  /// mpq-pack --plan packs with it unless --export says otherwise.
+  ExportKind target_export = ExportKind::kMpq;
 };
+
+/// Whether engine export `kind` can store a tensor with `cols` inputs in candidate `spec`
+/// (always for kMpq and "source"; otherwise the format's export bit, and for NVFP4
+/// cols % 16 == 0, which vLLM requires).
+bool export_allows(ExportKind kind, const CandidateSpec& spec, int64_t cols);
 
 /// The ILP of `tensors` under `opt` (candidates with a NaN cost of the chosen form make it
 /// throw Error(kInput) naming the missing sensitivity, "<module>.fisher" or its trace).
@@ -106,8 +116,10 @@ nlohmann::json make_plan(const std::vector<TensorCandidates>& tensors,
 /// `sensitivity` is not null it receives the plan's "sensitivity_file" (empty if none).
 /// Throws Error(kInput) naming the file and field for a malformed plan, a solver status
 /// other than "optimal", or an unknown candidate.
+/// `target_export`, when not null, receives the plan's "export" ("mpq" when absent).
 std::map<std::string, PlanEntry> read_plan(const std::string& path, std::string* sensitivity = nullptr,
-                                           std::string* sensitivity_sha256 = nullptr);
+                                           std::string* sensitivity_sha256 = nullptr,
+                                           std::string* target_export = nullptr);
 
 /// Linear weights of all tensors (sum of rows * cols).
 int64_t total_linear_params(const std::vector<TensorCandidates>& tensors);

@@ -128,14 +128,14 @@ int main(int argc, char** argv) {
         opt.fgmp.fp8_fraction = spec.fgmp.fp8_fraction;
       }
     }
-    opt.export_kind = parse_export(export_kind);
     opt.act_scheme = parse_act_scheme(act_scheme);
     for (const char* flag : {"--calib", "--calib-samples", "--calib-seq-len"})
       if (opt.act_scheme != ActScheme::kStatic && app.count(flag) > 0)
         throw Error(ExitCode::kUsage, std::string(flag) + " applies to --activations static only");
     if (!plan_path.empty()) {
-      std::string plan_sens, plan_sha;
-      opt.plan = read_plan(plan_path, &plan_sens, &plan_sha);
+      std::string plan_sens, plan_sha, plan_export;
+      opt.plan = read_plan(plan_path, &plan_sens, &plan_sha, &plan_export);
+      if (app.count("--export") == 0 && plan_export != "mpq") export_kind = plan_export;  // the plan's target
       opt.plan_file = plan_path;
       opt.format = "plan";
       if (opt.sensitivity.empty()) opt.sensitivity = plan_sens;
@@ -143,6 +143,7 @@ int main(int argc, char** argv) {
         throw_input(opt.sensitivity, "sha256 differs from the plan's inputs_sha256.sensitivity (" + plan_path +
                                          "): not the file the plan was searched with");
     }
+    opt.export_kind = parse_export(export_kind);
     const bool planned = opt.format == "plan";
     const bool squeeze = opt.format == "squeezellm" || opt.format == "uniform";
     const bool fgmp = opt.format == "fgmp";
