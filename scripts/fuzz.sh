@@ -20,7 +20,9 @@ ALL=(fuzz_safetensors fuzz_safetensors_index fuzz_config fuzz_tokenizer fuzz_pla
 TARGETS=("$@")
 [ ${#TARGETS[@]} -gt 0 ] || TARGETS=("${ALL[@]}")
 
-MPQ_SANITIZE_BUILD="$B" bash scripts/run-sanitized-tests.sh --build-only >/dev/null
+# Configured by scripts/run-sanitized-tests.sh (the same build); only what fuzzing needs is built.
+[ -f "$B/CMakeCache.txt" ] || MPQ_SANITIZE_BUILD="$B" bash scripts/run-sanitized-tests.sh --configure-only
+cmake --build "$B" -j"$(nproc)" --target fuzz_targets mpq-sensitivity mpq-search mpq-pack >/dev/null
 
 W="$B/fuzz"
 mkdir -p "$W/corpus" "$W/artifacts"
@@ -80,10 +82,10 @@ for t in "${TARGETS[@]}"; do
   echo "fuzz: $t for ${SECS}s" >&2
   rc=0
   "$B/tests/fuzz/$t" "${args[@]}" "${dirs[@]}" >"$log" 2>&1 || rc=$?
-  execs=$(grep -o 'stat::number_of_executed_units: [0-9]*' "$log" | tail -1 | grep -o '[0-9]*$' || echo 0)
-  eps=$(grep -o 'stat::average_exec_per_sec: [0-9]*' "$log" | tail -1 | grep -o '[0-9]*$' || echo 0)
-  newu=$(grep -o 'stat::new_units_added: [0-9]*' "$log" | tail -1 | grep -o '[0-9]*$' || echo 0)
-  rss=$(grep -o 'stat::peak_rss_mb: [0-9]*' "$log" | tail -1 | grep -o '[0-9]*$' || echo 0)
+  execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | tail -1 | grep -o '[0-9]*$' || echo 0)
+  eps=$(grep -o 'stat::average_exec_per_sec: *[0-9]*' "$log" | tail -1 | grep -o '[0-9]*$' || echo 0)
+  newu=$(grep -o 'stat::new_units_added: *[0-9]*' "$log" | tail -1 | grep -o '[0-9]*$' || echo 0)
+  rss=$(grep -o 'stat::peak_rss_mb: *[0-9]*' "$log" | tail -1 | grep -o '[0-9]*$' || echo 0)
   files=$(find "$c" -type f | wc -l)
   bytes=$(find "$c" -type f -printf '%s\n' | awk '{s+=$1} END {print s+0}')
   result=ok

@@ -5,7 +5,7 @@
 # holds the fuzz targets (-DMPQ_FUZZ=ON) that scripts/fuzz.sh runs. CUDA is left out (nvcc
 # takes no sanitizer flags) and Eigen runs without OpenBLAS (OpenBLAS's libgomp and Clang's
 # libomp in one process are not a supported mix).
-#   scripts/run-sanitized-tests.sh [--build-only]
+#   scripts/run-sanitized-tests.sh [--configure-only | --build-only]
 # Exit 1 when a test fails or any sanitizer report was written: reports also go to files
 # ($B/sanitizer-logs/), so one inside a tool whose non-zero exit a test expected still fails.
 set -euo pipefail
@@ -16,6 +16,7 @@ if [ ! -f "$B/CMakeCache.txt" ]; then
   cmake -S . -B "$B" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_COMPILER=clang++ \
     -DMPQ_SANITIZE=address,undefined -DMPQ_FUZZ=ON -DMPQ_BLAS=OFF -DMPQ_BUILD_BENCH=OFF >/dev/null
 fi
+[ "${1:-}" = "--configure-only" ] && exit 0
 cmake --build "$B" -j"$(nproc)"
 [ "${1:-}" = "--build-only" ] && exit 0
 
