@@ -24,6 +24,15 @@ std::vector<int64_t> calibration_window_starts(int64_t n_tokens, int64_t n_windo
   if (n_tokens < length)
     throw Error(ExitCode::kInput, "calibration text has " + std::to_string(n_tokens) +
                                       " tokens, fewer than --seq-len " + std::to_string(length));
+  // Bounded by the text before allocating: at most n_tokens - L + 1 distinct sampled starts
+  // (more could only repeat windows), at most n_tokens / L sequential ones (no overflow).
+  if (!sequential && n_windows > n_tokens - length + 1)
+    throw Error(ExitCode::kInput, "calibration text has " + std::to_string(n_tokens) + " tokens: at most " +
+                                      std::to_string(n_tokens - length + 1) + " distinct windows of --seq-len " +
+                                      std::to_string(length) + ", fewer than --samples " + std::to_string(n_windows));
+  if (sequential && n_windows > n_tokens / length)
+    throw Error(ExitCode::kInput, "calibration text has " + std::to_string(n_tokens) + " tokens, fewer than " +
+                                      std::to_string(n_windows) + " sequential windows of " + std::to_string(length));
   std::vector<int64_t> starts(static_cast<std::size_t>(n_windows));
   if (sequential) {
     if (n_windows * length > n_tokens)

@@ -83,8 +83,8 @@ PackedTensor read_squeezellm_tensor(const TensorStore& store, const std::string&
                               " outside [0, " + std::to_string(rows * cols) + "]");
   for (const PackedPart& e : squeezellm_sparse_layout(cols, nnz))
     p.parts.push_back(checked_store_part(store, prefix, e, format, rows, cols));
-  std::string field;
-  const std::string msg = squeezellm_check_sparse(rows, cols, rp.data(), p.parts[3].bytes.data(),
+  std::string field;  // parts grew above: rp may dangle, so the row pointers are taken afresh
+  const std::string msg = squeezellm_check_sparse(rows, cols, p.parts[2].bytes.data(), p.parts[3].bytes.data(),
                                                   p.parts[3].dtype, nnz, &field);
   if (!msg.empty()) {
     const TensorView& t = store.get(prefix + "." + field);

@@ -12,11 +12,11 @@
 #include <fcntl.h>     // open
 #include <sys/mman.h>  // mmap, munmap
 #include <sys/stat.h>  // fstat, stat
-#include <unistd.h>    // close, write, fsync, unlink, getpid
+#include <unistd.h>    // close
 
 #include <algorithm>          // sort
 #include <cerrno>             // errno
-#include <cstdio>             // rename
+#include <cstdio>             // snprintf
 #include <cstring>            // memcpy, strerror
 #include <fstream>            // reading the index file
 #include <limits>             // numeric_limits
@@ -217,34 +217,11 @@ std::string read_text_file(const std::string& path) {
 /// stat() wrapper: true and `*st` filled when `path` exists.
 bool stat_path(const std::string& path, struct stat* st) { return ::stat(path.c_str(), st) == 0; }
 
-/// The folder part of `path` ("." when it has none).
-std::string parent_folder(const std::string& path) {
-  const std::size_t slash = path.find_last_of('/');
-  if (slash == std::string::npos) return ".";
-  if (slash == 0) return "/";
-  return path.substr(0, slash);
-}
-
 /// Little-endian u64 from 8 bytes.
 uint64_t load_le64(const uint8_t* p) {
   uint64_t v = 0;
   for (int i = 7; i >= 0; --i) v = (v << 8) | p[i];
   return v;
-}
-
-/// Writes all `size` bytes to `fd`, retrying on EINTR and short writes; false with errno
-/// set on failure.
-bool write_all(int fd, const uint8_t* p, std::size_t size) {
-  while (size > 0) {
-    const ssize_t n = ::write(fd, p, size);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return false;
-    }
-    p += n;
-    size -= static_cast<std::size_t>(n);
-  }
-  return true;
 }
 
 }  // namespace
@@ -553,41 +530,6 @@ void SafetensorsWriter::write(const std::string& path) const {
     out += e.bytes.size();
   }
   write_file_atomic(path, buf.data(), buf.size());
-}
-
-// --- Atomic file write ----------------------------------------------------------------
-
-void write_file_atomic(const std::string& path, const void* bytes, std::size_t size) {
-  if (path.empty()) throw_output("(empty path)", "no output path given");
-  const std::string folder = parent_folder(path);
-  struct stat st {};
-  if (!stat_path(folder, &st))
-    throw_output(path, "folder " + quote_name(folder) + ": " + std::strerror(errno));
-  if (!S_ISDIR(st.st_mode)) throw_output(path, quote_name(folder) + " is not a folder");
-
-  const std::string tmp = path + ".tmp." + std::to_string(::getpid());
-  // O_TRUNC replaces a stale temp left by a crashed run with the same pid; O_NOFOLLOW
-  // refuses to write through a symlink planted at the temp name.
-  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0666);
-  if (fd < 0) throw_output(path, "cannot create " + quote_name(tmp) + ": " + std::strerror(errno));
-
-  // Closes (if open) and removes the temp file, then throws with the saved errno.
-  const auto fail = [&](const char* step, int err, bool open_fd) {
-    if (open_fd) ::close(fd);
-    ::unlink(tmp.c_str());
-    throw_output(path, std::string(step) + ": " + std::strerror(err));
-  };
-  if (!write_all(fd, static_cast<const uint8_t*>(bytes), size)) fail("write", errno, true);
-  if (::fsync(fd) != 0) fail("fsync", errno, true);
-  if (::close(fd) != 0) fail("close", errno, false);
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) fail("rename", errno, false);
-
-  // Make the rename itself durable; best effort (some filesystems refuse fsync on folders).
-  const int dfd = ::open(folder.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd >= 0) {
-    ::fsync(dfd);
-    ::close(dfd);
-  }
 }
 
 }  // namespace mpq

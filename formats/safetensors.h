@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "formats/dtype.h"
+#include "formats/output_dir.h"  // write_file_atomic, OutputFile (the writer publishes through them)
 
 namespace mpq {
 
@@ -121,9 +122,5 @@ class SafetensorsWriter {
   std::vector<Entry> entries_;
   std::map<std::string, std::string> metadata_;
 };
-
-/// Writes `bytes` to `path` atomically (temp file in the same folder, fsync, rename).
-/// Throws Error(kOutput) naming the path. Shared by every writer in mpq.
-void write_file_atomic(const std::string& path, const void* bytes, std::size_t size);
 
 }  // namespace mpq

@@ -3,6 +3,9 @@
 #include <nlohmann/json.hpp>
 
 #include "formats/safetensors.h"
+#include "lib/common/error.h"
+#include "lib/common/json_fields.h"
+#include "lib/common/shape.h"
 
 namespace mpq {
 
@@ -31,6 +34,32 @@ void write_sensitivity_file(const std::string& path, const SensitivityResult& r,
   w.set_metadata("mpq_sensitivity_version", "1");
   w.set_metadata("traces", traces.dump());
   w.write(path);
+}
+
+std::map<std::string, double> read_hutchinson_traces(const TensorStore& sens) {
+  std::map<std::string, double> out;
+  for (const auto& f : sens.files()) {
+    const auto it = f->metadata().find("traces");
+    if (it == f->metadata().end()) continue;
+    const nlohmann::json j = parse_json_text(it->second, f->path(), "__metadata__.traces");
+    const JsonObject traces(j, f->path(), "__metadata__.traces");
+    for (const auto& [module, entry] : j.items()) {
+      const JsonObject m(entry, f->path(), traces.field(module));
+      if (!m.has("hutchinson_trace") || m.get_int("hutchinson_samples", 1) <= 0) continue;
+      out[module] = m.get_double("hutchinson_trace");
+    }
+  }
+  return out;
+}
+
+const TensorView* find_sensitivity_tensor(const TensorStore& sens, const std::string& name,
+                                          const std::vector<int64_t>& shape) {
+  if (!sens.has(name)) return nullptr;
+  const TensorView& t = sens.get(name);
+  if (t.dtype != DType::F32 || t.shape != shape)
+    throw_input(t.file, "tensor '" + name + "': " + dtype_name(t.dtype) + " " + shape_str(t.shape) + ", expected F32 " +
+                            shape_str(shape));
+  return &t;
 }
 
 }  // namespace mpq

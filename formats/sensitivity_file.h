@@ -14,8 +14,10 @@
 // hutchinson_stderr, hutchinson_samples}}).
 #pragma once
 
+#include <cstdint>
 #include <map>
 #include <string>
+#include <vector>
 
 #include "calibration/sensitivity.h"
 
@@ -25,5 +27,24 @@ namespace mpq {
 /// Throws Error(kOutput).
 void write_sensitivity_file(const std::string& path, const SensitivityResult& r,
                             const std::map<std::string, std::string>& metadata);
+
+class TensorStore;  // formats/safetensors.h
+struct TensorView;
+
+/// Reader side, shared by mpq-search and mpq-pack (the file is opened with TensorStore::open,
+/// which validates the safetensors layer).
+///
+/// Hutchinson trace per module from the "traces" metadata of every file of `sens`: module ->
+/// hutchinson_trace, only for modules whose trace was computed (a number, and
+/// hutchinson_samples absent or > 0; files written without --kind hutchinson carry 0 samples).
+/// Throws Error(kInput) "<file>: __metadata__.traces...: <problem>" when traces is not JSON,
+/// not an object, an entry is not an object, or a field has the wrong type.
+std::map<std::string, double> read_hutchinson_traces(const TensorStore& sens);
+
+/// The tensor `name` ("<module>.fisher", ".act_fisher", ".hessian_diag") of `sens` when
+/// present, checked F32 with exactly `shape`; nullptr when absent. Throws Error(kInput)
+/// "<file>: tensor '<name>': <dtype> <shape>, expected F32 <shape>" otherwise.
+const TensorView* find_sensitivity_tensor(const TensorStore& sens, const std::string& name,
+                                          const std::vector<int64_t>& shape);
 
 }  // namespace mpq

@@ -8,7 +8,9 @@
 #   vLLM loads it.
 # Calibration: $MPQ_CALIB (default ../shared/data/text/tinystories_valid_calib.txt).
 # Text: $MPQ_TEXT (default ../shared/data/text/tinystories_valid_eval.txt), first
-# $MPQ_MAX_TOKENS tokens (default 20480), ctx 512. Outputs under ./out/.
+# $MPQ_MAX_TOKENS tokens (default 20480), ctx = min(512, the model's max_position_embeddings),
+# or $MPQ_CTX (a value above max_position_embeddings is passed with --allow-long-ctx, and
+# mpq-eval warns). Outputs under ./out/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA="${MPQ_DATA:-../shared/data}"
@@ -21,6 +23,14 @@ if [ ! -f "$MODEL/config.json" ]; then
   exit 3
 fi
 bash scripts/setup.sh
+MAXPOS=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1])).get("max_position_embeddings") or 0)' \
+         "$MODEL/config.json")
+CTX_ARGS=(--ctx "$(( MAXPOS > 0 && MAXPOS < 512 ? MAXPOS : 512 ))")
+if [ -n "${MPQ_CTX:-}" ]; then
+  CTX_ARGS=(--ctx "$MPQ_CTX")
+  [ "$MAXPOS" -gt 0 ] && [ "$MPQ_CTX" -gt "$MAXPOS" ] && CTX_ARGS+=(--allow-long-ctx)
+fi
+echo "run-main: ${CTX_ARGS[*]} (max_position_embeddings $MAXPOS)" >&2
 B=build/tools
 OUT=out/$(basename "$MODEL")
 mkdir -p "$OUT"
@@ -30,7 +40,7 @@ if [ -f "$CALIB" ]; then
   $B/mpq-sensitivity --model "$MODEL" --calib "$CALIB" --samples 128 --seq-len 256 \
     --kind fisher,hessian,act-fisher --out "$OUT/sensitivity.safetensors" --json "$OUT/sensitivity.json" -q | tail -n 1
 fi
-$B/mpq-eval --model "$MODEL" --text "$TEXT" --ctx 512 --max-tokens "$MAXTOK" --json "$OUT/eval-fp32.json"
+$B/mpq-eval --model "$MODEL" --text "$TEXT" "${CTX_ARGS[@]}" --max-tokens "$MAXTOK" --json "$OUT/eval-fp32.json"
 FORMATS="fp8 nvfp4"
 if [ -f "$OUT/sensitivity.safetensors" ]; then
   FORMATS="$FORMATS nvfp4-w4a4 squeezellm3 fgmp mixed4.5"
@@ -47,7 +57,7 @@ for fmt in $FORMATS; do
   esac
   $B/mpq-pack --model "$MODEL" "${args[@]}" --out "$OUT/$fmt" --force -q >/dev/null
   $B/mpq-inspect "$OUT/$fmt" --json "$OUT/inspect-$fmt.json" >/dev/null
-  $B/mpq-eval --model "$OUT/$fmt" --base "$MODEL" --text "$TEXT" --ctx 512 --max-tokens "$MAXTOK" \
+  $B/mpq-eval --model "$OUT/$fmt" --base "$MODEL" --text "$TEXT" "${CTX_ARGS[@]}" --max-tokens "$MAXTOK" \
     --json "$OUT/eval-$fmt.json"
 done
 

@@ -7,6 +7,9 @@ cd "$(dirname "$0")/.."
 PKGS=(cmake make g++ pkg-config libeigen3-dev libcli11-dev nlohmann-json3-dev libsentencepiece-dev
       libgtest-dev libgmock-dev libbenchmark-dev libssl-dev libopenblas-openmp-dev libglpk-dev python3
       python3-numpy)  # python3-numpy: the independent engine-export reader (tests/interop)
+# MPQ_SETUP_FUZZ=1: also Clang 14 with its sanitizer and libFuzzer runtimes, LLVM's OpenMP and
+# llvm-symbolizer, for scripts/run-sanitized-tests.sh and scripts/fuzz.sh (which set it).
+[ "${MPQ_SETUP_FUZZ:-0}" = 1 ] && PKGS+=(clang libclang-rt-14-dev libomp-14-dev llvm-14)
 missing=()
 for p in "${PKGS[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -16,5 +19,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# MPQ_SETUP_DEPS_ONLY=1: install, do not build ./build.
+[ "${MPQ_SETUP_DEPS_ONLY:-0}" = 1 ] && exit 0
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release "$@" >/dev/null
 cmake --build build -j"$(nproc)"

@@ -117,8 +117,8 @@ struct Shape {
 // (as do the CPU references): a few ulps times sqrt(cols) leaves a wide margin below the
 // 1 / cols that one wrong weight of average size would cost at cols = 4096. The cuBLAS
 // baseline rounds x to fp16 (relative error <= 2^-11 per element).
-constexpr double kTolFp32Accum = 3e-5;
-constexpr double kTolF16 = 1.5e-3;
+[[maybe_unused]] constexpr double kTolFp32Accum = 3e-5;
+[[maybe_unused]] constexpr double kTolF16 = 1.5e-3;
 
 [[maybe_unused]] void expect_error_code(const std::function<void()>& fn, ExitCode code, const std::string& what) {
   try {

@@ -357,6 +357,7 @@ TEST(FgmpKernels, EmptyShapes) {
   for (float v : y) EXPECT_EQ(v, 0.0f);
   EXPECT_NO_THROW(fgmp_check_layout(t.view(), "t"));
   const RandomFgmp none = make_random(0, 33, 0.3, 6);  // no rows: nothing written
+  x.assign(33, 1.0f);  // x holds cols floats (was 1: a heap overflow found by AddressSanitizer)
   fgmp_gemv(none.view(), x.data(), y.data());
   EXPECT_NO_THROW(fgmp_check_layout(none.view(), "none"));
 }

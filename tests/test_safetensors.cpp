@@ -544,13 +544,14 @@ TEST_F(SafetensorsTest, ExistingDestinationSurvivesFailedWrite) {
 }
 
 TEST_F(SafetensorsTest, FailedRenameRemovesTemp) {
-  // The destination is a non-empty folder: rename fails after the temp was written.
+  // The destination is a non-empty folder: refused before a temp is written (a rename that
+  // fails after writing is covered in test_reliability.cpp, OutputFile).
   const std::string p = path("dest");
   ASSERT_EQ(::mkdir(p.c_str(), 0755), 0);
   write_raw(p + "/inside", {1});
   const std::vector<uint8_t> bytes = {1, 2, 3, 4};
   expect_error([&] { write_file_atomic(p, bytes.data(), bytes.size()); }, ExitCode::kOutput,
-               {p, "rename"});
+               {p, "folder"});
   EXPECT_TRUE(temp_files(dir_).empty());
   EXPECT_EQ(read_raw(p + "/inside"), std::vector<uint8_t>{1});
 }

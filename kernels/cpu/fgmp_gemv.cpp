@@ -14,6 +14,7 @@
 #include <type_traits>  // std::integral_constant
 #include <vector>
 
+#include "lib/common/cpu_features.h"  // cpu_has_f16c
 #include "lib/common/error.h"    // Error, ExitCode, throw_input
 #include "lib/numeric/codecs.h"  // e2m1_to_fp32, e4m3_to_fp32
 
@@ -419,7 +420,7 @@ MPQ_AVX512 void avx512_decode_row(const FgmpWeightView& w, int64_t r, float* out
 
 bool fgmp_cpu_has_avx2() {
   static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                          __builtin_cpu_supports("f16c");
+                          cpu_has_f16c();
   return has;
 }
 

@@ -22,6 +22,7 @@
 #include <string>
 #include <vector>
 
+#include "lib/common/cpu_features.h"  // cpu_has_f16c
 #include "lib/common/error.h"    // Error, ExitCode
 #include "lib/numeric/codecs.h"  // fp16_to_fp32
 
@@ -559,7 +560,7 @@ void gemm_natural(const LutWeightView& w, const float* X, int64_t T, float* Y, D
 
 bool lut_cpu_has_avx2() {
   static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                          __builtin_cpu_supports("f16c");
+                          cpu_has_f16c();
   return has;
 }
 

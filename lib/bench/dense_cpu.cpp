@@ -10,6 +10,7 @@
 #include <memory>
 #include <vector>
 
+#include "lib/common/cpu_features.h"
 #include "lib/common/error.h"
 #include "lib/numeric/codecs.h"
 
@@ -80,7 +81,7 @@ __attribute__((target("avx2,fma,f16c"))) float dot_avx2(const float* a, const fl
 
 bool f16_gemm_has_f16c() {
   static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                          __builtin_cpu_supports("f16c");
+                          cpu_has_f16c();
   return has;
 }
 

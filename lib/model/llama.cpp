@@ -258,6 +258,7 @@ LlamaModel::LlamaModel(LlamaConfig config, LlamaWeights weights)
 LlamaModel LlamaModel::load(const std::string& dir, const LoadOptions& opt) {
   LlamaConfig c = load_llama_config(dir);
   const TensorStore store = TensorStore::open(dir);
+  check_config_against_tensors(c, store);  // before anything is allocated by the config's sizes
   const int64_t H = c.hidden_size, V = c.vocab_size;
   LlamaWeights w;
   w.embed = load_matrix(store, "model.embed_tokens.weight", V, H);

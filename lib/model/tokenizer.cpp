@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "lib/common/error.h"
+#include "lib/common/json_fields.h"
 
 namespace mpq {
 
@@ -29,16 +30,8 @@ Tokenizer Tokenizer::load(const std::string& folder) {
   if (!status.ok()) throw_input(t.path_, "cannot load SentencePiece model: " + status.ToString());
   const fs::path cfg = fs::path(folder) / "tokenizer_config.json";
   if (fs::exists(cfg)) {
-    std::ifstream in(cfg);
-    std::stringstream ss;
-    ss << in.rdbuf();
-    try {
-      const auto j = nlohmann::json::parse(ss.str());
-      if (j.contains("add_bos_token") && j["add_bos_token"].is_boolean())
-        t.add_bos_ = j["add_bos_token"].get<bool>();
-    } catch (const nlohmann::json::exception& e) {
-      throw_input(cfg.string(), std::string("malformed JSON: ") + e.what());
-    }
+    const nlohmann::json j = read_json_file(cfg.string());
+    t.add_bos_ = JsonObject(j, cfg.string()).get_bool("add_bos_token", true);
   }
   return t;
 }

@@ -8,6 +8,7 @@
 
 #include "calibration/linear_inputs.h"
 #include "formats/safetensors.h"
+#include "formats/sensitivity_file.h"
 #include "lib/common/error.h"
 #include "lib/common/sha256.h"
 #include "lib/common/shape.h"
@@ -73,13 +74,11 @@ ActCalibration calibrate_act_thresholds(const std::string& model_dir, const ActC
     for (int i = 0; i < 7; ++i) {
       const std::string m = module_name(l, i), fname = m + ".act_fisher";
       const int64_t cols = linear_shape(c, i)[1];
-      if (!sens.has(fname))
+      const TensorView* fp = find_sensitivity_tensor(sens, fname, {cols});
+      if (!fp)
         throw_input(opt.sensitivity, "tensor '" + fname + "' missing (--act-calib needs it; compute it with "
                                      "mpq-sensitivity --kind act-fisher)");
-      const TensorView& f = sens.get(fname);
-      if (f.dtype != DType::F32 || f.shape != std::vector<int64_t>{cols})
-        throw_input(f.file, "tensor '" + fname + "': " + dtype_name(f.dtype) + " " + shape_str(f.shape) +
-                                ", expected F32 " + shape_str({cols}));
+      const TensorView& f = *fp;
       ActModuleCalibration& mc = res.modules[m];
       mc.act_fisher = to_f32(f);
       for (std::size_t j = 0; j < mc.act_fisher.size(); ++j)

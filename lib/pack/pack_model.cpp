@@ -1,7 +1,5 @@
 #include "lib/pack/pack_model.h"
 
-#include <unistd.h>
-
 #include <array>
 #include <map>
 #include <cmath>
@@ -12,8 +10,10 @@
 #include <regex>
 
 #include "formats/hf_config.h"
+#include "formats/output_dir.h"
 #include "formats/packed_checkpoint.h"
 #include "formats/safetensors.h"
+#include "formats/sensitivity_file.h"
 #include "lib/common/error.h"
 #include "lib/common/sha256.h"
 #include "lib/model/llama.h"
@@ -36,18 +36,6 @@ std::string utc_now() {
 }
 
 void write_text_atomic(const fs::path& p, const std::string& s) { write_file_atomic(p.string(), s.data(), s.size()); }
-
-// Removes a staging folder unless released (RAII cleanup on any exception).
-struct StagingDir {
-  fs::path path;
-  bool keep = false;
-  ~StagingDir() {
-    if (!keep) {
-      std::error_code ec;
-      fs::remove_all(path, ec);
-    }
-  }
-};
 
 }  // namespace
 
@@ -89,6 +77,7 @@ PackReport pack_model(const std::string& model_dir, const std::string& out_dir, 
     throw_input((fs::path(model_dir) / "config.json").string(),
                 "quantization_config: the input is already quantized; pack from the original weights");
   const TensorStore store = TensorStore::open(model_dir);
+  check_config_against_tensors(cfg, store);
   std::unique_ptr<TensorStore> sens;
   if (fisher_weighted) sens = std::make_unique<TensorStore>(TensorStore::open(opt.sensitivity));
 
@@ -131,16 +120,10 @@ PackReport pack_model(const std::string& model_dir, const std::string& out_dir, 
       if (xp.modules.at(module).format) linears[module + ".weight"] = linear_shape(cfg, i);
     }
 
-  // Output checks before any work.
-  const fs::path out(out_dir);
-  if (fs::exists(out) && !fs::is_empty(out) && !opt.force)
-    throw_output(out_dir, "exists and is not empty (use --force to replace it)");
-  const fs::path parent = fs::absolute(out).parent_path();
-  if (!fs::is_directory(parent)) throw_output(out_dir, "parent folder does not exist");
-  StagingDir stage{parent / (out.filename().string() + ".partial-" + std::to_string(getpid()))};
+  // Output checks before any work; the folder is built in a staging folder (formats/output_dir.h).
+  OutputDir output(out_dir, opt.force);
+  const fs::path stage_dir = output.staging();
   std::error_code ec;
-  fs::remove_all(stage.path, ec);
-  if (!fs::create_directory(stage.path, ec)) throw_output(stage.path.string(), "cannot create: " + ec.message());
 
   // A quantized linear's fp32 weights (checked finite) and, with a sensitivity file, its Fisher.
   auto load_linear = [&](const TensorView& t, const std::string& module, int64_t rows, int64_t cols,
@@ -154,13 +137,9 @@ PackReport pack_model(const std::string& model_dir, const std::string& out_dir, 
     fisher.clear();
     if (!sens) return;
     const std::string fname = module + ".fisher";
-    if (!sens->has(fname))
-      throw_input(opt.sensitivity, "tensor '" + fname + "' missing (needed to pack " + module + ")");
-    const TensorView& f = sens->get(fname);
-    if (f.dtype != DType::F32 || f.shape != std::vector<int64_t>{rows, cols})
-      throw_input(f.file, "tensor '" + fname + "': " + dtype_name(f.dtype) + " " + shape_str(f.shape) +
-                              ", expected F32 " + shape_str({rows, cols}));
-    fisher = to_f32(f);
+    const TensorView* f = find_sensitivity_tensor(*sens, fname, {rows, cols});
+    if (!f) throw_input(opt.sensitivity, "tensor '" + fname + "' missing (needed to pack " + module + ")");
+    fisher = to_f32(*f);
   };
   auto module_of = [](const std::string& name) { return name.substr(0, name.size() - std::string(".weight").size()); };
 
@@ -285,7 +264,7 @@ PackReport pack_model(const std::string& model_dir, const std::string& out_dir, 
   writer.set_metadata("format", "pt");
   writer.set_metadata("mpq_format_version", "1");
   if (xp.kind == ExportKind::kMpq) writer.set_metadata("mpq_logical_shapes", shapes_meta.dump());
-  writer.write((stage.path / "model.safetensors").string());
+  writer.write((stage_dir / "model.safetensors").string());
 
   // config.json: the export's quantization_config; for mpq-native, mpq's own record of the
   // format (quant_method "mpq", which every engine refuses by name).
@@ -333,9 +312,9 @@ PackReport pack_model(const std::string& model_dir, const std::string& out_dir, 
   if (!act.modules.empty()) qc["activation"] = act.record;
   nlohmann::json config = cfg.raw;
   config["quantization_config"] = qc;
-  write_text_atomic(stage.path / "config.json", config.dump(2) + "\n");
+  write_text_atomic(stage_dir / "config.json", config.dump(2) + "\n");
   const nlohmann::json hfq = export_hf_quant_config(xp);
-  if (!hfq.is_null()) write_text_atomic(stage.path / "hf_quant_config.json", hfq.dump(2) + "\n");
+  if (!hfq.is_null()) write_text_atomic(stage_dir / "hf_quant_config.json", hfq.dump(2) + "\n");
 
   // Tokenizer files and input hashes.
   std::vector<std::string> weight_files;
@@ -345,8 +324,8 @@ PackReport pack_model(const std::string& model_dir, const std::string& out_dir, 
     const fs::path src = fs::path(model_dir) / f;
     if (!fs::exists(src)) continue;
     inputs[f] = sha256_file(src.string());
-    fs::copy_file(src, stage.path / f, fs::copy_options::overwrite_existing, ec);
-    if (ec) throw_output((stage.path / f).string(), "cannot copy: " + ec.message());
+    fs::copy_file(src, stage_dir / f, fs::copy_options::overwrite_existing, ec);
+    if (ec) throw_output((stage_dir / f).string(), "cannot copy: " + ec.message());
   }
 
   nlohmann::json export_rec = {{"kind", export_name(xp.kind)},
@@ -378,22 +357,9 @@ PackReport pack_model(const std::string& model_dir, const std::string& out_dir, 
   if (fisher_weighted)
     rep.manifest["sensitivity"] = {{"file", fs::absolute(opt.sensitivity).string()},
                                    {"sha256", sha256_file(opt.sensitivity)}};
-  write_text_atomic(stage.path / "mpq_manifest.json", rep.manifest.dump(2) + "\n");
+  write_text_atomic(stage_dir / "mpq_manifest.json", rep.manifest.dump(2) + "\n");
 
-  // Swap the staged folder into place.
-  fs::path old;
-  if (fs::exists(out)) {
-    old = parent / (out.filename().string() + ".old-" + std::to_string(getpid()));
-    fs::rename(out, old, ec);
-    if (ec) throw_output(out_dir, "cannot move the existing folder aside: " + ec.message());
-  }
-  fs::rename(stage.path, out, ec);
-  if (ec) {
-    if (!old.empty()) fs::rename(old, out);
-    throw_output(out_dir, "cannot rename the staged folder into place: " + ec.message());
-  }
-  stage.keep = true;
-  if (!old.empty()) fs::remove_all(old, ec);
+  output.publish();  // one atomic exchange with an existing folder
   return rep;
 }
 

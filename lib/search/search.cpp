@@ -11,6 +11,8 @@
 
 #include "formats/hf_config.h"
 #include "formats/safetensors.h"
+#include "formats/sensitivity_file.h"
+#include "lib/common/json_fields.h"
 #include "lib/common/error.h"
 #include "lib/common/shape.h"
 #include "lib/model/llama.h"
@@ -20,25 +22,6 @@ namespace mpq {
 namespace {
 
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
-
-// Hutchinson traces per module from a sensitivity file's "traces" metadata (empty if none).
-std::map<std::string, double> hutchinson_traces(const TensorStore& sens, const std::string& path) {
-  std::map<std::string, double> out;
-  for (const auto& f : sens.files()) {
-    auto it = f->metadata().find("traces");
-    if (it == f->metadata().end()) continue;
-    nlohmann::json j;
-    try {
-      j = nlohmann::json::parse(it->second);
-    } catch (const nlohmann::json::exception& e) {
-      throw_input(path, std::string("__metadata__.traces: not JSON: ") + e.what());
-    }
-    for (auto m = j.begin(); m != j.end(); ++m)
-      if (m.value().contains("hutchinson_trace") && m.value()["hutchinson_trace"].is_number())
-        out[m.key()] = m.value()["hutchinson_trace"].get<double>();
-  }
-  return out;
-}
 
 }  // namespace
 
@@ -55,8 +38,9 @@ std::vector<TensorCandidates> evaluate_candidates(const std::string& model_dir, 
   if (!cfg.quantization_config.is_null())
     throw_input(model_dir + "/config.json", "quantization_config: the input is already quantized; search on the original weights");
   const TensorStore store = TensorStore::open(model_dir);
+  check_config_against_tensors(cfg, store);
   const TensorStore sens = TensorStore::open(sensitivity);
-  const std::map<std::string, double> traces = hutchinson_traces(sens, sensitivity);
+  const std::map<std::string, double> traces = read_hutchinson_traces(sens);
   std::vector<std::unique_ptr<Quantizer>> quants;
   for (const auto& s : specs) quants.push_back(make_quantizer(s));
 
@@ -79,13 +63,7 @@ std::vector<TensorCandidates> evaluate_candidates(const std::string& model_dir, 
           throw_input(t.file, "tensor '" + t.name + "': non-finite value at flat index " + std::to_string(k));
       std::vector<float> fisher;
       const std::string fname = tc.module + ".fisher";
-      if (sens.has(fname)) {
-        const TensorView& f = sens.get(fname);
-        if (f.dtype != DType::F32 || f.shape != std::vector<int64_t>{rows, cols})
-          throw_input(f.file, "tensor '" + fname + "': " + dtype_name(f.dtype) + " " + shape_str(f.shape) +
-                                  ", expected F32 " + shape_str({rows, cols}));
-        fisher = to_f32(f);
-      }
+      if (const TensorView* f = find_sensitivity_tensor(sens, fname, {rows, cols})) fisher = to_f32(*f);
       auto tr = traces.find(tc.module);
       const double trace_per_param = tr == traces.end() ? kNaN : tr->second / static_cast<double>(rows * cols);
       std::vector<float> q(w.size());
@@ -128,53 +106,39 @@ double LatencyTable::lookup(int64_t rows, int64_t cols, const std::string& candi
 }
 
 LatencyTable read_latency_table(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) throw_input(path, "cannot open");
+  const nlohmann::json j = read_json_file(path);
+  const JsonObject top(j, path);
   LatencyTable t;
   t.file = path;
-  try {
-    const nlohmann::json j = nlohmann::json::parse(in);
-    t.device = j.value("device", "");
-    if (!j.contains("entries") || !j["entries"].is_array()) throw_input(path, "entries: missing or not an array");
-    for (std::size_t k = 0; k < j["entries"].size(); ++k) {
-      const auto& e = j["entries"][k];
-      const std::string where = "entries[" + std::to_string(k) + "]";
-      if (!e.is_object() || !e.contains("rows") || !e.contains("cols") || !e.contains("candidate") || !e.contains("us"))
-        throw_input(path, where + ": needs rows, cols, candidate, us");
-      const double us = e["us"].get<double>();
-      if (!std::isfinite(us) || us < 0) throw_input(path, where + ".us: expected a finite value >= 0");
-      t.entries.emplace_back(e["rows"].get<int64_t>(), e["cols"].get<int64_t>(), e["candidate"].get<std::string>(), us);
-    }
-  } catch (const nlohmann::json::exception& e) {
-    throw_input(path, std::string("not a latency table: ") + e.what());
+  t.device = top.get_string("device", "");
+  const nlohmann::json& entries = top.get_array("entries");
+  for (std::size_t k = 0; k < entries.size(); ++k) {
+    const JsonObject e(entries[k], path, "entries[" + std::to_string(k) + "]");
+    const double us = e.get_double("us");
+    if (!std::isfinite(us) || us < 0) e.fail("us", "expected a finite value >= 0");
+    t.entries.emplace_back(e.get_int("rows"), e.get_int("cols"), e.get_string("candidate"), us);
   }
   return t;
 }
 
 std::map<std::string, PlanEntry> read_plan(const std::string& path, std::string* sensitivity,
                                            std::string* sensitivity_sha256, std::string* target_export) {
-  std::ifstream in(path);
-  if (!in) throw_input(path, "cannot open");
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(in);
-  } catch (const nlohmann::json::exception& e) {
-    throw_input(path, std::string("not JSON: ") + e.what());
-  }
-  if (!j.is_object() || j.value("mpq_plan_version", 0) != 1) throw_input(path, "mpq_plan_version: expected 1");
-  if (!j.contains("solver") || j["solver"].value("status", "") != "optimal")
-    throw_input(path, "solver.status: not \"optimal\" (the search found no assignment; nothing to pack)");
-  if (!j.contains("tensors") || !j["tensors"].is_object() || j["tensors"].empty())
-    throw_input(path, "tensors: missing or empty");
+  const nlohmann::json j = read_json_file(path);
+  const JsonObject plan(j, path);
+  if (plan.get_int("mpq_plan_version") != 1) plan.fail("mpq_plan_version", "expected 1");
+  if (plan.get_object("solver").get_string("status") != "optimal")
+    plan.fail("solver.status", "not \"optimal\" (the search found no assignment; nothing to pack)");
+  const JsonObject tensors = plan.get_object("tensors");
+  if (j["tensors"].empty()) plan.fail("tensors", "empty");
   std::map<std::string, PlanEntry> out;
   for (const auto& [module, e] : j["tensors"].items()) {
-    if (!e.is_object() || !e.contains("candidate") || !e["candidate"].is_string())
-      throw_input(path, "tensors." + module + ".candidate: missing or not a string");
+    const JsonObject entry(e, path, tensors.field(module));
+    const std::string label = entry.get_string("candidate");
     CandidateSpec spec;
     try {
-      spec = parse_format_label(e["candidate"].get<std::string>());
+      spec = parse_format_label(label);
     } catch (const Error& err) {
-      throw_input(path, "tensors." + module + ".candidate: " + err.what());
+      entry.fail("candidate", err.what());
     }
     PlanEntry pe;
     pe.candidate = spec.label;
@@ -184,19 +148,18 @@ std::map<std::string, PlanEntry> read_plan(const std::string& path, std::string*
     out[module] = std::move(pe);
   }
   if (target_export) {
-    *target_export = "mpq";
-    if (j.contains("export")) {
-      if (!j["export"].is_string()) throw_input(path, "export: expected a string");
-      *target_export = j["export"].get<std::string>();
-      try {
-        parse_export(*target_export);
-      } catch (const Error& e) {
-        throw_input(path, std::string("export: ") + e.what());
-      }
+    *target_export = plan.get_string("export", "mpq");
+    try {
+      parse_export(*target_export);
+    } catch (const Error& e) {
+      plan.fail("export", e.what());
     }
   }
-  if (sensitivity) *sensitivity = j.value("sensitivity_file", "");
-  if (sensitivity_sha256) *sensitivity_sha256 = j.contains("inputs_sha256") ? j["inputs_sha256"].value("sensitivity", "") : "";
+  const std::string sens_file = plan.get_string("sensitivity_file", "");
+  std::string sens_sha;
+  if (const auto inputs = plan.find_object("inputs_sha256")) sens_sha = inputs->get_string("sensitivity", "");
+  if (sensitivity) *sensitivity = sens_file;
+  if (sensitivity_sha256) *sensitivity_sha256 = sens_sha;
   return out;
 }
 

@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <set>
 
+#include "formats/hf_config.h"
 #include "lib/eval/perplexity.h"
 #include "lib/model/llama.h"
 #include "lib/model/tokenizer.h"
@@ -31,7 +32,11 @@ int main(int argc, char** argv) {
   auto* text_opt = app.add_option("--text", text_file, "Text file: BOS + whole-file tokenization");
   auto* tok_opt = app.add_option("--tokens", token_file, "Pre-tokenized ids, int32 little-endian");
   text_opt->excludes(tok_opt);
-  app.add_option("--ctx", ctx, "Window length in tokens")->capture_default_str()->check(CLI::Range(2, 1 << 20));
+  app.add_option("--ctx", ctx, "Window length in tokens (default: min(512, config.json max_position_embeddings))")->check(CLI::Range(2, 1 << 20));
+  bool allow_long_ctx = false;
+  app.add_flag("--allow-long-ctx", allow_long_ctx,
+               "Allow --ctx beyond config.json max_position_embeddings (the model then runs outside its "
+               "trained context; warned on stderr and recorded in the JSON)");
   app.add_option("--max-tokens", max_tokens, "Use only the first N ids (0 = all)")
       ->check(CLI::NonNegativeNumber);
   app.add_option("--json", json_out, "Write the results as JSON to this file");
@@ -76,6 +81,20 @@ int main(int argc, char** argv) {
                   "--device cuda: this mpq was built without CUDA (configure with -DMPQ_CUDA=ON where nvcc is installed)");
 #endif
     }
+    // A window longer than the trained context is refused before any weight is read.
+    // Without --ctx the window is min(512, max_position_embeddings).
+    const int64_t max_pos = load_llama_config(model_dir).max_position_embeddings;  // 0 = not given
+    if (app.count("--ctx") == 0 && max_pos > 0 && ctx > max_pos) ctx = max_pos;
+    const bool beyond_max_pos = max_pos > 0 && ctx > max_pos;
+    if (beyond_max_pos && !allow_long_ctx)
+      throw Error(ExitCode::kUsage, "--ctx " + std::to_string(ctx) + " exceeds max_position_embeddings " +
+                                        std::to_string(max_pos) + " of " + model_dir +
+                                        "/config.json: the model would run outside its trained context; give --ctx <= " +
+                                        std::to_string(max_pos) + " or --allow-long-ctx");
+    if (beyond_max_pos)
+      std::fprintf(stderr, "mpq-eval: warning: --ctx %lld exceeds max_position_embeddings %lld: positions past %lld "
+                           "are outside the trained context (recorded in the JSON)\n",
+                   static_cast<long long>(ctx), static_cast<long long>(max_pos), static_cast<long long>(max_pos));
     LlamaModel model = LlamaModel::load(model_dir);
     ActQuantMode act_mode = parse_act_mode(act_name);
     std::string act_declared = "none";  // what auto resolved to, per linear: "none", "fp8", "nvfp4" or "mixed"
@@ -175,6 +194,8 @@ int main(int argc, char** argv) {
     j["input"] = token_file.empty() ? text_file : token_file;
     j["input_tokens"] = ids.size();
     j["ctx"] = r.ctx;
+    j["max_position_embeddings"] = max_pos > 0 ? nlohmann::json(max_pos) : nlohmann::json(nullptr);
+    j["ctx_beyond_max_position_embeddings"] = beyond_max_pos;
     j["windows"] = r.windows;
     j["scored_tokens"] = r.scored_tokens;
     j["mean_nll"] = r.mean_nll;

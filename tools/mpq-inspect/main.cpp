@@ -31,6 +31,7 @@ int main(int argc, char** argv) {
     const bool is_model = fs::is_directory(path) && fs::exists(fs::path(path) / "config.json");
     if (is_model) {
       const LlamaConfig cfg = load_llama_config(path);
+      check_config_against_tensors(cfg, store);
       j["architecture"] = cfg.architecture;
       j["quantization_config"] = cfg.quantization_config;
       for (int64_t l = 0; l < cfg.num_layers; ++l)
