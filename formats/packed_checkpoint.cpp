@@ -165,4 +165,9 @@ void add_packed(SafetensorsWriter& w, const std::string& prefix, const PackedTen
   for (const PackedPart& part : p.parts) w.add(prefix + "." + part.suffix, part.dtype, part.shape, part.bytes);
 }
 
+void add_packed(ShardedSafetensorsWriter& w, const std::string& prefix, const PackedTensor& p) {
+  for (const PackedPart& part : p.parts)
+    w.add(prefix + "." + part.suffix, part.dtype, part.shape, part.bytes.data(), part.bytes.size());
+}
+
 }  // namespace mpq

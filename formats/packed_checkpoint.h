@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "formats/safetensors.h"
+#include "formats/sharded_safetensors.h"
 #include "lib/common/shape.h"  // shape_str(), which includers of this header use
 #include "lib/quant/quantizer.h"
 
@@ -45,5 +46,7 @@ std::vector<float> read_linear_f32(const TensorStore& store, const std::string& 
 
 /// Adds every part of `p` to `w` as "<prefix>.<suffix>".
 void add_packed(SafetensorsWriter& w, const std::string& prefix, const PackedTensor& p);
+/// The same, streamed into a sharded writer (formats/sharded_safetensors.h).
+void add_packed(ShardedSafetensorsWriter& w, const std::string& prefix, const PackedTensor& p);
 
 }  // namespace mpq
