@@ -281,7 +281,13 @@ void merge_sensitivity_files(const std::vector<std::string>& parts, const std::s
       common = rest;
       first = path;
     } else {
-      for (const auto& [k, v] : common) {
+      // Inputs first: a different model or calibration set is the likeliest mistake.
+      std::vector<std::string> keys = {"model_sha256", "calibration_sha256"};
+      for (const auto& kv : common)
+        if (kv.first != "model_sha256" && kv.first != "calibration_sha256") keys.push_back(kv.first);
+      for (const std::string& k : keys) {
+        if (!common.count(k)) continue;
+        const std::string& v = common.at(k);
         const auto it = rest.find(k);
         if (it == rest.end() || it->second != v)
           throw_input(path, "__metadata__ " + k + (it == rest.end() ? " is missing" : " differs from " + first + "'s") +

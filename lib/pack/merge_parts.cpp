@@ -94,9 +94,15 @@ PackReport merge_packed_parts(const std::vector<std::string>& dirs, const std::s
   // and the shards' metadata.
   const Part& ref = parts.front();
   const std::map<std::string, std::string> ref_meta = ref.store->files().front()->metadata();
+  // Inputs first: a part packed from another model, plan or sensitivity file is the
+  // likeliest mistake.
+  std::vector<std::string> keys = {"inputs_sha256", "plan", "sensitivity"};
+  for (const auto& [key, value] : ref.manifest.items())
+    if (std::find(keys.begin(), keys.end(), key) == keys.end()) keys.push_back(key);
   for (const Part& p : parts) {
-    for (const auto& [key, value] : ref.manifest.items()) {
-      if (kPerPartFields.count(key)) continue;
+    for (const std::string& key : keys) {
+      if (kPerPartFields.count(key) || !ref.manifest.contains(key)) continue;
+      const nlohmann::json& value = ref.manifest[key];
       if (!p.manifest.contains(key) || p.manifest[key] != value)
         throw_input(p.manifest_path, key + (p.manifest.contains(key) ? " differs from " : " is missing, unlike ") +
                                          ref.manifest_path +

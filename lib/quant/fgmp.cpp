@@ -278,13 +278,13 @@ class VectorScores final : public FgmpScoreSource {
   const std::vector<FgmpTensorScores>& t_;
 };
 
-// The k-th largest score (1 <= k <= count), exactly, by a three-level radix select over
-// order_key() (22 + 21 + 21 bits): four scans of the source, 32 MiB of histogram, however
+// The k-th largest score (1 <= k <= count), exactly, by a four-level radix select over
+// order_key() (16 bits a level): four scans of the source, 512 KiB of histogram, however
 // many scores there are.
 double kth_largest(const FgmpScoreSource& src, int64_t k) {
-  constexpr int kLevels = 3;
-  constexpr int kShift[kLevels] = {42, 21, 0};
-  constexpr int kBits[kLevels] = {22, 21, 21};
+  constexpr int kLevels = 4;
+  constexpr int kShift[kLevels] = {48, 32, 16, 0};
+  constexpr int kBits[kLevels] = {16, 16, 16, 16};
   uint64_t prefix = 0;  // the key bits fixed so far (above kShift[level] + kBits[level])
   int64_t want = k;     // rank still to find among the keys that match the prefix
   std::vector<uint64_t> hist;

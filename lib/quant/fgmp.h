@@ -151,7 +151,7 @@ class FgmpScoreSource {
 };
 
 /// fgmp_select_global() over scores a source streams: the same result, found by an exact
-/// radix select (four scans of the scores, 32 MiB of histogram) instead of a sort, so the
+/// radix select (five scans of the scores, 512 KiB of histogram) instead of a sort, so the
 /// memory does not grow with the number of blocks.
 FgmpSelection fgmp_select_global(const FgmpScoreSource& scores, double fp8_fraction, double target_bpw);
 
