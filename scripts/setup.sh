@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PKGS=(cmake make g++ pkg-config libeigen3-dev libcli11-dev nlohmann-json3-dev libsentencepiece-dev
-      libgtest-dev libgmock-dev libbenchmark-dev libssl-dev libopenblas-openmp-dev libglpk-dev python3)
+      libgtest-dev libgmock-dev libbenchmark-dev libssl-dev libopenblas-openmp-dev libglpk-dev python3
+      slurm-wlm munge)  # slurm-wlm, munge: examples/slurm/test-local.sh (a single-node SLURM in the tests)
 missing=()
 for p in "${PKGS[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -84,8 +84,10 @@ int main(int argc, char** argv) {
                        });
     stage.publish();
     std::printf("wrote   %s\n", out.c_str());
+    const bool custom = hidden || intermediate || heads || kv_heads || vocab;
     std::printf("model   %s%s: hidden %lld, intermediate %lld, %lld layers, %lld heads (%lld KV), vocab %lld\n",
-                preset.c_str(), layers ? " (cut)" : "", static_cast<long long>(c.hidden_size),
+                custom ? "custom shape, from " : "", (preset + (layers && !custom ? " (cut)" : "")).c_str(),
+                static_cast<long long>(c.hidden_size),
                 static_cast<long long>(c.intermediate_size), static_cast<long long>(c.num_layers),
                 static_cast<long long>(c.num_heads), static_cast<long long>(c.num_kv_heads),
                 static_cast<long long>(c.vocab_size));
