@@ -53,18 +53,18 @@ struct SearchFixture {
 
 std::vector<CandidateSpec> specs_of(const std::vector<std::string>& labels) {
   std::vector<CandidateSpec> s;
-  for (const auto& l : labels) s.push_back(parse_candidate(l));
+  for (const auto& l : labels) s.push_back(parse_format_label(l));
   return s;
 }
 
 TEST(Search, ParsesCandidateLabels) {
-  EXPECT_EQ(parse_candidate("squeezellm-3bit-sparse").params.bits, 3);
-  EXPECT_DOUBLE_EQ(parse_candidate("squeezellm-3bit-sparse").params.outlier_pct, 0.45);
-  EXPECT_DOUBLE_EQ(parse_candidate("squeezellm-2bit").params.outlier_pct, 0.0);
-  EXPECT_DOUBLE_EQ(parse_candidate("fgmp-30").fgmp.fp8_fraction, 0.30);
-  EXPECT_EQ(parse_candidate("uniform-4bit").format, "uniform");
+  EXPECT_EQ(parse_format_label("squeezellm-3bit-sparse").params.bits, 3);
+  EXPECT_DOUBLE_EQ(parse_format_label("squeezellm-3bit-sparse").params.outlier_pct, 0.45);
+  EXPECT_DOUBLE_EQ(parse_format_label("squeezellm-2bit").params.outlier_pct, 0.0);
+  EXPECT_DOUBLE_EQ(parse_format_label("fgmp-30").fgmp.fp8_fraction, 0.30);
+  EXPECT_EQ(parse_format_label("uniform-4bit").format, "uniform");
   for (const char* bad : {"squeezellm-5bit", "uniform-3bit-sparse", "fgmp-101", "fgmp-x", "int4", ""})
-    EXPECT_THROW(parse_candidate(bad), Error) << bad;
+    EXPECT_THROW(parse_format_label(bad), Error) << bad;
 }
 
 TEST(Search, CandidateCostsMatchIndependentComputation) {
@@ -87,7 +87,7 @@ TEST(Search, CandidateCostsMatchIndependentComputation) {
         EXPECT_EQ(cc.omega_fisher, 0.0);
         continue;
       }
-      const auto q = make_candidate_quantizer(specs[c]);
+      const auto q = make_quantizer(specs[c]);
       const PackedTensor p = q->encode_weighted(t.module, w.data(), f.data(), t.rows, t.cols);
       std::vector<float> d(w.size());
       q->decode(p, d.data());
@@ -210,7 +210,8 @@ TEST(SearchTool, PackPlanRoundTrip) {
   std::ifstream pj(plan), mj(out + "/mixed/mpq_manifest.json"), cj(out + "/mixed/config.json");
   const nlohmann::json p = nlohmann::json::parse(pj), m = nlohmann::json::parse(mj), c = nlohmann::json::parse(cj);
   const auto& qc = c["quantization_config"];
-  EXPECT_EQ(qc["quant_algo"], "MIXED_PRECISION");
+  EXPECT_EQ(qc["quant_method"], "mpq");  // squeezellm / fgmp entries: mpq-native
+  EXPECT_EQ(qc["format"], "mixed");
   double quantized_bytes = 0;
   for (const auto& [module, e] : p["tensors"].items()) {
     if (e["candidate"] == "source") {  // kept as stored, listed as excluded

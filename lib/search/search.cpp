@@ -40,47 +40,6 @@ std::map<std::string, double> hutchinson_traces(const TensorStore& sens, const s
 
 }  // namespace
 
-CandidateSpec parse_candidate(const std::string& label) {
-  CandidateSpec s;
-  s.label = s.format = label;
-  if (label == "source" || label == "fp8" || label == "nvfp4") return s;
-  static const std::regex sq("(squeezellm|uniform)-([234])bit(-sparse)?");
-  std::smatch m;
-  if (std::regex_match(label, m, sq) && !(m[1] == "uniform" && m[3].matched)) {
-    s.format = m[1];
-    s.params.bits = std::stoi(m[2]);
-    const bool sparse = m[3].matched;
-    s.params.outlier_pct = sparse ? 0.45 : 0.0;
-    s.params.sensitive_pct = sparse ? 0.05 : 0.0;
-    return s;
-  }
-  static const std::regex fg("fgmp-([0-9]{1,3})");
-  if (std::regex_match(label, m, fg) && std::stoi(m[1]) <= 100) {
-    s.format = "fgmp";
-    s.fgmp.fp8_fraction = std::stoi(m[1]) / 100.0;
-    return s;
-  }
-  throw Error(ExitCode::kUsage, "unknown candidate '" + label +
-                                    "': expected source, fp8, nvfp4, squeezellm-<2|3|4>bit[-sparse], "
-                                    "uniform-<2|3|4>bit or fgmp-<0..100>");
-}
-
-std::unique_ptr<Quantizer> make_candidate_quantizer(const CandidateSpec& spec) {
-  if (spec.format == "source") return nullptr;
-  if (spec.format == "fgmp") return std::make_unique<FgmpQuantizer>(spec.fgmp);
-  return make_quantizer(spec.format, spec.params);
-}
-
-nlohmann::json candidate_params_json(const CandidateSpec& s) {
-  if (s.format == "squeezellm" || s.format == "uniform")
-    return {{"bits", s.params.bits}, {"outlier_pct", s.params.outlier_pct}, {"sensitive_pct", s.params.sensitive_pct}};
-  if (s.format == "fgmp")
-    return {{"fp8_fraction", s.fgmp.fp8_fraction},
-            {"selection", fgmp_selection_name(s.fgmp.selection)},
-            {"clipping", fgmp_clipping_name(s.fgmp.clipping)}};
-  return nlohmann::json::object();
-}
-
 std::vector<std::string> default_candidate_labels() {
   return {"squeezellm-2bit", "squeezellm-2bit-sparse", "squeezellm-3bit", "squeezellm-3bit-sparse",
           "squeezellm-4bit", "squeezellm-4bit-sparse", "nvfp4",           "fgmp-10",
@@ -97,7 +56,7 @@ std::vector<TensorCandidates> evaluate_candidates(const std::string& model_dir, 
   const TensorStore sens = TensorStore::open(sensitivity);
   const std::map<std::string, double> traces = hutchinson_traces(sens, sensitivity);
   std::vector<std::unique_ptr<Quantizer>> quants;
-  for (const auto& s : specs) quants.push_back(make_candidate_quantizer(s));
+  for (const auto& s : specs) quants.push_back(make_quantizer(s));
 
   std::vector<TensorCandidates> out;
   const std::size_t total = static_cast<std::size_t>(cfg.num_layers) * 7;
@@ -205,15 +164,15 @@ std::map<std::string, PlanEntry> read_plan(const std::string& path, std::string*
       throw_input(path, "tensors." + module + ".candidate: missing or not a string");
     CandidateSpec spec;
     try {
-      spec = parse_candidate(e["candidate"].get<std::string>());
+      spec = parse_format_label(e["candidate"].get<std::string>());
     } catch (const Error& err) {
       throw_input(path, "tensors." + module + ".candidate: " + err.what());
     }
     PlanEntry pe;
     pe.candidate = spec.label;
     pe.format = spec.format;
-    pe.quantizer = make_candidate_quantizer(spec);
-    pe.params = candidate_params_json(spec);
+    pe.quantizer = make_quantizer(spec);
+    pe.params = format_params_json(spec);
     out[module] = std::move(pe);
   }
   if (sensitivity) *sensitivity = j.value("sensitivity_file", "");
@@ -302,7 +261,7 @@ nlohmann::json make_plan(const std::vector<TensorCandidates>& tensors, const std
   for (std::size_t t = 0; t < tensors.size(); ++t) {
     const CandidateSpec& s = specs[static_cast<std::size_t>(sol.choice[t])];
     const CandidateCost& cc = tensors[t].costs[static_cast<std::size_t>(sol.choice[t])];
-    const nlohmann::json params = candidate_params_json(s);
+    const nlohmann::json params = format_params_json(s);
     tj[tensors[t].module] = {{"candidate", s.label},
                              {"format", s.format == "source" ? tensors[t].source_dtype : s.format},
                              {"params", params},

@@ -29,27 +29,9 @@
 
 namespace mpq {
 
-/// One candidate: a label (its name in --formats, plans and reports), the mpq-pack format
-/// and its parameters. format "source" keeps the tensor in its source dtype.
-struct CandidateSpec {
-  std::string label;
-  std::string format;
-  QuantizerParams params;  ///< squeezellm / uniform
-  FgmpParams fgmp;         ///< fgmp: a per-tensor FP8 fraction (no global threshold)
-};
-
-/// Parses a candidate label: "source", "fp8", "nvfp4", "squeezellm-<b>bit" (b = 2, 3, 4;
-/// Fisher-weighted k-means LUT, no sparse part), "squeezellm-<b>bit-sparse" (plus the
-/// default 0.45% outlier + 0.05% sensitive CSR part), "uniform-<b>bit" (min-max RTN grid),
-/// "fgmp-<p>" (FGMP with p percent of the tensor's blocks in FP8, Fisher selection and
-/// Fisher-weighted clipping; p an integer 0..100). Throws Error(kUsage) listing the forms.
-CandidateSpec parse_candidate(const std::string& label);
-
-/// The quantizer of a candidate (nullptr for "source").
-std::unique_ptr<Quantizer> make_candidate_quantizer(const CandidateSpec& spec);
-
-/// The candidate's parameters as recorded in a plan ({} for fp8/nvfp4/source).
-nlohmann::json candidate_params_json(const CandidateSpec& spec);
+/// One candidate: a format label of the one grammar (parse_format_label, lib/quant/quantizer.h),
+/// "source" keeping the tensor in its source dtype.
+using CandidateSpec = FormatSpec;
 
 /// The default candidate labels (every format mpq packs, at its usual settings).
 std::vector<std::string> default_candidate_labels();
@@ -120,7 +102,7 @@ nlohmann::json make_plan(const std::vector<TensorCandidates>& tensors,
                          const IlpSolution& sol, double solve_seconds, const nlohmann::json& inputs);
 
 /// Reads a plan file written by make_plan() into mpq-pack's per-module entries (quantizers
-/// built with make_candidate_quantizer() from each entry's candidate label). When
+/// built with make_quantizer() from each entry's candidate label). When
 /// `sensitivity` is not null it receives the plan's "sensitivity_file" (empty if none).
 /// Throws Error(kInput) naming the file and field for a malformed plan, a solver status
 /// other than "optimal", or an unknown candidate.

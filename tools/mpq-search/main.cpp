@@ -70,7 +70,7 @@ int main(int argc, char** argv) {
       throw Error(ExitCode::kUsage, "--out needs a budget: --target-bpw or --max-bytes");
     std::vector<CandidateSpec> specs;
     for (const auto& l : formats.empty() ? default_candidate_labels() : split_commas(formats))
-      specs.push_back(parse_candidate(l));
+      specs.push_back(parse_format_label(l));
     LatencyTable lat;
     if (!latency_path.empty()) {
       lat = read_latency_table(latency_path);
