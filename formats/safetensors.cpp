@@ -231,9 +231,10 @@ uint64_t load_le64(const uint8_t* p) {
   return v;
 }
 
-/// Writes all `size` bytes to `fd`, retrying on EINTR and short writes; false with errno
-/// set on failure.
-bool write_all(int fd, const uint8_t* p, std::size_t size) {
+}  // namespace
+
+bool write_all(int fd, const void* data, std::size_t size) {
+  const auto* p = static_cast<const uint8_t*>(data);
   while (size > 0) {
     const ssize_t n = ::write(fd, p, size);
     if (n < 0) {
@@ -245,8 +246,6 @@ bool write_all(int fd, const uint8_t* p, std::size_t size) {
   }
   return true;
 }
-
-}  // namespace
 
 // --- TensorView -----------------------------------------------------------
 

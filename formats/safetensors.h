@@ -128,6 +128,10 @@ class SafetensorsWriter {
   std::map<std::string, std::string> metadata_;
 };
 
+/// Writes all `size` bytes to the open file `fd`, retrying on EINTR and short writes; false
+/// with errno set on failure. Shared by the safetensors writers.
+bool write_all(int fd, const void* data, std::size_t size);
+
 /// Writes `bytes` to `path` atomically (temp file in the same folder, fsync, rename).
 /// Throws Error(kOutput) naming the path. Shared by every writer in mpq.
 void write_file_atomic(const std::string& path, const void* bytes, std::size_t size);

@@ -12,6 +12,7 @@
 
 #include "formats/safetensors.h"
 #include "lib/common/error.h"
+#include "lib/common/layer_range.h"
 #include "lib/common/shape.h"
 #include "lib/model/llama.h"
 
@@ -301,19 +302,15 @@ void merge_sensitivity_files(const std::vector<std::string>& parts, const std::s
     ps.push_back(std::move(p));
   }
   std::sort(ps.begin(), ps.end(), [](const Part& a, const Part& b) { return a.begin < b.begin; });
-  int64_t next = 0;
-  for (const Part& p : ps) {
-    if (p.begin < next)
-      throw_input(p.path, "layers " + std::to_string(p.begin) + ":" + std::to_string(p.end) +
-                              " overlap an earlier part (layers below " + std::to_string(next) + " are covered)");
-    if (p.begin > next)
-      throw_input(p.path, "layers " + std::to_string(next) + ":" + std::to_string(p.begin) +
-                              " are in no part (this part starts at " + std::to_string(p.begin) + ")");
-    next = p.end;
+  {
+    std::vector<LayerRange> ranges;
+    std::vector<std::string> files;
+    for (const Part& p : ps) {
+      ranges.push_back({p.begin, p.end});
+      files.push_back(p.path);
+    }
+    check_layer_tiling(ranges, files, num_layers);
   }
-  if (next != num_layers)
-    throw_input(ps.back().path, "layers " + std::to_string(next) + ":" + std::to_string(num_layers) +
-                                    " are in no part (num_layers " + std::to_string(num_layers) + ")");
 
   // The modules of the whole file, from the parts' own tensors (shapes and kinds checked
   // against each other: every part must hold the same kinds for every module).

@@ -20,21 +20,6 @@ namespace mpq {
 
 namespace {
 
-/// Writes all of [p, p + n) to fd; false with errno set on failure.
-bool write_fully(int fd, const void* p, std::size_t n) {
-  const auto* b = static_cast<const uint8_t*>(p);
-  while (n > 0) {
-    const ssize_t k = ::write(fd, b, n);
-    if (k < 0) {
-      if (errno == EINTR) continue;
-      return false;
-    }
-    b += k;
-    n -= static_cast<std::size_t>(k);
-  }
-  return true;
-}
-
 /// Appends `n` bytes of `in` (from offset 0) to `out`: copy_file_range (in-kernel, no user
 /// buffer) where the file system allows it, else pread/write through a 1 MiB buffer.
 /// False with errno set on failure.
@@ -59,7 +44,7 @@ bool copy_fd(int in, int out, uint64_t n) {
         if (r == 0) errno = EIO;
         return false;
       }
-      if (!write_fully(out, buf.data(), static_cast<std::size_t>(r))) return false;
+      if (!write_all(out, buf.data(), static_cast<std::size_t>(r))) return false;
       off += r;
     }
   }
@@ -237,7 +222,7 @@ void ShardedSafetensorsWriter::open_shard() {
     shards_.push_back(std::move(s));
     Shard& sh = *shards_.back();
     const std::string head = safetensors_header(sh.tensors, metadata_, sh.tmp_path);
-    if (!write_fully(sh.fd, head.data(), head.size()))
+    if (!write_all(sh.fd, head.data(), head.size()))
       throw_output(sh.tmp_path, std::string("write: ") + std::strerror(errno));
     sh.tensors.clear();  // refilled as tensors arrive, then compared with the plan
   } else {
@@ -275,7 +260,7 @@ void ShardedSafetensorsWriter::close_shard() {
     throw_output(s.tmp_path, std::string("cannot create: ") + std::strerror(err));
   }
   const std::string head = safetensors_header(s.tensors, metadata_, s.tmp_path);
-  const bool ok = write_fully(out, head.data(), head.size()) && copy_fd(in, out, s.bytes) && ::fsync(out) == 0;
+  const bool ok = write_all(out, head.data(), head.size()) && copy_fd(in, out, s.bytes) && ::fsync(out) == 0;
   const int err = errno;
   ::close(in);
   const bool closed = ::close(out) == 0;
@@ -323,7 +308,7 @@ void ShardedSafetensorsWriter::write(const void* data, std::size_t n) {
   if (!in_tensor_ || n > tensor_left_)
     throw Error(ExitCode::kInternal, "safetensors writer: more bytes than the tensor's shape holds");
   const std::string& file = open_->planned ? open_->tmp_path : open_->data_path;
-  if (n > 0 && !write_fully(open_->fd, data, n)) throw_output(file, std::string("write: ") + std::strerror(errno));
+  if (n > 0 && !write_all(open_->fd, data, n)) throw_output(file, std::string("write: ") + std::strerror(errno));
   tensor_left_ -= n;
 }
 

@@ -42,6 +42,25 @@ int64_t layer_of_tensor(const std::string& name) {
   return digits && i < name.size() && name[i] == '.' ? l : -1;
 }
 
+void check_layer_tiling(const std::vector<LayerRange>& ranges, const std::vector<std::string>& files,
+                        int64_t num_layers) {
+  MPQ_ASSERT(ranges.size() == files.size() && !ranges.empty());
+  int64_t next = 0;
+  for (std::size_t i = 0; i < ranges.size(); ++i) {
+    const LayerRange& r = ranges[i];
+    if (r.begin < next)
+      throw_input(files[i], "layers " + r.str() + " overlap an earlier part (layers below " + std::to_string(next) +
+                                " are covered)");
+    if (r.begin > next)
+      throw_input(files[i], "layers " + std::to_string(next) + ":" + std::to_string(r.begin) +
+                                " are in no part (this part starts at " + std::to_string(r.begin) + ")");
+    next = r.end;
+  }
+  if (next != num_layers)
+    throw_input(files.back(), "layers " + std::to_string(next) + ":" + std::to_string(num_layers) +
+                                  " are in no part (num_layers " + std::to_string(num_layers) + ")");
+}
+
 LayerRange resolve_layer_range(LayerRange r, int64_t num_layers, const std::string& config) {
   if (r.end < 0) r.end = num_layers;
   if (r.begin < 0 || r.end > num_layers || r.begin >= r.end)

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace mpq {
 
@@ -24,6 +25,12 @@ LayerRange parse_layer_range(const std::string& s);
 
 /// The decoder layer of an HF tensor name: l for "model.layers.<l>.<anything>", else -1.
 int64_t layer_of_tensor(const std::string& name);
+
+/// Checks that the ranges of a split run's parts, sorted by begin, tile [0, num_layers):
+/// Error(kInput) naming the offending part's file (files[i] for ranges[i]) when a range
+/// overlaps an earlier one or layers are in no part.
+void check_layer_tiling(const std::vector<LayerRange>& ranges, const std::vector<std::string>& files,
+                        int64_t num_layers);
 
 /// The range with end = -1 replaced by `num_layers`, checked to be non-empty and inside
 /// [0, num_layers): otherwise Error(kUsage) "--layers A:B is outside the model: <config>

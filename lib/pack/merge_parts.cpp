@@ -120,20 +120,16 @@ PackReport merge_packed_parts(const std::vector<std::string>& dirs, const std::s
         throw_input(f->path(), "shard __metadata__ differs from " + ref.store->files().front()->path());
   }
   // Layer ranges: no overlap, no gap.
-  int64_t next = 0;
-  for (const Part& p : parts) {
-    if (p.begin < next)
-      throw_input(p.manifest_path, "layers " + std::to_string(p.begin) + ":" + std::to_string(p.end) +
-                                       " overlap an earlier part (layers below " + std::to_string(next) + " are covered)");
-    if (p.begin > next)
-      throw_input(p.manifest_path, "layers " + std::to_string(next) + ":" + std::to_string(p.begin) +
-                                       " are in no part (this part starts at " + std::to_string(p.begin) + ")");
-    next = p.end;
-  }
   const int64_t N = ref.num_layers;
-  if (next != N)
-    throw_input(parts.back().manifest_path, "layers " + std::to_string(next) + ":" + std::to_string(N) +
-                                                " are in no part (num_layers " + std::to_string(N) + ")");
+  {
+    std::vector<LayerRange> ranges;
+    std::vector<std::string> files;
+    for (const Part& p : parts) {
+      ranges.push_back({p.begin, p.end});
+      files.push_back(p.manifest_path);
+    }
+    check_layer_tiling(ranges, files, N);
+  }
   // Each tensor belongs to its part's layers (tensors outside the layers: first or last part).
   std::set<std::string> seen;
   std::vector<TensorSpec> plan;

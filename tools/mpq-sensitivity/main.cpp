@@ -89,10 +89,8 @@ int main(int argc, char** argv) {
         const std::string prefix = "model.layers." + std::to_string(l) + "." + lin;
         const std::string f = detect_linear_format(store, prefix);
         if (f != "f32" && f != "f16" && f != "bf16")
-          throw_input(store.get(prefix + (f == "squeezellm" ? ".lookup_table" : f == "fgmp" ? ".weight_block_map"
-                                                                                            : ".weight")).file,
-                      "tensor '" + prefix + "' holds quantized weights (" + f +
-                          "); sensitivities are computed on the original model");
+          throw_input(model_dir, "module '" + prefix + "' holds quantized weights (" + f +
+                                     "); sensitivities are computed on the original model");
       }
     check_llama_checkpoint(config, store);  // shapes and dtypes of every tensor, before any work
     std::vector<int32_t> ids;
