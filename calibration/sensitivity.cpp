@@ -122,6 +122,8 @@ class FisherSink final : public LlamaGradSink<float> {
     N_ = N;
   }
   int64_t lowest_layer() const override { return backward_ ? begin_ : num_layers_; }
+  bool keep_only_layer_inputs() const override { return recompute_; }
+  void set_recompute(bool r) { recompute_ = r; }
   MatRM<float>* weight_grad(int64_t l, int /*i*/) override { return fisher_ && l >= begin_ && l < end_ ? &g_ : nullptr; }
   void weight_grad_ready(int64_t l, int i) override {
     const std::size_t k = static_cast<std::size_t>((l - begin_) * 7 + i);
@@ -131,7 +133,7 @@ class FisherSink final : public LlamaGradSink<float> {
 
  private:
   int64_t begin_, end_, num_layers_;
-  bool fisher_, backward_, last_ = false;
+  bool fisher_, backward_, last_ = false, recompute_ = false;
   int64_t N_ = 1;
   std::vector<float*> acc_;
   std::vector<TensorSensitivity>& out_;
@@ -146,6 +148,8 @@ class BufferSink final : public LlamaGradSink<float> {
       : begin_(begin), end_(end), num_layers_(num_layers), fisher_(fisher), backward_(backward),
         g_(static_cast<std::size_t>((end - begin) * 7)) {}
   int64_t lowest_layer() const override { return backward_ ? begin_ : num_layers_; }
+  bool keep_only_layer_inputs() const override { return recompute_; }
+  void set_recompute(bool r) { recompute_ = r; }
   MatRM<float>* weight_grad(int64_t l, int i) override {
     return fisher_ && l >= begin_ && l < end_ ? &g_[static_cast<std::size_t>((l - begin_) * 7 + i)] : nullptr;
   }
@@ -153,7 +157,7 @@ class BufferSink final : public LlamaGradSink<float> {
 
  private:
   int64_t begin_, end_, num_layers_;
-  bool fisher_, backward_;
+  bool fisher_, backward_, recompute_ = false;
   std::vector<MatRM<float>> g_;
 };
 
@@ -259,6 +263,7 @@ SensitivityResult run_passes(const LlamaConfig& c, const LlamaParams<float>* mem
       if (mem) src = std::make_unique<InMemoryParams<float>>(c, *mem);
       else src = std::make_unique<StreamedParams>(c, *store);
       FisherSink sink(begin, end, c.num_layers, opt.fisher, backward, acc, res.tensors);
+      sink.set_recompute(opt.recompute_activations);
       for (int64_t n = 0; n < N; ++n) {
         sink.set_last(n == N - 1, N);
         llama_loss_and_grad<float>(c, *src, ids.data() + window_starts[static_cast<std::size_t>(n)], seq_len,
@@ -273,6 +278,7 @@ SensitivityResult run_passes(const LlamaConfig& c, const LlamaParams<float>* mem
       std::vector<Worker> workers(static_cast<std::size_t>(P));
       for (auto& w : workers) {
         w.sink = std::make_unique<BufferSink>(begin, end, c.num_layers, opt.fisher, backward);
+        w.sink->set_recompute(opt.recompute_activations);
         w.hacc = std::make_unique<HessianAccumulator>(begin, end, opt.hessian, opt.full_hessian, opt.act_fisher);
       }
       InMemoryParams<float> src(c, *mem);

@@ -54,6 +54,10 @@ struct SensitivityOptions {
     kStream,  ///< one layer at a time from the mapped checkpoint (StreamedParams)
   };
   Weights weights = Weights::kAuto;
+  /// Keep only each layer's input during the forward pass and recompute the activations in
+  /// the backward pass (LlamaGradSink::keep_only_layer_inputs): about a third more time,
+  /// the same numbers, far less memory for long windows or many layers (Llama-2-70B).
+  bool recompute_activations = false;
 };
 
 /// Sensitivities of one linear weight [rows = out, cols = in], named by its module

@@ -1,5 +1,5 @@
 // Scale (issue 13): random models at real sizes, sharded bf16 checkpoints streamed through
-// mpq-sensitivity and mpq-pack, the split-and-merge path (--layers A:B, mpq-merge) giving
+// mpq-sensitivity (also with recomputed activations) and mpq-pack, the split-and-merge path (--layers A:B, mpq-merge) giving
 // the bytes of one run, sensitivities that do not depend on the thread count or on how the
 // weights are read, the same numbers as before the streaming rewrite on stories260K, FGMP's
 // bounded global selection against a full sort, and the bad inputs of a split run (exit 2 or
@@ -166,12 +166,14 @@ TEST(ScaleSensitivity, StreamedEqualsInMemoryAndThreadCountChangesNothing) {
   o.layer_end = 3;
   const int saved = omp_get_max_threads();
   std::vector<SensitivityResult> rs;
-  for (auto [weights, windows, threads] :
-       {std::tuple{SensitivityOptions::Weights::kMemory, 0, 1}, {SensitivityOptions::Weights::kMemory, 0, 2},
-        {SensitivityOptions::Weights::kMemory, 1, 2}, {SensitivityOptions::Weights::kStream, 0, 1},
-        {SensitivityOptions::Weights::kStream, 0, 2}}) {
+  for (auto [weights, windows, threads, recompute] :
+       {std::tuple{SensitivityOptions::Weights::kMemory, 0, 1, false}, {SensitivityOptions::Weights::kMemory, 0, 2, false},
+        {SensitivityOptions::Weights::kMemory, 1, 2, false}, {SensitivityOptions::Weights::kStream, 0, 1, false},
+        {SensitivityOptions::Weights::kStream, 0, 2, false}, {SensitivityOptions::Weights::kStream, 0, 2, true},
+        {SensitivityOptions::Weights::kMemory, 0, 2, true}}) {
     o.weights = weights;
     o.max_window_threads = windows;
+    o.recompute_activations = recompute;
     omp_set_num_threads(threads);
     rs.push_back(compute_sensitivities(c, store, ids, starts, 64, o));
   }

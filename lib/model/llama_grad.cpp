@@ -320,12 +320,12 @@ S llama_loss_and_grad(const LlamaConfig& c, LlamaParamSource<S>& src, const int3
   for (int64_t t = 0; t < T; ++t) src.embed_row(tokens[t], h.row(t).data());
   std::vector<LayerCache<S>> cache(backward ? static_cast<std::size_t>(NL - lowest) : 0);
   LayerCache<S> scratch;  // layers that need no cache
-  for (int64_t l = 0; l < NL; ++l) {
-    const auto& L = src.layer(l);
-    LayerCache<S>& C = backward && l >= lowest ? cache[static_cast<std::size_t>(l - lowest)] : scratch;
-    C.x = h;
+  const bool recompute = backward && sink->keep_only_layer_inputs();
+  // One layer's forward from C.x into C's other fields; *h_out = the layer's output.
+  const auto layer_forward = [&](int64_t l, const typename LlamaParams<S>::Layer& L, LayerCache<S>& C,
+                                 LinearInputObserver* obs, MatRM<S>* h_out) {
     rms_forward(C.x, L.input_norm, c.rms_norm_eps, C.n, C.r1);
-    notify(observer, l, 0, C.n);
+    notify(obs, l, 0, C.n);
     C.q = linear_forward(C.n, L.w[0], L.b[0]);
     C.k = linear_forward(C.n, L.w[1], L.b[1]);
     C.v = linear_forward(C.n, L.w[2], L.b[2]);
@@ -348,15 +348,23 @@ S llama_loss_and_grad(const LlamaConfig& c, LlamaParamSource<S>& src, const int3
       }
       C.attn.middleCols(hd * d, d).noalias() = P * C.v.middleCols(g * d, d);
     }
-    notify(observer, l, 1, C.attn);
-    C.a = h + linear_forward(C.attn, L.w[3], L.b[3]);
+    notify(obs, l, 1, C.attn);
+    C.a = C.x + linear_forward(C.attn, L.w[3], L.b[3]);
     rms_forward(C.a, L.post_attn_norm, c.rms_norm_eps, C.m, C.r2);
-    notify(observer, l, 2, C.m);
+    notify(obs, l, 2, C.m);
     C.gp = linear_forward(C.m, L.w[4], L.b[4]);
     C.up = linear_forward(C.m, L.w[5], L.b[5]);
     C.s = C.gp.unaryExpr([](S x) { return silu(x); }).cwiseProduct(C.up);
-    notify(observer, l, 3, C.s);
-    h = C.a + linear_forward(C.s, L.w[6], L.b[6]);
+    notify(obs, l, 3, C.s);
+    if (h_out) *h_out = C.a + linear_forward(C.s, L.w[6], L.b[6]);
+  };
+  for (int64_t l = 0; l < NL; ++l) {
+    const auto& L = src.layer(l);
+    const bool cached = backward && l >= lowest;
+    LayerCache<S>& C = cached && !recompute ? cache[static_cast<std::size_t>(l - lowest)] : scratch;
+    C.x = h;
+    layer_forward(l, L, C, observer, &h);
+    if (cached && recompute) cache[static_cast<std::size_t>(l - lowest)].x = C.x;  // only the input is kept
   }
   scratch = LayerCache<S>();
   MatRM<S> nf;
@@ -435,7 +443,10 @@ S llama_loss_and_grad(const LlamaConfig& c, LlamaParamSource<S>& src, const int3
   };
   for (int64_t li = NL; li-- > lowest;) {
     const auto& L = src.layer(li);
-    const LayerCache<S>& C = cache[static_cast<std::size_t>(li - lowest)];
+    LayerCache<S>& C = cache[static_cast<std::size_t>(li - lowest)];
+    // Activations dropped in the forward pass are rebuilt from the layer's input (the same
+    // operations on the same values: the same numbers), without the observer.
+    if (recompute) layer_forward(li, L, C, nullptr, nullptr);
     // h_out = a + down(s)
     MatRM<S> ds = MatRM<S>::Zero(T, C.s.cols());
     backward_linear(li, 6, C.s, L.w[6], dh, ds);
@@ -482,6 +493,7 @@ S llama_loss_and_grad(const LlamaConfig& c, LlamaParamSource<S>& src, const int3
     notify_grad(observer, li, 0, dn);
     dh = da;  // residual
     rms_backward(C.x, C.r1, L.input_norm, dn, dh, sink->norm_grad(li, 0));
+    C = LayerCache<S>();  // this layer's activations are no longer needed
   }
   if (dembed)
     for (int64_t t = 0; t < T; ++t) dembed->row(tokens[t]) += dh.row(t);

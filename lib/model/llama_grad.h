@@ -201,6 +201,11 @@ class LlamaGradSink {
   virtual MatRM<S>* embed_grad() { return nullptr; }
   /// dL/d(lm_head) [V, H] (assigned; untied models) or nullptr.
   virtual MatRM<S>* head_grad() { return nullptr; }
+  /// Memory for time: when true the forward pass keeps only each layer's input [T, H] and
+  /// the backward pass recomputes the layer's activations from it (one more forward of the
+  /// layers at or above lowest_layer(); the same numbers). Cached activations drop from
+  /// about T (6H + 2 kv_dim + 3I + heads T) floats per layer to T H.
+  virtual bool keep_only_layer_inputs() const { return false; }
 };
 
 /// Mean next-token cross-entropy (nats) of `tokens[0..T)`, T >= 2. When `grad` is not null

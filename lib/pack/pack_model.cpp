@@ -263,9 +263,11 @@ PackReport pack_model(const std::string& model_dir, const std::string& out_dir, 
   FgmpSelection fgmp_sel;
   if (fgmp) {
     ScratchScores scored(stage.path.string());
+    std::size_t scored_n = 0;
     for (const std::string& name : store.names()) {
       auto it = linears.find(name);
       if (it == linears.end()) continue;
+      if (progress) progress(++scored_n, linears.size(), "fgmp block scores: " + name);
       const auto [rows, cols] = it->second;
       std::vector<float> w, fisher;
       load_linear(store.get(name), module_of(name), rows, cols, w, fisher);

@@ -119,7 +119,8 @@ struct PackReport {
   std::vector<std::string> notes;    ///< the export's notes (modules moved to the source dtype, ...)
 };
 
-/// (tensor index, tensor count, tensor name) after each tensor.
+/// (tensor index, tensor count, tensor name) after each tensor; fgmp first reports its
+/// scoring pass as (linear index, linear count, "fgmp block scores: <name>").
 using PackProgress = std::function<void(std::size_t, std::size_t, const std::string&)>;
 
 /// The order mpq-pack writes tensors in, as input tensor names: graph order
