@@ -32,7 +32,7 @@ WORK="${WORK:-/tmp/mpq-fisher-bench}"
 PY=/usr/bin/python3
 RES="$ROOT/bench/results"
 SENS="$BUILD/tools/mpq-sensitivity"
-MAKE_RANDOM="$BUILD/bench/mpq-make-random-model"
+MAKE_RANDOM="$BUILD/tools/mpq-make-random-model"
 REPS="${REPS:-1}"
 mkdir -p "$RES" "$WORK"
 rm -f "$RES"/mpq_*_r*.json "$RES"/torch_*_r*.json "$RES"/loadavg.txt
@@ -87,8 +87,7 @@ if [[ "${SKIP_BIG:-0}" != 1 ]]; then
   BIG="$WORK/random-h2048-l8"
   if [[ ! -f "$BIG/model.safetensors" || ! -f "$BIG/config.json" ]]; then
     echo "== writing random model to $BIG"
-    "$MAKE_RANDOM" --out "$BIG" --hidden 2048 --intermediate 5632 --layers 8 --heads 16 --kv-heads 16 \
-      --vocab 32000 --seed 1
+    "$MAKE_RANDOM" --out "$BIG" --preset bench-542m --dtype f32 --seed 1 --force
   fi
   BIG_IDS="$WORK/random_ids.i32"
   "$PY" - "$BIG_IDS" "$((N_BIG * SEQ_LEN))" <<'EOF'

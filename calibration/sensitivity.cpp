@@ -16,9 +16,11 @@ using Clock = std::chrono::steady_clock;
 
 double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
-// Accumulates, per input group of every layer in [begin, end), in float64: sum_t x x^T
-// (full) or sum_t x^2 (diagonal) of the forward inputs when `hessian`, and sum_t (dL/dx)^2
-// of the backward input gradients when `act_fisher`.
+// Per input group of every layer in [begin, end), in float64: sum_t x x^T (full) or
+// sum_t x^2 (diagonal) of the forward inputs when `hessian`, and sum_t (dL/dx)^2 of the
+// backward input gradients when `act_fisher`. Each window adds one contribution per group
+// (its column sums, or its x^T x computed on its own), so accumulating windows one after
+// the other, or zeroing per window and folding in window order, gives the same bits.
 class HessianAccumulator final : public LinearInputObserver {
  public:
   HessianAccumulator(int64_t begin, int64_t end, bool hessian, bool full, bool act_fisher)
@@ -33,8 +35,10 @@ class HessianAccumulator final : public LinearInputObserver {
     add_squares(diag_[k], x);
     if (full_) {
       const Eigen::MatrixXd xd = x.cast<double>();
+      Eigen::MatrixXd xtx(x.cols(), x.cols());
+      xtx.noalias() = xd.transpose() * xd;
       if (full_m_[k].size() == 0) full_m_[k] = Eigen::MatrixXd::Zero(x.cols(), x.cols());
-      full_m_[k].noalias() += xd.transpose() * xd;
+      full_m_[k] += xtx;
     }
   }
   void on_linear_input_grad(int64_t layer, int group, const MatRM<float>& dx) override {
@@ -50,6 +54,29 @@ class HessianAccumulator final : public LinearInputObserver {
   const Eigen::VectorXd& grad_sq(int64_t layer, int group) const {
     return grad_sq_[static_cast<std::size_t>((layer - begin_) * 4 + group)];
   }
+  /// Zeroes every accumulator (keeping its size).
+  void clear() {
+    for (auto* v : {&diag_, &grad_sq_})
+      for (auto& x : *v) x.setZero();
+    for (auto& m : full_m_) m.setZero();
+  }
+  /// this += o, accumulator by accumulator.
+  void add(const HessianAccumulator& o) {
+    const auto add_vec = [](std::vector<Eigen::VectorXd>& a, const std::vector<Eigen::VectorXd>& b) {
+      for (std::size_t k = 0; k < a.size(); ++k) {
+        if (b[k].size() == 0) continue;
+        if (a[k].size() == 0) a[k] = Eigen::VectorXd::Zero(b[k].size());
+        a[k] += b[k];
+      }
+    };
+    add_vec(diag_, o.diag_);
+    add_vec(grad_sq_, o.grad_sq_);
+    for (std::size_t k = 0; k < full_m_.size(); ++k) {
+      if (o.full_m_[k].size() == 0) continue;
+      if (full_m_[k].size() == 0) full_m_[k] = Eigen::MatrixXd::Zero(o.full_m_[k].rows(), o.full_m_[k].cols());
+      full_m_[k] += o.full_m_[k];
+    }
+  }
 
  private:
   // acc += column sums of x^2 (acc sized on first use).
@@ -62,6 +89,76 @@ class HessianAccumulator final : public LinearInputObserver {
   std::vector<Eigen::VectorXd> diag_;
   std::vector<Eigen::MatrixXd> full_m_;
   std::vector<Eigen::VectorXd> grad_sq_;
+};
+
+// acc[j] += g[j]^2: elementwise, so threading over j changes nothing.
+void add_squared(float* acc, const float* g, Eigen::Index n) {
+#pragma omp parallel for schedule(static) if (n >= (1 << 16))
+  for (Eigen::Index j = 0; j < n; ++j) acc[j] += g[j] * g[j];
+}
+
+// f /= N in place; returns sum f (float64, element order).
+double finish_fisher(float* f, Eigen::Index n, int64_t N) {
+  double sum = 0;
+  for (Eigen::Index j = 0; j < n; ++j) {
+    f[j] /= static_cast<float>(N);
+    sum += f[j];
+  }
+  return sum;
+}
+
+// Squares each weight gradient of the layers in range into its Fisher accumulator as soon
+// as the backward pass produces it (one gradient matrix alive at a time); on the last
+// window also finishes that tensor (divides by N, sums). With fisher off it only asks for
+// the backward pass act-fisher needs.
+class FisherSink final : public LlamaGradSink<float> {
+ public:
+  FisherSink(int64_t begin, int64_t end, int64_t num_layers, bool fisher, bool backward,
+             std::vector<float*> acc, std::vector<TensorSensitivity>& out)
+      : begin_(begin), end_(end), num_layers_(num_layers), fisher_(fisher), backward_(backward), acc_(std::move(acc)),
+        out_(out) {}
+  void set_last(bool last, int64_t N) {
+    last_ = last;
+    N_ = N;
+  }
+  int64_t lowest_layer() const override { return backward_ ? begin_ : num_layers_; }
+  bool keep_only_layer_inputs() const override { return recompute_; }
+  void set_recompute(bool r) { recompute_ = r; }
+  MatRM<float>* weight_grad(int64_t l, int /*i*/) override { return fisher_ && l >= begin_ && l < end_ ? &g_ : nullptr; }
+  void weight_grad_ready(int64_t l, int i) override {
+    const std::size_t k = static_cast<std::size_t>((l - begin_) * 7 + i);
+    add_squared(acc_[k], g_.data(), g_.size());
+    if (last_) out_[k].fisher_sum = finish_fisher(acc_[k], g_.size(), N_);
+  }
+
+ private:
+  int64_t begin_, end_, num_layers_;
+  bool fisher_, backward_, last_ = false, recompute_ = false;
+  int64_t N_ = 1;
+  std::vector<float*> acc_;
+  std::vector<TensorSensitivity>& out_;
+  MatRM<float> g_;
+};
+
+// Keeps the weight gradients of the layers in range (windows running in parallel hand them
+// over to be folded in window order).
+class BufferSink final : public LlamaGradSink<float> {
+ public:
+  BufferSink(int64_t begin, int64_t end, int64_t num_layers, bool fisher, bool backward)
+      : begin_(begin), end_(end), num_layers_(num_layers), fisher_(fisher), backward_(backward),
+        g_(static_cast<std::size_t>((end - begin) * 7)) {}
+  int64_t lowest_layer() const override { return backward_ ? begin_ : num_layers_; }
+  bool keep_only_layer_inputs() const override { return recompute_; }
+  void set_recompute(bool r) { recompute_ = r; }
+  MatRM<float>* weight_grad(int64_t l, int i) override {
+    return fisher_ && l >= begin_ && l < end_ ? &g_[static_cast<std::size_t>((l - begin_) * 7 + i)] : nullptr;
+  }
+  const MatRM<float>& grad(std::size_t k) const { return g_[k]; }
+
+ private:
+  int64_t begin_, end_, num_layers_;
+  bool fisher_, backward_, recompute_ = false;
+  std::vector<MatRM<float>> g_;
 };
 
 // Rademacher +-1 from a splitmix64 stream.
@@ -107,25 +204,16 @@ void parallel_loop(int64_t n, int P, F&& fn) {
   if (failure) std::rethrow_exception(failure);
 }
 
-int parallel_windows(const LlamaParams<float>& p) {
-  int64_t n = 0;
-  p.for_each([&](const std::string&, const float*, Eigen::Index k) { n += k; });
-  return window_threads(n);
-}
-
 }  // namespace
 
-SensitivityResult compute_sensitivities(const LlamaModel& model, const std::vector<int32_t>& ids,
-                                        const std::vector<int64_t>& window_starts, int64_t seq_len,
-                                        const SensitivityOptions& opt, const SensitivityProgress& progress) {
-  return compute_sensitivities(model.config(), to_params<float>(model.weights()), ids, window_starts, seq_len, opt,
-                               progress);
-}
+namespace {
 
-SensitivityResult compute_sensitivities(const LlamaConfig& c, const LlamaParams<float>& pf,
-                                        const std::vector<int32_t>& ids,
-                                        const std::vector<int64_t>& window_starts, int64_t seq_len,
-                                        const SensitivityOptions& opt, const SensitivityProgress& progress) {
+// The passes. Exactly one of `mem` (parameters in memory) and `store` (a checked
+// checkpoint, streamed one layer at a time) is set; Hutchinson needs `mem`.
+SensitivityResult run_passes(const LlamaConfig& c, const LlamaParams<float>* mem, const TensorStore* store,
+                             const std::vector<int32_t>& ids, const std::vector<int64_t>& window_starts,
+                             int64_t seq_len, const SensitivityOptions& opt, const SensitivityProgress& progress,
+                             const FisherStorage& storage) {
   const int64_t begin = opt.layer_begin, end = opt.layer_end < 0 ? c.num_layers : opt.layer_end;
   if (begin < 0 || end > c.num_layers || begin >= end)
     throw Error(ExitCode::kUsage, "--layers " + std::to_string(begin) + ":" + std::to_string(end) +
@@ -144,90 +232,98 @@ SensitivityResult compute_sensitivities(const LlamaConfig& c, const LlamaParams<
       const auto [rows, cols] = linear_shape(c, i);
       t.rows = rows;
       t.cols = cols;
-      if (opt.fisher) t.fisher.assign(static_cast<std::size_t>(rows * cols), 0.0f);
+      if (opt.fisher && !storage) t.fisher.assign(static_cast<std::size_t>(rows * cols), 0.0f);
       res.tensors.push_back(std::move(t));
     }
   const auto t0 = Clock::now();
 
-  // ---- Fisher and layer Hessian: one pass over the windows ----
-  // Small models run one window per thread (Eigen's own GEMM threading only adds overhead
-  // at their sizes); thread k takes windows k, k + P, ... and the per-thread sums are
-  // reduced in thread order, so the result is identical from run to run.
-  const int P = parallel_windows(pf);
+  // ---- Fisher, layer Hessian and activation Fisher: one pass over the windows ----
+  // In memory, small models run one window per thread (their GEMMs are too small to
+  // thread); the windows of a batch hand their contributions over in window order.
+  // Streamed (large) models run one window at a time, the threads inside the GEMMs.
+  int64_t params = 0;
+  for (const auto& [name, shape] : llama_tensor_shapes(c)) {
+    int64_t n = 1;
+    for (int64_t d : shape) n *= d;
+    params += n;
+  }
+  int P = mem ? window_threads(params) : 1;
+  if (opt.max_window_threads > 0) P = std::min(P, opt.max_window_threads);
+  P = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(P, N)));
   if (opt.fisher || opt.hessian || opt.act_fisher) {
-    struct Partial {
-      LlamaParams<float> grad;
-      std::vector<std::vector<float>> fisher;  // per tensor in range
-      std::unique_ptr<HessianAccumulator> hacc;
-    };
-    std::vector<Partial> part(static_cast<std::size_t>(P));
-    // With one thread the result's own accumulators serve (no second copy of the Fisher).
-    for (auto& pt : part) {
-      pt.hacc = std::make_unique<HessianAccumulator>(begin, end, opt.hessian, opt.full_hessian, opt.act_fisher);
-      if (opt.fisher && P > 1)
-        for (const auto& t : res.tensors) pt.fisher.emplace_back(static_cast<std::size_t>(t.rows * t.cols), 0.0f);
-    }
+    const bool backward = opt.fisher || opt.act_fisher;
+    std::vector<float*> acc;
+    for (std::size_t k = 0; k < res.tensors.size() && opt.fisher; ++k)
+      acc.push_back(storage ? storage(k) : res.tensors[k].fisher.data());
+    HessianAccumulator hacc(begin, end, opt.hessian, opt.full_hessian, opt.act_fisher);
     const auto tf = Clock::now();
-    int64_t done = 0;
-    parallel_loop(N, P, [&](int64_t n, int thread) {
-      Partial& pt = part[static_cast<std::size_t>(thread)];
-      const int32_t* tok = ids.data() + window_starts[static_cast<std::size_t>(n)];
-      llama_loss_and_grad<float>(c, pf, tok, seq_len, opt.fisher || opt.act_fisher ? &pt.grad : nullptr,
-                                 opt.hessian || opt.act_fisher ? pt.hacc.get() : nullptr);
-      if (opt.fisher)
-        for (int64_t l = begin; l < end; ++l)
-          for (int i = 0; i < 7; ++i) {
-            const MatRM<float>& g = pt.grad.layers[static_cast<std::size_t>(l)].w[static_cast<std::size_t>(i)];
-            const std::size_t k = static_cast<std::size_t>((l - begin) * 7 + i);
-            float* f = P > 1 ? pt.fisher[k].data() : res.tensors[k].fisher.data();
-            const float* gd = g.data();
-            // Windows run serially for large models: then the accumulation uses the threads.
-#pragma omp parallel for schedule(static) if (P == 1 && g.size() >= (1 << 16))
-            for (Eigen::Index j = 0; j < g.size(); ++j) f[j] += gd[j] * gd[j];
-          }
-#pragma omp critical(mpq_sensitivity_progress)
-      {
-        ++done;
-        if (progress) progress(opt.fisher ? "fisher" : opt.act_fisher ? "act-fisher" : "hessian", done, N, since(t0));
+    const char* stage = opt.fisher ? "fisher" : opt.act_fisher ? "act-fisher" : "hessian";
+    if (P == 1) {
+      std::unique_ptr<LlamaParamSource<float>> src;
+      if (mem) src = std::make_unique<InMemoryParams<float>>(c, *mem);
+      else src = std::make_unique<StreamedParams>(c, *store);
+      FisherSink sink(begin, end, c.num_layers, opt.fisher, backward, acc, res.tensors);
+      sink.set_recompute(opt.recompute_activations);
+      for (int64_t n = 0; n < N; ++n) {
+        sink.set_last(n == N - 1, N);
+        llama_loss_and_grad<float>(c, *src, ids.data() + window_starts[static_cast<std::size_t>(n)], seq_len,
+                                   &sink, opt.hessian || opt.act_fisher ? &hacc : nullptr);
+        if (progress) progress(stage, n + 1, N, since(t0));
       }
-    });
+    } else {
+      struct Worker {
+        std::unique_ptr<BufferSink> sink;
+        std::unique_ptr<HessianAccumulator> hacc;
+      };
+      std::vector<Worker> workers(static_cast<std::size_t>(P));
+      for (auto& w : workers) {
+        w.sink = std::make_unique<BufferSink>(begin, end, c.num_layers, opt.fisher, backward);
+        w.sink->set_recompute(opt.recompute_activations);
+        w.hacc = std::make_unique<HessianAccumulator>(begin, end, opt.hessian, opt.full_hessian, opt.act_fisher);
+      }
+      InMemoryParams<float> src(c, *mem);
+      for (int64_t b0 = 0; b0 < N; b0 += P) {
+        const int64_t nb = std::min<int64_t>(P, N - b0);
+        parallel_loop(nb, P, [&](int64_t j, int) {
+          Worker& w = workers[static_cast<std::size_t>(j)];
+          w.hacc->clear();
+          llama_loss_and_grad<float>(c, src, ids.data() + window_starts[static_cast<std::size_t>(b0 + j)], seq_len,
+                                     w.sink.get(), opt.hessian || opt.act_fisher ? w.hacc.get() : nullptr);
+        });
+        for (int64_t j = 0; j < nb; ++j) {  // fold in window order
+          const Worker& w = workers[static_cast<std::size_t>(j)];
+          for (std::size_t k = 0; k < acc.size(); ++k)
+            add_squared(acc[k], w.sink->grad(k).data(), w.sink->grad(k).size());
+          hacc.add(*w.hacc);
+          if (progress) progress(stage, b0 + j + 1, N, since(t0));
+        }
+      }
+      for (std::size_t k = 0; k < acc.size(); ++k)
+        res.tensors[k].fisher_sum = finish_fisher(acc[k], res.tensors[k].rows * res.tensors[k].cols, N);
+    }
     res.fisher_tokens_per_second = static_cast<double>(N * seq_len) / std::max(since(tf), 1e-9);
     const double T = static_cast<double>(N * seq_len);
     for (int64_t l = begin; l < end; ++l)
       for (int i = 0; i < 7; ++i) {
         const std::size_t k = static_cast<std::size_t>((l - begin) * 7 + i);
         TensorSensitivity& t = res.tensors[k];
-        if (opt.fisher) {
-          if (P > 1)
-            for (const auto& pt : part)
-              for (std::size_t j = 0; j < t.fisher.size(); ++j) t.fisher[j] += pt.fisher[k][j];
-          double sum = 0;
-          for (float& f : t.fisher) {
-            f /= static_cast<float>(N);
-            sum += f;
-          }
-          t.fisher_sum = sum;
-        }
+        const int grp = linear_input_group(i);
         if (opt.act_fisher) {
           Eigen::VectorXd a = Eigen::VectorXd::Zero(t.cols);
-          for (const auto& pt : part)
-            if (pt.hacc->grad_sq(l, linear_input_group(i)).size()) a += pt.hacc->grad_sq(l, linear_input_group(i));
+          if (hacc.grad_sq(l, grp).size()) a += hacc.grad_sq(l, grp);
           a /= T;
           t.act_fisher.assign(a.data(), a.data() + a.size());
           t.act_fisher_sum = a.sum();
         }
         if (opt.hessian) {
-          const int grp = linear_input_group(i);
           Eigen::VectorXd d = Eigen::VectorXd::Zero(t.cols);
-          for (const auto& pt : part)
-            if (pt.hacc->diag(l, grp).size()) d += pt.hacc->diag(l, grp);
+          if (hacc.diag(l, grp).size()) d += hacc.diag(l, grp);
           d *= 2.0 / T;
           t.hessian_diag.assign(d.data(), d.data() + d.size());
           t.hessian_trace = d.sum();
           if (opt.full_hessian) {
             Eigen::MatrixXd h = Eigen::MatrixXd::Zero(t.cols, t.cols);
-            for (const auto& pt : part)
-              if (pt.hacc->full(l, grp).size()) h += pt.hacc->full(l, grp);
+            if (hacc.full(l, grp).size()) h += hacc.full(l, grp);
             h *= 2.0 / T;
             t.hessian.resize(static_cast<std::size_t>(h.size()));
             Eigen::Map<Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>(
@@ -242,8 +338,13 @@ SensitivityResult compute_sensitivities(const LlamaConfig& c, const LlamaParams<
   // of P samples run in parallel and are folded into the running means in sample order:
   // the result does not depend on the thread count.
   if (opt.hutchinson) {
+    LlamaParams<float> loaded;
+    if (!mem) loaded = load_llama_params(c, *store);
+    const LlamaParams<float>& pf = mem ? *mem : loaded;
     const LlamaParams<double> theta0 = cast_params<double>(pf);
     const std::size_t n_tensors = res.tensors.size();
+    int P = window_threads(params);  // samples at once, one per thread (results do not depend on it)
+    if (opt.max_window_threads > 0) P = std::min(P, opt.max_window_threads);
     struct Worker {
       LlamaParams<double> theta, v, g_plus, g_minus;
     };
@@ -309,6 +410,41 @@ SensitivityResult compute_sensitivities(const LlamaConfig& c, const LlamaParams<
   }
   res.seconds = since(t0);
   return res;
+}
+
+}  // namespace
+
+SensitivityResult compute_sensitivities(const LlamaModel& model, const std::vector<int32_t>& ids,
+                                        const std::vector<int64_t>& window_starts, int64_t seq_len,
+                                        const SensitivityOptions& opt, const SensitivityProgress& progress) {
+  return compute_sensitivities(model.config(), to_params<float>(model.weights()), ids, window_starts, seq_len, opt,
+                               progress);
+}
+
+SensitivityResult compute_sensitivities(const LlamaConfig& c, const LlamaParams<float>& pf,
+                                        const std::vector<int32_t>& ids,
+                                        const std::vector<int64_t>& window_starts, int64_t seq_len,
+                                        const SensitivityOptions& opt, const SensitivityProgress& progress) {
+  return run_passes(c, &pf, nullptr, ids, window_starts, seq_len, opt, progress, nullptr);
+}
+
+SensitivityResult compute_sensitivities(const LlamaConfig& c, const TensorStore& store,
+                                        const std::vector<int32_t>& ids,
+                                        const std::vector<int64_t>& window_starts, int64_t seq_len,
+                                        const SensitivityOptions& opt, const SensitivityProgress& progress,
+                                        const FisherStorage& fisher) {
+  check_llama_checkpoint(c, store);
+  int64_t params = 0;
+  for (const auto& [name, shape] : llama_tensor_shapes(c)) {
+    int64_t n = 1;
+    for (int64_t d : shape) n *= d;
+    params += n;
+  }
+  const bool in_memory = opt.weights == SensitivityOptions::Weights::kMemory ||
+                         (opt.weights == SensitivityOptions::Weights::kAuto && window_threads(params) > 1);
+  if (!in_memory) return run_passes(c, nullptr, &store, ids, window_starts, seq_len, opt, progress, fisher);
+  const LlamaParams<float> p = load_llama_params(c, store);
+  return run_passes(c, &p, nullptr, ids, window_starts, seq_len, opt, progress, fisher);
 }
 
 }  // namespace mpq

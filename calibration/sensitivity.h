@@ -24,6 +24,7 @@
 #include <string>
 #include <vector>
 
+#include "formats/safetensors.h"
 #include "lib/model/llama.h"
 #include "lib/model/llama_grad.h"
 
@@ -42,6 +43,21 @@ struct SensitivityOptions {
   int64_t layer_begin = 0;        ///< layers [layer_begin, layer_end) are computed
   int64_t layer_end = -1;         ///< -1 = all
   uint64_t seed = 0;              ///< Rademacher vectors
+  /// Most windows run at once, one per thread (0 = automatic: window_threads(), i.e. all
+  /// threads up to 64M weights, else 1 with the threads inside the GEMMs). The results do
+  /// not depend on it, nor on the thread count (see compute_sensitivities).
+  int max_window_threads = 0;
+  /// compute_sensitivities(store): how the weights are read.
+  enum class Weights {
+    kAuto,    ///< in memory up to 64M weights, else streamed
+    kMemory,  ///< the whole model converted to fp32 first
+    kStream,  ///< one layer at a time from the mapped checkpoint (StreamedParams)
+  };
+  Weights weights = Weights::kAuto;
+  /// Keep only each layer's input during the forward pass and recompute the activations in
+  /// the backward pass (LlamaGradSink::keep_only_layer_inputs): about a third more time,
+  /// the same numbers, far less memory for long windows or many layers (Llama-2-70B).
+  bool recompute_activations = false;
 };
 
 /// Sensitivities of one linear weight [rows = out, cols = in], named by its module
@@ -71,14 +87,44 @@ struct SensitivityResult {
 /// (stage name, step done, steps total, seconds elapsed) for progress and ETA.
 using SensitivityProgress = std::function<void(const std::string&, int64_t, int64_t, double)>;
 
+/// Where the Fisher accumulators live: storage(k) is tensor k's rows * cols floats (k in
+/// SensitivityResult::tensors order), zero on entry and holding the Fisher on return. The
+/// sensitivity file writer hands out its memory-mapped tensors, so a 7B model's 26 GB of
+/// Fisher live in the page cache of the output file, not in anonymous memory. Null: in
+/// TensorSensitivity::fisher.
+using FisherStorage = std::function<float*(std::size_t)>;
+
 /// Runs the passes over `windows` (each of the same length, ids in the vocabulary).
 /// Windows are streamed: memory does not grow with their number. Throws Error(kUsage) for
 /// an empty layer range.
+///
+/// Reproducibility: every sum runs in window order whatever the thread count: a window's
+/// squared weight gradients and its layer-input statistics are added to the accumulators
+/// in window order (windows running in parallel hand theirs over in that order), and the
+/// Fisher is divided by N and summed (float64, element order) at the end. The output is
+/// therefore byte-identical for any --threads value on the same machine and build (tested),
+/// given that the GEMM library splits no dot product across threads (OpenBLAS and Eigen
+/// partition rows and columns); another BLAS, CPU family or compiler may round differently.
+/// Hutchinson folds its samples in sample order too.
 SensitivityResult compute_sensitivities(const LlamaConfig& config, const LlamaParams<float>& params,
                                         const std::vector<int32_t>& ids,
                                         const std::vector<int64_t>& window_starts, int64_t seq_len,
                                         const SensitivityOptions& opt,
                                         const SensitivityProgress& progress = nullptr);
+
+/// The passes on a checkpoint (config `config`, tensors checked by check_llama_checkpoint()):
+/// per opt.weights, converted to fp32 in memory or streamed one layer at a time in the
+/// stored dtype (then one window runs at a time and only that layer's weights, one weight
+/// gradient and the activations of the layers >= opt.layer_begin are in memory). Gradients
+/// are computed only for the layers in range and stop at layer_begin. Same numbers either
+/// way (tested). Hutchinson converts the whole model to float64 (4 copies: 32 bytes per
+/// weight); small models only.
+SensitivityResult compute_sensitivities(const LlamaConfig& config, const TensorStore& store,
+                                        const std::vector<int32_t>& ids,
+                                        const std::vector<int64_t>& window_starts, int64_t seq_len,
+                                        const SensitivityOptions& opt,
+                                        const SensitivityProgress& progress = nullptr,
+                                        const FisherStorage& fisher = nullptr);
 
 /// Convenience overload: copies the model's weights into parameters first.
 SensitivityResult compute_sensitivities(const LlamaModel& model, const std::vector<int32_t>& ids,

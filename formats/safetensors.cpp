@@ -26,6 +26,7 @@
 #include <sstream>            // message formatting
 #include <utility>            // move
 
+#include "formats/sharded_safetensors.h"  // safetensors_header
 #include "lib/common/error.h"    // Error, throw_input, throw_output, MPQ_ASSERT
 #include "lib/numeric/codecs.h"  // fp16_to_fp32, bf16_to_fp32
 
@@ -43,8 +44,6 @@ using json = nlohmann::json;
 
 /// Largest header accepted, in bytes (the reference implementation's MAX_HEADER_SIZE).
 constexpr uint64_t kMaxHeaderBytes = 100'000'000;
-/// Data begins at a multiple of this offset in files we write.
-constexpr std::size_t kDataAlignment = 8;
 /// Key of the optional string -> string metadata object in the header.
 constexpr const char* kMetadataKey = "__metadata__";
 
@@ -225,6 +224,20 @@ uint64_t load_le64(const uint8_t* p) {
 }
 
 }  // namespace
+
+bool write_all(int fd, const void* data, std::size_t size) {
+  const auto* p = static_cast<const uint8_t*>(data);
+  while (size > 0) {
+    const ssize_t n = ::write(fd, p, size);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return false;
+    }
+    p += n;
+    size -= static_cast<std::size_t>(n);
+  }
+  return true;
+}
 
 // --- TensorView -----------------------------------------------------------
 
@@ -434,20 +447,30 @@ std::vector<std::string> TensorStore::names() const {
 // --- Decoding -------------------------------------------------------------------
 
 std::vector<float> to_f32(const TensorView& t) {
-  const auto n = static_cast<std::size_t>(t.numel());
-  MPQ_ASSERT(t.nbytes == n * dtype_size(t.dtype));
-  std::vector<float> out(n);
+  std::vector<float> out(static_cast<std::size_t>(t.numel()));
+  to_f32_into(t, out.data());
+  return out;
+}
+
+void to_f32_into(const TensorView& t, float* out, int64_t first, int64_t count) {
+  const int64_t numel = t.numel();
+  MPQ_ASSERT(t.nbytes == static_cast<std::size_t>(numel) * dtype_size(t.dtype));
+  if (count < 0) count = numel - first;
+  if (first < 0 || count < 0 || first + count > numel)
+    throw Error(ExitCode::kInternal, "to_f32_into: range past tensor '" + t.name + "'");
   // The data may sit at any byte offset: read through memcpy, never through a cast pointer.
   switch (t.dtype) {
     case DType::F32:
-      if (n > 0) std::memcpy(out.data(), t.data, n * sizeof(float));
+      if (count > 0) std::memcpy(out, t.data + 4 * first, static_cast<std::size_t>(count) * sizeof(float));
       break;
     case DType::F16:
     case DType::BF16: {
       const bool half = t.dtype == DType::F16;
-      for (std::size_t i = 0; i < n; ++i) {
+      const uint8_t* src = t.data + 2 * first;
+#pragma omp parallel for schedule(static) if (count >= (int64_t{1} << 20))
+      for (int64_t i = 0; i < count; ++i) {
         uint16_t bits;
-        std::memcpy(&bits, t.data + 2 * i, sizeof bits);
+        std::memcpy(&bits, src + 2 * i, sizeof bits);
         out[i] = half ? fp16_to_fp32(bits) : bf16_to_fp32(bits);
       }
       break;
@@ -456,7 +479,6 @@ std::vector<float> to_f32(const TensorView& t) {
       throw_input(t.file, tensor_ctx(t.name) + "dtype " + dtype_name(t.dtype) +
                               " cannot be read as floats (want F32, F16 or BF16)");
   }
-  return out;
 }
 
 // --- Writer -----------------------------------------------------------------------
@@ -496,35 +518,16 @@ std::size_t SafetensorsWriter::data_bytes() const {
 }
 
 void SafetensorsWriter::write(const std::string& path) const {
-  nlohmann::ordered_json header = nlohmann::ordered_json::object();
-  if (!metadata_.empty()) {
-    nlohmann::ordered_json meta = nlohmann::ordered_json::object();
-    for (const auto& [k, v] : metadata_) meta[k] = v;
-    header[kMetadataKey] = std::move(meta);
-  }
+  std::vector<TensorSpec> specs;
   std::size_t offset = 0;
   for (const Entry& e : entries_) {
-    nlohmann::ordered_json entry = nlohmann::ordered_json::object();
-    entry["dtype"] = dtype_name(e.dtype);
-    entry["shape"] = e.shape;
-    entry["data_offsets"] = {offset, offset + e.bytes.size()};
-    header[e.name] = std::move(entry);
+    specs.push_back(TensorSpec{e.name, e.dtype, e.shape, e.bytes.size()});
     offset += e.bytes.size();
   }
-  std::string text;
-  try {
-    text = header.dump();
-  } catch (const nlohmann::json::exception& e) {  // e.g. a name that is not valid UTF-8
-    throw_output(path, "cannot encode header: " + json_error_text(e));
-  }
-  // Pad with spaces (valid JSON whitespace) so 8 + N is a multiple of the alignment.
-  while ((8 + text.size()) % kDataAlignment != 0) text += ' ';
-
-  std::vector<uint8_t> buf(8 + text.size() + offset);
-  const uint64_t n = text.size();
-  for (int i = 0; i < 8; ++i) buf[static_cast<std::size_t>(i)] = static_cast<uint8_t>(n >> (8 * i));
-  std::memcpy(buf.data() + 8, text.data(), text.size());
-  uint8_t* out = buf.data() + 8 + text.size();
+  const std::string head = safetensors_header(specs, metadata_, path);
+  std::vector<uint8_t> buf(head.size() + offset);
+  std::memcpy(buf.data(), head.data(), head.size());
+  uint8_t* out = buf.data() + head.size();
   for (const Entry& e : entries_) {
     if (!e.bytes.empty()) std::memcpy(out, e.bytes.data(), e.bytes.size());
     out += e.bytes.size();

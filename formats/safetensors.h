@@ -93,6 +93,12 @@ class TensorStore {
 /// Throws Error(kInput) naming file and tensor for any other dtype.
 std::vector<float> to_f32(const TensorView& t);
 
+/// Decodes elements [first, first + count) of a F32, F16 or BF16 tensor (flat row-major
+/// index; count -1 = to the end) to fp32 into out[0..count), straight from the mapping, so
+/// nothing but the output is allocated. Threads over large ranges. Errors as to_f32();
+/// a range past numel() is Error(kInternal).
+void to_f32_into(const TensorView& t, float* out, int64_t first = 0, int64_t count = -1);
+
 /// Builds a safetensors file in memory and writes it atomically: the bytes go to a
 /// temporary file in the target folder ("<path>.tmp.<pid>"), are flushed (fsync), then
 /// renamed over `path`; on any failure the temporary is removed and Error(kOutput) thrown.
@@ -122,5 +128,9 @@ class SafetensorsWriter {
   std::vector<Entry> entries_;
   std::map<std::string, std::string> metadata_;
 };
+
+/// Writes all `size` bytes to the open file `fd`, retrying on EINTR and short writes; false
+/// with errno set on failure. Shared by the safetensors writers.
+bool write_all(int fd, const void* data, std::size_t size);
 
 }  // namespace mpq

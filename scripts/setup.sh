@@ -6,7 +6,9 @@ cd "$(dirname "$0")/.."
 
 PKGS=(cmake make g++ pkg-config libeigen3-dev libcli11-dev nlohmann-json3-dev libsentencepiece-dev
       libgtest-dev libgmock-dev libbenchmark-dev libssl-dev libopenblas-openmp-dev libglpk-dev python3
-      python3-numpy)  # python3-numpy: the independent engine-export reader (tests/interop)
+      python3-numpy slurm-wlm munge)
+# python3-numpy: the independent engine-export reader (tests/interop); slurm-wlm, munge:
+# examples/slurm/test-local.sh (a single-node SLURM in the tests).
 # MPQ_SETUP_FUZZ=1: also Clang 14 with its sanitizer and libFuzzer runtimes, LLVM's OpenMP and
 # llvm-symbolizer, for scripts/run-sanitized-tests.sh and scripts/fuzz.sh (which set it).
 [ "${MPQ_SETUP_FUZZ:-0}" = 1 ] && PKGS+=(clang libclang-rt-14-dev libomp-14-dev llvm-14)

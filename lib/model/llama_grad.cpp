@@ -4,6 +4,7 @@
 #include <type_traits>
 
 #include "lib/common/error.h"
+#include "lib/common/shape.h"
 
 namespace mpq {
 namespace {
@@ -33,16 +34,16 @@ void rms_forward(const MatRM<S>& x, const Vec<S>& g, double eps, MatRM<S>& y, Ve
   }
 }
 
-// dx += dL/dx and dg += dL/dg for y = g * x * r.
+// dx += dL/dx and, when dg is not null, dg += dL/dg for y = g * x * r.
 template <typename S>
 void rms_backward(const MatRM<S>& x, const Vec<S>& r, const Vec<S>& g, const MatRM<S>& dy, MatRM<S>& dx,
-                  Vec<S>& dg) {
+                  Vec<S>* dg) {
   const Eigen::Index T = x.rows(), H = x.cols();
   for (Eigen::Index t = 0; t < T; ++t) {
     const auto u = dy.row(t).cwiseProduct(g.transpose()).eval();
     const S dot = u.dot(x.row(t));
     dx.row(t) += r[t] * u - x.row(t) * (r[t] * r[t] * r[t] * dot / static_cast<S>(H));
-    dg += (dy.row(t).cwiseProduct(x.row(t)) * r[t]).transpose();
+    if (dg) *dg += (dy.row(t).cwiseProduct(x.row(t)) * r[t]).transpose();
   }
 }
 
@@ -54,13 +55,60 @@ MatRM<S> linear_forward(const MatRM<S>& x, const MatRM<S>& w, const Vec<S>& b) {
   return y;
 }
 
-// y = x W^T + b: dW = dy^T x, db = colsum(dy), dx += dy W.
+// y = x W^T + b: dW = dy^T x (when dw is not null), db = colsum(dy) (when db is not
+// null), dx += dy W.
 template <typename S>
-void linear_backward(const MatRM<S>& x, const MatRM<S>& w, const MatRM<S>& dy, MatRM<S>& dw, Vec<S>& db,
+void linear_backward(const MatRM<S>& x, const MatRM<S>& w, const MatRM<S>& dy, MatRM<S>* dw, Vec<S>* db,
                      MatRM<S>& dx) {
-  dw.noalias() = dy.transpose() * x;
-  if (db.size()) db = dy.colwise().sum().transpose();
+  if (dw) dw->noalias() = dy.transpose() * x;
+  if (db && db->size()) *db = dy.colwise().sum().transpose();
   dx.noalias() += dy * w;
+}
+
+// Sink that writes every gradient into a LlamaParams (the full-gradient overload).
+template <typename S>
+class FullGradSink final : public LlamaGradSink<S> {
+ public:
+  explicit FullGradSink(LlamaParams<S>& g) : g_(g) {}
+  int64_t lowest_layer() const override { return 0; }
+  MatRM<S>* weight_grad(int64_t l, int i) override { return &g_.layers[static_cast<std::size_t>(l)].w[static_cast<std::size_t>(i)]; }
+  Vec<S>* bias_grad(int64_t l, int i) override { return &g_.layers[static_cast<std::size_t>(l)].b[static_cast<std::size_t>(i)]; }
+  Vec<S>* norm_grad(int64_t l, int which) override {
+    auto& L = g_.layers[static_cast<std::size_t>(l)];
+    return which == 0 ? &L.input_norm : &L.post_attn_norm;
+  }
+  Vec<S>* final_norm_grad() override { return &g_.final_norm; }
+  MatRM<S>* embed_grad() override { return &g_.embed; }
+  MatRM<S>* head_grad() override { return &g_.lm_head; }
+
+ private:
+  LlamaParams<S>& g_;
+};
+
+// Fills `out` (resized to [rows, cols]) with rows [r0, r0 + rows) of a checked 2-D tensor.
+void convert_rows(const TensorView& t, int64_t r0, int64_t rows, int64_t cols, MatRM<float>& out) {
+  out.resize(rows, cols);
+  to_f32_into(t, out.data(), r0 * cols, rows * cols);
+}
+
+void convert_vec(const TensorView& t, Vec<float>& out) {
+  out.resize(t.numel());
+  to_f32_into(t, out.data());
+}
+
+// Layer l of a checked checkpoint, in fp32.
+void convert_layer(const LlamaConfig& c, const TensorStore& store, int64_t l, LlamaParams<float>::Layer& L) {
+  const std::string p = "model.layers." + std::to_string(l) + ".";
+  convert_vec(store.get(p + "input_layernorm.weight"), L.input_norm);
+  convert_vec(store.get(p + "post_attention_layernorm.weight"), L.post_attn_norm);
+  for (int i = 0; i < 7; ++i) {
+    const auto [rows, cols] = linear_shape(c, i);
+    convert_rows(store.get(p + kLinearNames[i] + ".weight"), 0, rows, cols, L.w[static_cast<std::size_t>(i)]);
+    if ((i < 3 && c.qkv_bias) || (i == 3 && c.o_bias))
+      convert_vec(store.get(p + kLinearNames[i] + ".bias"), L.b[static_cast<std::size_t>(i)]);
+    else
+      L.b[static_cast<std::size_t>(i)].resize(0);
+  }
 }
 
 // Rotate-half RoPE of every head in place; `sign` -1 applies the inverse rotation.
@@ -166,10 +214,87 @@ LlamaParams<float> to_params(LlamaWeights&& w) {
 }
 
 template <typename S>
+void InMemoryParams<S>::embed_row(int32_t token, S* out) {
+  const auto row = p_.embed.row(token);
+  for (Eigen::Index j = 0; j < row.size(); ++j) out[j] = row[j];
+}
+
+StreamedParams::StreamedParams(const LlamaConfig& c, const TensorStore& store) : c_(c), store_(store) {
+  convert_vec(store_.get("model.norm.weight"), final_norm_);
+  // 2^24 head weights per chunk (64 MiB in fp32); one chunk when the whole head fits.
+  head_rows_ = std::min<int64_t>(c_.vocab_size, std::max<int64_t>(1, (int64_t{1} << 24) / c_.hidden_size));
+}
+
+const LlamaParams<float>::Layer& StreamedParams::layer(int64_t l) {
+  if (l != layer_index_) {
+    convert_layer(c_, store_, l, layer_);
+    layer_index_ = l;
+  }
+  return layer_;
+}
+
+void StreamedParams::embed_row(int32_t token, float* out) {
+  to_f32_into(store_.get("model.embed_tokens.weight"), out, static_cast<int64_t>(token) * c_.hidden_size,
+              c_.hidden_size);
+}
+
+const MatRM<float>& StreamedParams::head_chunk(int64_t k) {
+  if (k != head_index_) {
+    const TensorView& t = store_.get(c_.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight");
+    const int64_t r0 = k * head_rows_;
+    convert_rows(t, r0, std::min(head_rows_, c_.vocab_size - r0), c_.hidden_size, head_);
+    head_index_ = k;
+  }
+  return head_;
+}
+
+void check_llama_checkpoint(const LlamaConfig& c, const TensorStore& store) {
+  for (const auto& [name, shape] : llama_tensor_shapes(c)) {
+    const TensorView& t = store.get(name);
+    if (t.shape != shape)
+      throw_input(t.file, "tensor '" + name + "': shape " + shape_str(t.shape) + " disagrees with config.json " +
+                              shape_str(shape));
+    if (t.dtype != DType::F32 && t.dtype != DType::F16 && t.dtype != DType::BF16)
+      throw_input(t.file, "tensor '" + name + "': dtype " + dtype_name(t.dtype) +
+                              " is not a dense float (want F32, F16 or BF16)");
+  }
+}
+
+LlamaParams<float> load_llama_params(const LlamaConfig& c, const TensorStore& store) {
+  LlamaParams<float> p;
+  convert_rows(store.get("model.embed_tokens.weight"), 0, c.vocab_size, c.hidden_size, p.embed);
+  p.layers.resize(static_cast<std::size_t>(c.num_layers));
+  for (int64_t l = 0; l < c.num_layers; ++l) convert_layer(c, store, l, p.layers[static_cast<std::size_t>(l)]);
+  convert_vec(store.get("model.norm.weight"), p.final_norm);
+  if (!c.tie_word_embeddings) convert_rows(store.get("lm_head.weight"), 0, c.vocab_size, c.hidden_size, p.lm_head);
+  return p;
+}
+
+template <typename S>
 S llama_loss_and_grad(const LlamaConfig& c, const LlamaParams<S>& p, const int32_t* tokens, int64_t T,
                       LlamaParams<S>* grad, LinearInputObserver* observer) {
+  InMemoryParams<S> src(c, p);
+  if (!grad) return llama_loss_and_grad<S>(c, src, tokens, T, nullptr, observer);
+  LlamaParams<S>& g = *grad;
+  if (g.layers.size() != p.layers.size()) g = p.zeros_like();
+  // Weight gradients and lm_head are assigned by their GEMMs; only what is accumulated
+  // (embedding rows, norm gains) starts from zero.
+  g.embed.setZero();
+  g.final_norm.setZero();
+  for (auto& L : g.layers) {
+    L.input_norm.setZero();
+    L.post_attn_norm.setZero();
+  }
+  FullGradSink<S> sink(g);
+  return llama_loss_and_grad<S>(c, src, tokens, T, &sink, observer);
+}
+
+template <typename S>
+S llama_loss_and_grad(const LlamaConfig& c, LlamaParamSource<S>& src, const int32_t* tokens, int64_t T,
+                      LlamaGradSink<S>* sink, LinearInputObserver* observer) {
   MPQ_ASSERT(T >= 2);
   const int64_t H = c.hidden_size, d = c.head_dim, nh = c.num_heads, nkv = c.num_kv_heads, V = c.vocab_size;
+  const int64_t NL = c.num_layers;
   const int64_t group = nh / nkv, half = d / 2;
   const int64_t window = c.sliding_window > 0 ? c.sliding_window : T;
   const S scale = static_cast<S>(1.0 / std::sqrt(static_cast<double>(d)));
@@ -177,6 +302,8 @@ S llama_loss_and_grad(const LlamaConfig& c, const LlamaParams<S>& p, const int32
     if (tokens[t] < 0 || tokens[t] >= V)
       throw Error(ExitCode::kInput, "token id " + std::to_string(tokens[t]) + " at position " + std::to_string(t) +
                                         " outside the vocabulary [0, " + std::to_string(V) + ")");
+  const int64_t lowest = sink ? std::max<int64_t>(0, sink->lowest_layer()) : NL;
+  const bool backward = sink && lowest < NL;
 
   // RoPE tables [T, d/2], angles in float64.
   const std::vector<double> inv_freq = rope_inv_freq(c);
@@ -188,16 +315,17 @@ S llama_loss_and_grad(const LlamaConfig& c, const LlamaParams<S>& p, const int32
       sin_t(t, i) = static_cast<S>(std::sin(a));
     }
 
-  // ---- forward, caching what the backward pass needs ----
+  // ---- forward, caching what the backward pass needs (layers >= lowest only) ----
   MatRM<S> h(T, H);
-  for (int64_t t = 0; t < T; ++t) h.row(t) = p.embed.row(tokens[t]);
-  std::vector<LayerCache<S>> cache(p.layers.size());
-  for (std::size_t l = 0; l < p.layers.size(); ++l) {
-    const auto& L = p.layers[l];
-    LayerCache<S>& C = cache[l];
-    C.x = h;
+  for (int64_t t = 0; t < T; ++t) src.embed_row(tokens[t], h.row(t).data());
+  std::vector<LayerCache<S>> cache(backward ? static_cast<std::size_t>(NL - lowest) : 0);
+  LayerCache<S> scratch;  // layers that need no cache
+  const bool recompute = backward && sink->keep_only_layer_inputs();
+  // One layer's forward from C.x into C's other fields; *h_out = the layer's output.
+  const auto layer_forward = [&](int64_t l, const typename LlamaParams<S>::Layer& L, LayerCache<S>& C,
+                                 LinearInputObserver* obs, MatRM<S>* h_out) {
     rms_forward(C.x, L.input_norm, c.rms_norm_eps, C.n, C.r1);
-    notify(observer, static_cast<int64_t>(l), 0, C.n);
+    notify(obs, l, 0, C.n);
     C.q = linear_forward(C.n, L.w[0], L.b[0]);
     C.k = linear_forward(C.n, L.w[1], L.b[1]);
     C.v = linear_forward(C.n, L.w[2], L.b[2]);
@@ -220,22 +348,40 @@ S llama_loss_and_grad(const LlamaConfig& c, const LlamaParams<S>& p, const int32
       }
       C.attn.middleCols(hd * d, d).noalias() = P * C.v.middleCols(g * d, d);
     }
-    notify(observer, static_cast<int64_t>(l), 1, C.attn);
-    C.a = h + linear_forward(C.attn, L.w[3], L.b[3]);
+    notify(obs, l, 1, C.attn);
+    C.a = C.x + linear_forward(C.attn, L.w[3], L.b[3]);
     rms_forward(C.a, L.post_attn_norm, c.rms_norm_eps, C.m, C.r2);
-    notify(observer, static_cast<int64_t>(l), 2, C.m);
+    notify(obs, l, 2, C.m);
     C.gp = linear_forward(C.m, L.w[4], L.b[4]);
     C.up = linear_forward(C.m, L.w[5], L.b[5]);
     C.s = C.gp.unaryExpr([](S x) { return silu(x); }).cwiseProduct(C.up);
-    notify(observer, static_cast<int64_t>(l), 3, C.s);
-    h = C.a + linear_forward(C.s, L.w[6], L.b[6]);
+    notify(obs, l, 3, C.s);
+    if (h_out) *h_out = C.a + linear_forward(C.s, L.w[6], L.b[6]);
+  };
+  for (int64_t l = 0; l < NL; ++l) {
+    const auto& L = src.layer(l);
+    const bool cached = backward && l >= lowest;
+    LayerCache<S>& C = cached && !recompute ? cache[static_cast<std::size_t>(l - lowest)] : scratch;
+    C.x = h;
+    layer_forward(l, L, C, observer, &h);
+    if (cached && recompute) cache[static_cast<std::size_t>(l - lowest)].x = C.x;  // only the input is kept
   }
+  scratch = LayerCache<S>();
   MatRM<S> nf;
   Vec<S> rf;
-  rms_forward(h, p.final_norm, c.rms_norm_eps, nf, rf);
-  const MatRM<S>& head = c.tie_word_embeddings ? p.embed : p.lm_head;
+  const Vec<S>& final_norm = src.final_norm();
+  rms_forward(h, final_norm, c.rms_norm_eps, nf, rf);
+  const int64_t R = src.head_chunk_rows();
+  const int64_t chunks = (V + R - 1) / R;
   MatRM<S> dlogits(T, V);
-  dlogits.noalias() = nf * head.transpose();
+  if (chunks == 1) {
+    dlogits.noalias() = nf * src.head_chunk(0).transpose();
+  } else {
+    for (int64_t k = 0; k < chunks; ++k) {
+      const MatRM<S>& hc = src.head_chunk(k);
+      dlogits.middleCols(k * R, hc.rows()).noalias() = nf * hc.transpose();
+    }
+  }
 
   // Loss and dL/dlogits (softmax - onehot) / (T - 1), row T-1 unscored.
   const S inv_n = S(1) / static_cast<S>(T - 1);
@@ -254,37 +400,57 @@ S llama_loss_and_grad(const LlamaConfig& c, const LlamaParams<S>& p, const int32
     row[y] -= inv_n;
   }
   loss /= static_cast<double>(T - 1);
-  if (!grad) return static_cast<S>(loss);
+  if (!backward) return static_cast<S>(loss);
 
-  // ---- backward ----
-  LlamaParams<S>& g = *grad;
-  if (g.layers.size() != p.layers.size()) g = p.zeros_like();
-  // Weight gradients and lm_head are assigned by their GEMMs; only what is accumulated
-  // (embedding rows, norm gains) starts from zero.
-  g.embed.setZero();
-  g.final_norm.setZero();
-  for (auto& L : g.layers) {
-    L.input_norm.setZero();
-    L.post_attn_norm.setZero();
-  }
-
-  MatRM<S> dhead(V, H);
-  dhead.noalias() = dlogits.transpose() * nf;
-  if (c.tie_word_embeddings) g.embed += dhead;
-  else g.lm_head = dhead;
+  // ---- backward, from the head down to layer `lowest` ----
+  MatRM<S>* dembed = lowest == 0 ? sink->embed_grad() : nullptr;
+  MatRM<S>* dhead_out = c.tie_word_embeddings ? dembed : sink->head_grad();
   MatRM<S> dnf(T, H);
-  dnf.noalias() = dlogits * head;
+  if (chunks == 1) {
+    const MatRM<S>& head = src.head_chunk(0);
+    if (dhead_out) {
+      MatRM<S> dhead(V, H);
+      dhead.noalias() = dlogits.transpose() * nf;
+      if (c.tie_word_embeddings) *dhead_out += dhead;
+      else *dhead_out = dhead;
+    }
+    dnf.noalias() = dlogits * head;
+  } else {
+    if (dhead_out && !c.tie_word_embeddings) dhead_out->resize(V, H);
+    dnf.setZero();
+    for (int64_t k = 0; k < chunks; ++k) {
+      const MatRM<S>& hc = src.head_chunk(k);
+      const auto dl = dlogits.middleCols(k * R, hc.rows());
+      if (dhead_out) {
+        MatRM<S> dhead(hc.rows(), H);
+        dhead.noalias() = dl.transpose() * nf;
+        if (c.tie_word_embeddings) dhead_out->middleRows(k * R, hc.rows()) += dhead;
+        else dhead_out->middleRows(k * R, hc.rows()) = dhead;
+      }
+      dnf.noalias() += dl * hc;
+    }
+  }
   MatRM<S> dh = MatRM<S>::Zero(T, H);
-  rms_backward(h, rf, p.final_norm, dnf, dh, g.final_norm);
+  rms_backward(h, rf, final_norm, dnf, dh, sink->final_norm_grad());
 
-  for (std::size_t li = p.layers.size(); li-- > 0;) {
-    const auto& L = p.layers[li];
-    auto& G = g.layers[li];
-    const LayerCache<S>& C = cache[li];
+  // Weight gradient of linear i of layer l: computed only when the sink wants it, handed
+  // over as soon as it is.
+  const auto backward_linear = [&](int64_t l, int i, const MatRM<S>& x, const MatRM<S>& w, const MatRM<S>& dy,
+                                   MatRM<S>& dx) {
+    MatRM<S>* dw = sink->weight_grad(l, i);
+    linear_backward(x, w, dy, dw, sink->bias_grad(l, i), dx);
+    if (dw) sink->weight_grad_ready(l, i);
+  };
+  for (int64_t li = NL; li-- > lowest;) {
+    const auto& L = src.layer(li);
+    LayerCache<S>& C = cache[static_cast<std::size_t>(li - lowest)];
+    // Activations dropped in the forward pass are rebuilt from the layer's input (the same
+    // operations on the same values: the same numbers), without the observer.
+    if (recompute) layer_forward(li, L, C, nullptr, nullptr);
     // h_out = a + down(s)
     MatRM<S> ds = MatRM<S>::Zero(T, C.s.cols());
-    linear_backward(C.s, L.w[6], dh, G.w[6], G.b[6], ds);
-    notify_grad(observer, static_cast<int64_t>(li), 3, ds);
+    backward_linear(li, 6, C.s, L.w[6], dh, ds);
+    notify_grad(observer, li, 3, ds);
     MatRM<S> dgp(T, C.gp.cols()), dup(T, C.up.cols());
     for (Eigen::Index t = 0; t < T; ++t)
       for (Eigen::Index j = 0; j < C.gp.cols(); ++j) {
@@ -293,15 +459,15 @@ S llama_loss_and_grad(const LlamaConfig& c, const LlamaParams<S>& p, const int32
         dgp(t, j) = ds(t, j) * C.up(t, j) * sg * (S(1) + x * (S(1) - sg));
       }
     MatRM<S> dm = MatRM<S>::Zero(T, H);
-    linear_backward(C.m, L.w[4], dgp, G.w[4], G.b[4], dm);
-    linear_backward(C.m, L.w[5], dup, G.w[5], G.b[5], dm);
-    notify_grad(observer, static_cast<int64_t>(li), 2, dm);
+    backward_linear(li, 4, C.m, L.w[4], dgp, dm);
+    backward_linear(li, 5, C.m, L.w[5], dup, dm);
+    notify_grad(observer, li, 2, dm);
     MatRM<S> da = dh;  // residual
-    rms_backward(C.a, C.r2, L.post_attn_norm, dm, da, G.post_attn_norm);
+    rms_backward(C.a, C.r2, L.post_attn_norm, dm, da, sink->norm_grad(li, 1));
     // a = x + o(attn)
     MatRM<S> dattn = MatRM<S>::Zero(T, nh * d);
-    linear_backward(C.attn, L.w[3], da, G.w[3], G.b[3], dattn);
-    notify_grad(observer, static_cast<int64_t>(li), 1, dattn);
+    backward_linear(li, 3, C.attn, L.w[3], da, dattn);
+    notify_grad(observer, li, 1, dattn);
     MatRM<S> dq(T, nh * d), dk = MatRM<S>::Zero(T, nkv * d), dv = MatRM<S>::Zero(T, nkv * d);
     // One KV group per iteration: its query heads accumulate into the same dk/dv columns.
 #pragma omp parallel for schedule(static) if (T * T * d * nh >= kParallelAttentionWork)
@@ -321,14 +487,16 @@ S llama_loss_and_grad(const LlamaConfig& c, const LlamaParams<S>& p, const int32
     rope(dq, nh, d, cos_t, sin_t, S(-1));
     rope(dk, nkv, d, cos_t, sin_t, S(-1));
     MatRM<S> dn = MatRM<S>::Zero(T, H);
-    linear_backward(C.n, L.w[0], dq, G.w[0], G.b[0], dn);
-    linear_backward(C.n, L.w[1], dk, G.w[1], G.b[1], dn);
-    linear_backward(C.n, L.w[2], dv, G.w[2], G.b[2], dn);
-    notify_grad(observer, static_cast<int64_t>(li), 0, dn);
+    backward_linear(li, 0, C.n, L.w[0], dq, dn);
+    backward_linear(li, 1, C.n, L.w[1], dk, dn);
+    backward_linear(li, 2, C.n, L.w[2], dv, dn);
+    notify_grad(observer, li, 0, dn);
     dh = da;  // residual
-    rms_backward(C.x, C.r1, L.input_norm, dn, dh, G.input_norm);
+    rms_backward(C.x, C.r1, L.input_norm, dn, dh, sink->norm_grad(li, 0));
+    C = LayerCache<S>();  // this layer's activations are no longer needed
   }
-  for (int64_t t = 0; t < T; ++t) g.embed.row(tokens[t]) += dh.row(t);
+  if (dembed)
+    for (int64_t t = 0; t < T; ++t) dembed->row(tokens[t]) += dh.row(t);
   return static_cast<S>(loss);
 }
 
@@ -338,6 +506,12 @@ template LlamaParams<float> to_params<float>(const LlamaWeights&);
 template LlamaParams<double> to_params<double>(const LlamaWeights&);
 template float llama_loss_and_grad<float>(const LlamaConfig&, const LlamaParams<float>&, const int32_t*, int64_t,
                                           LlamaParams<float>*, LinearInputObserver*);
+template float llama_loss_and_grad<float>(const LlamaConfig&, LlamaParamSource<float>&, const int32_t*, int64_t,
+                                          LlamaGradSink<float>*, LinearInputObserver*);
+template double llama_loss_and_grad<double>(const LlamaConfig&, LlamaParamSource<double>&, const int32_t*, int64_t,
+                                            LlamaGradSink<double>*, LinearInputObserver*);
+template class InMemoryParams<float>;
+template class InMemoryParams<double>;
 template double llama_loss_and_grad<double>(const LlamaConfig&, const LlamaParams<double>&, const int32_t*,
                                             int64_t, LlamaParams<double>*, LinearInputObserver*);
 

@@ -19,6 +19,7 @@
 
 #include <Eigen/Core>
 
+#include "formats/safetensors.h"
 #include "lib/model/llama.h"
 
 namespace mpq {
@@ -103,12 +104,125 @@ class LinearInputObserver {
 /// Group (0-3, see LinearInputObserver) of linear index i of kLinearNames.
 int linear_input_group(int i);
 
+/// Where the gradient pass reads the parameters from, one layer at a time, so that a model
+/// larger than memory in fp32 can be differentiated: the forward pass asks for layers
+/// 0, 1, ..., the backward pass for the same layers in reverse. Implementations: in memory
+/// (InMemoryParams), converted from a mapped checkpoint per layer (StreamedParams).
+template <typename S>
+class LlamaParamSource {
+ public:
+  virtual ~LlamaParamSource() = default;
+  /// Layer l's norms, linear weights and biases; valid until the next layer() call.
+  virtual const typename LlamaParams<S>::Layer& layer(int64_t l) = 0;
+  /// Row `token` of the embedding [V, H] into out[0..H).
+  virtual void embed_row(int32_t token, S* out) = 0;
+  virtual const Vec<S>& final_norm() = 0;
+  /// Rows per chunk of the output head (lm_head, or the embedding when tied): V for one
+  /// chunk. Chunk k holds rows [k R, min(V, (k + 1) R)).
+  virtual int64_t head_chunk_rows() const = 0;
+  /// Chunk k of the head; valid until the next head_chunk() or layer() call.
+  virtual const MatRM<S>& head_chunk(int64_t k) = 0;
+};
+
+/// Parameters held in memory (a LlamaParams<S> that outlives the source). Read-only and
+/// shareable between threads.
+template <typename S>
+class InMemoryParams final : public LlamaParamSource<S> {
+ public:
+  InMemoryParams(const LlamaConfig& c, const LlamaParams<S>& p) : c_(c), p_(p) {}
+  const typename LlamaParams<S>::Layer& layer(int64_t l) override { return p_.layers[static_cast<std::size_t>(l)]; }
+  void embed_row(int32_t token, S* out) override;
+  const Vec<S>& final_norm() override { return p_.final_norm; }
+  int64_t head_chunk_rows() const override { return c_.vocab_size; }
+  const MatRM<S>& head_chunk(int64_t) override { return c_.tie_word_embeddings ? p_.embed : p_.lm_head; }
+
+ private:
+  const LlamaConfig& c_;
+  const LlamaParams<S>& p_;
+};
+
+/// Float parameters converted from a checkpoint's stored dtype (F32/F16/BF16, mapped by
+/// TensorStore) one layer at a time: about one layer in fp32 (808 MB for Llama-2-7B) plus
+/// one head chunk of 2^24 weights (64 MiB) are resident, never the whole model. Not
+/// thread-safe (one per thread). The store and config must outlive it; call
+/// check_llama_checkpoint() first.
+class StreamedParams final : public LlamaParamSource<float> {
+ public:
+  StreamedParams(const LlamaConfig& c, const TensorStore& store);
+  const LlamaParams<float>::Layer& layer(int64_t l) override;
+  void embed_row(int32_t token, float* out) override;
+  const Vec<float>& final_norm() override { return final_norm_; }
+  int64_t head_chunk_rows() const override { return head_rows_; }
+  const MatRM<float>& head_chunk(int64_t k) override;
+
+ private:
+  const LlamaConfig& c_;
+  const TensorStore& store_;
+  LlamaParams<float>::Layer layer_;
+  int64_t layer_index_ = -1;
+  Vec<float> final_norm_;
+  MatRM<float> head_;
+  int64_t head_rows_ = 0, head_index_ = -1;
+};
+
+/// Checks that `store` holds every tensor of a dense Llama checkpoint of config `c`
+/// (llama_tensor_shapes) with config.json's shape and a float dtype (F32, F16, BF16), before
+/// any work. Throws Error(kInput) "<file>: tensor '<name>': ..." naming the shard.
+void check_llama_checkpoint(const LlamaConfig& c, const TensorStore& store);
+
+/// Every parameter of a checked checkpoint converted to fp32 in memory.
+LlamaParams<float> load_llama_params(const LlamaConfig& c, const TensorStore& store);
+
+/// Receives the gradients of one backward pass as they are produced, and says which are
+/// needed: a layer's weight gradients can be consumed (e.g. squared into a Fisher
+/// accumulator) and forgotten before the next layer's are computed. Defaults: nothing is
+/// needed.
+template <typename S>
+class LlamaGradSink {
+ public:
+  virtual ~LlamaGradSink() = default;
+  /// The backward pass stops after this layer (inclusive); layers below need no gradient.
+  /// > num_layers - 1 (e.g. the layer count) = no backward pass at all.
+  virtual int64_t lowest_layer() const = 0;
+  /// Matrix to receive dL/dW of linear i (kLinearNames) of layer l ([out, in]; assigned,
+  /// resized by the pass), or nullptr when that gradient is not needed (it is then not
+  /// computed).
+  virtual MatRM<S>* weight_grad(int64_t /*l*/, int /*i*/) { return nullptr; }
+  /// Called when weight_grad(l, i)'s matrix holds the gradient.
+  virtual void weight_grad_ready(int64_t /*l*/, int /*i*/) {}
+  /// dL/d(bias) [out] of linear i of layer l (assigned) or nullptr.
+  virtual Vec<S>* bias_grad(int64_t /*l*/, int /*i*/) { return nullptr; }
+  /// dL/d(norm gain) [H], `which` 0 = input_layernorm, 1 = post_attention_layernorm
+  /// (accumulated into: the sink zeroes it) or nullptr.
+  virtual Vec<S>* norm_grad(int64_t /*l*/, int /*which*/) { return nullptr; }
+  /// dL/d(final norm gain) [H] (accumulated into) or nullptr.
+  virtual Vec<S>* final_norm_grad() { return nullptr; }
+  /// dL/d(embedding) [V, H] (accumulated into; a tied head adds its gradient too) or nullptr.
+  virtual MatRM<S>* embed_grad() { return nullptr; }
+  /// dL/d(lm_head) [V, H] (assigned; untied models) or nullptr.
+  virtual MatRM<S>* head_grad() { return nullptr; }
+  /// Memory for time: when true the forward pass keeps only each layer's input [T, H] and
+  /// the backward pass recomputes the layer's activations from it (one more forward of the
+  /// layers at or above lowest_layer(); the same numbers). Cached activations drop from
+  /// about T (6H + 2 kv_dim + 3I + heads T) floats per layer to T H.
+  virtual bool keep_only_layer_inputs() const { return false; }
+};
+
 /// Mean next-token cross-entropy (nats) of `tokens[0..T)`, T >= 2. When `grad` is not null
 /// it receives dL/dparam (overwritten, same shapes as p). Token ids must be in
 /// [0, vocab): throws Error(kInput) otherwise. OpenMP inside (heads, GEMMs).
 template <typename S>
 S llama_loss_and_grad(const LlamaConfig& c, const LlamaParams<S>& p, const int32_t* tokens, int64_t T,
                       LlamaParams<S>* grad, LinearInputObserver* observer = nullptr);
+
+/// The same loss with the parameters read layer by layer from `src` and the gradients
+/// delivered to `sink` (nullptr = loss only). Only the layers at or above
+/// sink->lowest_layer() are cached for the backward pass. With InMemoryParams and a sink
+/// that asks for everything, the numbers are those of the overload above (it is this
+/// function); a head in several chunks sums dL/d(final norm output) chunk by chunk.
+template <typename S>
+S llama_loss_and_grad(const LlamaConfig& c, LlamaParamSource<S>& src, const int32_t* tokens, int64_t T,
+                      LlamaGradSink<S>* sink, LinearInputObserver* observer = nullptr);
 
 // ---- implementation of the templates declared above ----
 

@@ -15,6 +15,7 @@
 #include "formats/safetensors.h"
 #include "formats/sensitivity_file.h"
 #include "lib/common/error.h"
+#include "lib/common/scratch_file.h"
 #include "lib/common/sha256.h"
 #include "lib/model/llama.h"
 #include "lib/pack/input_scales.h"
@@ -28,16 +29,72 @@ namespace {
 const char* kTokenizerFiles[] = {"tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
                                  "tokenizer.json", "generation_config.json"};
 
+
+void write_text_atomic(const fs::path& p, const std::string& s) { write_file_atomic(p.string(), s.data(), s.size()); }
+
+// FGMP block scores of every quantized tensor, in a scratch file (a 7B model has 3.2 GB
+// of them), read back in 8 MiB pieces for the global ranking.
+class ScratchScores final : public FgmpScoreSource {
+ public:
+  explicit ScratchScores(const std::string& folder) : file_(folder) {}
+  void add(const std::string& name, int64_t rows, int64_t cols, const std::vector<double>& scores) {
+    offsets_.push_back(file_.size());
+    tensors_.push_back({name, rows, cols, {}});
+    counts_.push_back(scores.size());
+    file_.append(scores.data(), scores.size() * sizeof(double));
+  }
+  std::size_t count() const override { return tensors_.size(); }
+  const FgmpTensorScores& tensor(std::size_t i) const override { return tensors_[i]; }
+  void scan(const ScanFn& fn) const override {
+    std::vector<double> buf(std::size_t{1} << 20);
+    for (std::size_t t = 0; t < tensors_.size(); ++t)
+      for (std::size_t done = 0; done < counts_[t];) {
+        const std::size_t n = std::min(buf.size(), counts_[t] - done);
+        file_.read(offsets_[t] + done * sizeof(double), buf.data(), n * sizeof(double));
+        fn(t, buf.data(), n);
+        done += n;
+      }
+  }
+
+ private:
+  ScratchFile file_;
+  std::vector<FgmpTensorScores> tensors_;
+  std::vector<uint64_t> offsets_;
+  std::vector<std::size_t> counts_;
+};
+
+}  // namespace
+
+std::vector<std::string> pack_write_order(const LlamaConfig& cfg, const TensorStore& store, const LayerRange& range) {
+  // Buckets: 0 = before the layers, 1 + l = layer l, 1 + N = after the layers.
+  const int64_t n = cfg.num_layers;
+  std::vector<std::vector<std::string>> bucket(static_cast<std::size_t>(n + 2));
+  std::map<std::string, bool> in_graph;
+  for (const auto& [name, shape] : llama_tensor_shapes(cfg)) {
+    (void)shape;
+    in_graph[name] = true;
+    const int64_t l = layer_of_tensor(name);
+    bucket[static_cast<std::size_t>(l >= 0 ? 1 + l : name == "model.embed_tokens.weight" ? 0 : 1 + n)].push_back(name);
+  }
+  for (const std::string& name : store.names()) {  // sorted
+    if (in_graph.count(name)) continue;
+    const int64_t l = layer_of_tensor(name);
+    bucket[static_cast<std::size_t>(l >= 0 && l < n ? 1 + l : 1 + n)].push_back(name);
+  }
+  std::vector<std::string> out;
+  const auto take = [&](std::size_t b) { out.insert(out.end(), bucket[b].begin(), bucket[b].end()); };
+  if (range.begin == 0) take(0);
+  for (int64_t l = range.begin; l < range.end; ++l) take(static_cast<std::size_t>(1 + l));
+  if (range.end == n) take(static_cast<std::size_t>(1 + n));
+  return out;
+}
+
 std::string utc_now() {
   const std::time_t t = std::time(nullptr);
   char buf[32];
   std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&t));
   return buf;
 }
-
-void write_text_atomic(const fs::path& p, const std::string& s) { write_file_atomic(p.string(), s.data(), s.size()); }
-
-}  // namespace
 
 double PackReport::quantized_bpw() const {
   return quantized_params ? 8.0 * static_cast<double>(quantized_bytes) / static_cast<double>(quantized_params) : 0.0;
@@ -73,6 +130,13 @@ PackReport pack_model(const std::string& model_dir, const std::string& out_dir, 
   if (opt.act_scheme == ActScheme::kStatic && opt.calib.text.empty())
     throw Error(ExitCode::kUsage, "--activations static needs --calib TEXT (the input scales are calibrated)");
   const LlamaConfig cfg = load_llama_config(model_dir);
+  const std::string config_path = (fs::path(model_dir) / "config.json").string();
+  const LayerRange range = resolve_layer_range(opt.layers, cfg.num_layers, config_path);
+  const bool whole = range.begin == 0 && range.end == cfg.num_layers;
+  if (fgmp && !whole)
+    throw Error(ExitCode::kUsage, "--layers " + range.str() + " with --format fgmp: its FP8 blocks are ranked over "
+                                  "the whole model; pack fgmp in one run (or use --plan with fgmp entries)");
+  if (opt.max_shard_bytes < 1) throw Error(ExitCode::kUsage, "--max-shard-size must be at least 1 byte");
   if (!cfg.quantization_config.is_null())
     throw_input((fs::path(model_dir) / "config.json").string(),
                 "quantization_config: the input is already quantized; pack from the original weights");
@@ -173,19 +237,21 @@ PackReport pack_model(const std::string& model_dir, const std::string& out_dir, 
   if (xp.act == ActScheme::kStatic) input_amax = calibrate_input_amax(model_dir, opt.calib);
 
   // fgmp: one global ranking of every quantized block gives each tensor its FP8 block count.
-  const std::vector<std::string> names = store.names();
+  // Tensors are ranked in sorted-name order (the tie order); the scores wait in a scratch file.
+  const std::vector<std::string> names = pack_write_order(cfg, store, range);
   FgmpSelection fgmp_sel;
   if (fgmp) {
-    std::vector<FgmpTensorScores> scored;
-    for (const std::string& name : names) {
+    ScratchScores scored(stage_dir.string());
+    std::size_t scored_n = 0;
+    for (const std::string& name : store.names()) {
       auto it = linears.find(name);
       if (it == linears.end()) continue;
+      if (progress) progress(++scored_n, linears.size(), "fgmp block scores: " + name);
       const auto [rows, cols] = it->second;
       std::vector<float> w, fisher;
       load_linear(store.get(name), module_of(name), rows, cols, w, fisher);
       const auto& fq = static_cast<const FgmpQuantizer&>(*quant_ptr);
-      scored.push_back({name, rows, cols,
-                        fq.block_scores(module_of(name), w.data(), sens ? fisher.data() : nullptr, rows, cols)});
+      scored.add(name, rows, cols, fq.block_scores(module_of(name), w.data(), sens ? fisher.data() : nullptr, rows, cols));
     }
     fgmp_sel = fgmp_select_global(scored, opt.fgmp.fp8_fraction, opt.target_bpw);
   }
@@ -194,9 +260,20 @@ PackReport pack_model(const std::string& model_dir, const std::string& out_dir, 
   ActCalibration act;
   if (!opt.act.text.empty()) act = calibrate_act_thresholds(model_dir, opt.act);
 
+  // Every shard carries the same metadata, known before the first tensor (for the whole
+  // model, so that the parts of a split run agree).
+  std::map<std::string, std::string> shard_meta = {{"format", "pt"}, {"mpq_format_version", "1"}};
+  if (xp.kind == ExportKind::kMpq) {
+    nlohmann::json shapes_meta = nlohmann::json::object();
+    for (const auto& [name, rc] : linears) {
+      const std::string module = module_of(name);
+      const Quantizer& q = planned ? *opt.plan.at(module).quantizer : *quant_ptr;
+      if (rc[1] % std::max(1, q.info().block_size) != 0) shapes_meta[module] = {rc[0], rc[1]};
+    }
+    shard_meta["mpq_logical_shapes"] = shapes_meta.dump();
+  }
+  ShardedSafetensorsWriter writer(stage_dir.string(), opt.max_shard_bytes, shard_meta);
   PackReport rep;
-  SafetensorsWriter writer;
-  nlohmann::json shapes_meta = nlohmann::json::object();
   nlohmann::json tensors_json = nlohmann::json::object();
   for (std::size_t k = 0; k < names.size(); ++k) {
     const std::string& name = names[k];
@@ -220,9 +297,8 @@ PackReport pack_model(const std::string& model_dir, const std::string& out_dir, 
       const float in_amax = xp.act == ActScheme::kStatic ? input_amax.amax.at(module) : 0.0f;
       for (PackedPart& part : export_parts(xp, p, in_amax)) {
         bytes += part.bytes.size();
-        writer.add(module + "." + part.suffix, part.dtype, part.shape, std::move(part.bytes));
+        writer.add(module + "." + part.suffix, part.dtype, part.shape, part.bytes.data(), part.bytes.size());
       }
-      if (cols % std::max(1, q.info().block_size) != 0) shapes_meta[module] = {rows, cols};
       rec = {module, planned ? opt.plan.at(module).format : opt.format, {rows, cols}, bytes,
              8.0 * static_cast<double>(bytes) / static_cast<double>(rows * cols)};
       if (planned) tensors_json[module]["candidate"] = opt.plan.at(module).candidate;
@@ -231,7 +307,7 @@ PackReport pack_model(const std::string& model_dir, const std::string& out_dir, 
       rep.quantized_params += rows * cols;
       rep.quantized_bytes += bytes;
     } else {
-      writer.add(name, t.dtype, t.shape, std::vector<uint8_t>(t.data, t.data + t.nbytes));
+      writer.add(name, t.dtype, t.shape, t.data, t.nbytes);  // straight from the mapped input
       rec = {name, dtype_name_lower(t.dtype), t.shape, t.nbytes, 8.0 * static_cast<double>(t.nbytes) / static_cast<double>(std::max<int64_t>(1, t.numel()))};
     }
     int64_t numel = 1;
@@ -240,18 +316,22 @@ PackReport pack_model(const std::string& model_dir, const std::string& out_dir, 
     tensors_json[rec.name].update({{"format", rec.format}, {"shape", rec.shape}, {"bytes", rec.bytes}, {"bpw", rec.bpw}});
     if (fgmp && it != linears.end()) tensors_json[rec.name]["fp8_blocks"] = fgmp_sel.fp8_blocks.at(name);
     rep.tensors.push_back(std::move(rec));
-    if (progress) progress(k + 1, names.size(), name);
-  }
-  for (const auto& [module, m] : act.modules) {
-    const int64_t cols = static_cast<int64_t>(m.act_fisher.size());
-    writer.add_f32(module + ".input_act_fisher", {cols}, m.act_fisher);
-    writer.add_f32(module + ".input_fgmp_threshold", {}, {m.threshold});
-    for (PackedTensorRecord rec : {PackedTensorRecord{module + ".input_act_fisher", "f32", {cols}, 4 * m.act_fisher.size(), 32},
+    // A linear's FGMP activation calibration follows its weight.
+    const auto am = name.size() > 7 ? act.modules.find(module_of(name)) : act.modules.end();
+    if (am != act.modules.end() && name.compare(name.size() - 7, 7, ".weight") == 0) {
+      const std::string& module = am->first;
+      const auto& m = am->second;
+      const int64_t cols = static_cast<int64_t>(m.act_fisher.size());
+      writer.add(module + ".input_act_fisher", DType::F32, {cols}, m.act_fisher.data(), 4 * m.act_fisher.size());
+      writer.add(module + ".input_fgmp_threshold", DType::F32, {}, &m.threshold, 4);
+      for (PackedTensorRecord r : {PackedTensorRecord{module + ".input_act_fisher", "f32", {cols}, 4 * m.act_fisher.size(), 32},
                                    PackedTensorRecord{module + ".input_fgmp_threshold", "f32", {}, 4, 32}}) {
-      tensors_json[rec.name] = {{"format", rec.format}, {"shape", rec.shape}, {"bytes", rec.bytes}, {"bpw", rec.bpw}};
-      rep.total_params += rec.shape.empty() ? 1 : rec.shape[0];
-      rep.tensors.push_back(std::move(rec));
+        tensors_json[r.name] = {{"format", r.format}, {"shape", r.shape}, {"bytes", r.bytes}, {"bpw", r.bpw}};
+        rep.total_params += r.shape.empty() ? 1 : r.shape[0];
+        rep.tensors.push_back(std::move(r));
+      }
     }
+    if (progress) progress(k + 1, names.size(), name);
   }
   rep.total_bytes = writer.data_bytes();
   rep.bpw_4096x4096 = planned ? std::numeric_limits<double>::quiet_NaN()  // no single format
@@ -261,10 +341,7 @@ PackReport pack_model(const std::string& model_dir, const std::string& out_dir, 
         8.0 * static_cast<double>(fgmp_bytes(4096, 4096, std::llround(fgmp_sel.fraction() * 4096.0 * 256.0))) /
         (4096.0 * 4096.0);
 
-  writer.set_metadata("format", "pt");
-  writer.set_metadata("mpq_format_version", "1");
-  if (xp.kind == ExportKind::kMpq) writer.set_metadata("mpq_logical_shapes", shapes_meta.dump());
-  writer.write((stage_dir / "model.safetensors").string());
+  writer.finish();
 
   // config.json: the export's quantization_config; for mpq-native, mpq's own record of the
   // format (quant_method "mpq", which every engine refuses by name).
@@ -350,7 +427,9 @@ PackReport pack_model(const std::string& model_dir, const std::string& out_dir, 
                               {"total_params", rep.total_params},
                               {"total_bytes", rep.total_bytes},
                               {"model_bpw", rep.model_bpw()},
-                              {"bpw_4096x4096", rep.bpw_4096x4096}}}};
+                              {"bpw_4096x4096", rep.bpw_4096x4096}}},
+                  {"layers", {{"begin", range.begin}, {"end", range.end}, {"num_layers", cfg.num_layers}}},
+                  {"max_shard_bytes", opt.max_shard_bytes}};
   rep.export_kind = xp.kind;
   rep.notes = xp.notes;
   if (planned) rep.manifest["plan"] = {{"file", fs::absolute(opt.plan_file).string()}, {"sha256", sha256_file(opt.plan_file)}};

@@ -3,8 +3,11 @@
 //
 // Output folder (docs/formats.md):
 //   model.safetensors     packed linears under ModelOpt names (lib/quant/*.h), every other
-//                         tensor copied unchanged; __metadata__ {"format": "pt",
-//                         "mpq_format_version": "1", "mpq_logical_shapes": JSON of padded tensors}
+//   (or shards + index)   tensor copied unchanged, streamed in graph order (pack_write_order)
+//                         into Hugging Face shards of at most max_shard_bytes
+//                         (formats/sharded_safetensors.h); every shard's __metadata__
+//                         {"format": "pt", "mpq_format_version": "1", "mpq_logical_shapes":
+//                         JSON of padded tensors}
 //   config.json           the input's, plus "quantization_config" as ModelOpt writes it
 //                         (squeezellm/uniform: {"quant_method": "squeezellm", "wbits", "grid",
 //                         "outlier_pct", "sensitive_pct", "fisher_weighted", "exclude_modules",
@@ -28,6 +31,10 @@
 
 #include <nlohmann/json.hpp>
 
+#include "formats/hf_config.h"
+#include "formats/safetensors.h"
+#include "formats/sharded_safetensors.h"
+#include "lib/common/layer_range.h"
 #include "lib/quant/fgmp.h"
 #include "lib/pack/act_calibration.h"
 #include "lib/pack/export.h"
@@ -79,6 +86,14 @@ struct PackOptions {
   CalibWindowOptions calib;
   std::string command_line;          ///< recorded in the manifest
   bool force = false;                ///< replace an existing non-empty output folder
+  /// Only these decoder layers (a part of a split run, merged by merge_packed_parts(),
+  /// lib/pack/merge_parts.h); end -1 = to the last. The part that starts at layer 0 also
+  /// holds the embedding, the one that ends at the last layer the final norm, lm_head and
+  /// any other tensor outside the layers. Not with format "fgmp" (its FP8 blocks are
+  /// ranked over the whole model).
+  LayerRange layers;
+  /// Largest output shard in bytes (--max-shard-size); one shard = model.safetensors.
+  uint64_t max_shard_bytes = kDefaultMaxShardBytes;
 };
 
 /// Per-tensor record of the manifest.
@@ -104,8 +119,20 @@ struct PackReport {
   std::vector<std::string> notes;    ///< the export's notes (modules moved to the source dtype, ...)
 };
 
-/// (tensor index, tensor count, tensor name) after each tensor.
+/// (tensor index, tensor count, tensor name) after each tensor; fgmp first reports its
+/// scoring pass as (linear index, linear count, "fgmp block scores: <name>").
 using PackProgress = std::function<void(std::size_t, std::size_t, const std::string&)>;
+
+/// The order mpq-pack writes tensors in, as input tensor names: graph order
+/// (llama_tensor_shapes: embedding; per layer norms, q/k/v/o, gate/up/down; final norm;
+/// lm_head), a store tensor outside the graph after its layer's graph tensors when named
+/// "model.layers.<l>.*", else after lm_head (each group sorted); restricted to `range`
+/// (see PackOptions::layers). Concatenating the orders of ranges that tile [0, N) gives
+/// the order of [0, N).
+std::vector<std::string> pack_write_order(const LlamaConfig& cfg, const TensorStore& store, const LayerRange& range);
+
+/// The current time as the manifest's created_utc writes it ("2026-12-01T07:35:55Z").
+std::string utc_now();
 
 /// Packs `model_dir` into `out_dir` under the export `opt.export_kind` (resolve_export(),
 /// lib/pack/export.h: fused q/k/v and gate/up share one tensor scale in engine exports, NVFP4
@@ -117,7 +144,10 @@ using PackProgress = std::function<void(std::size_t, std::size_t, const std::str
 /// Error(kUsage) for an unknown format or bad regex, an fgmp target_bpw below the size with
 /// 0% FP8, an fgmp fp8_fraction outside [0, 1], an export that cannot express the pack, or
 /// act_scheme kStatic without calibration text, Error(kOutput) when the output cannot
-/// be written or exists without `force`. On any error nothing is left at `out_dir`.
+/// be written or exists without `force`, Error(kUsage) naming config.json for layers outside
+/// the model or fgmp with a layer range. On any error nothing is left at `out_dir`.
+/// Memory: one input tensor (as fp32) and its packed form at a time; fgmp's block scores
+/// go to a scratch file in the staging folder.
 PackReport pack_model(const std::string& model_dir, const std::string& out_dir,
                       const PackOptions& opt, const PackProgress& progress = nullptr);
 

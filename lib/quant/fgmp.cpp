@@ -241,14 +241,85 @@ double FgmpSelection::fraction() const {
   return blocks_total > 0 ? static_cast<double>(fp8_total) / static_cast<double>(blocks_total) : 0.0;
 }
 
+namespace {
+
+// Order-preserving map of a non-NaN double to uint64 (a < b <=> key(a) < key(b)); -0 is
+// mapped like +0, as the two compare equal.
+uint64_t order_key(double d) {
+  if (d == 0.0) d = 0.0;
+  uint64_t b;
+  std::memcpy(&b, &d, sizeof b);
+  return (b >> 63) ? ~b : (b | (uint64_t{1} << 63));
+}
+
+double from_order_key(uint64_t k) {
+  const uint64_t b = (k >> 63) ? (k & ~(uint64_t{1} << 63)) : ~k;
+  double d;
+  std::memcpy(&d, &b, sizeof d);
+  return d;
+}
+
+// The in-memory scores of fgmp_select_global(vector).
+class VectorScores final : public FgmpScoreSource {
+ public:
+  explicit VectorScores(const std::vector<FgmpTensorScores>& t) : t_(t) {}
+  std::size_t count() const override { return t_.size(); }
+  const FgmpTensorScores& tensor(std::size_t i) const override { return t_[i]; }
+  void scan(const ScanFn& fn) const override {
+    for (std::size_t i = 0; i < t_.size(); ++i) fn(i, t_[i].scores.data(), t_[i].scores.size());
+  }
+
+ private:
+  const std::vector<FgmpTensorScores>& t_;
+};
+
+// The k-th largest score (1 <= k <= count), exactly, by a four-level radix select over
+// order_key() (16 bits a level): four scans of the source, 512 KiB of histogram, however
+// many scores there are.
+double kth_largest(const FgmpScoreSource& src, int64_t k) {
+  constexpr int kLevels = 4;
+  constexpr int kShift[kLevels] = {48, 32, 16, 0};
+  constexpr int kBits[kLevels] = {16, 16, 16, 16};
+  uint64_t prefix = 0;  // the key bits fixed so far (above kShift[level] + kBits[level])
+  int64_t want = k;     // rank still to find among the keys that match the prefix
+  std::vector<uint64_t> hist;
+  for (int level = 0; level < kLevels; ++level) {
+    const int shift = kShift[level], bits = kBits[level];
+    const int above = shift + bits;  // bits [above, 64) must equal prefix's
+    hist.assign(std::size_t{1} << bits, 0);
+    src.scan([&](std::size_t, const double* s, std::size_t n) {
+      for (std::size_t i = 0; i < n; ++i) {
+        MPQ_ASSERT(!std::isnan(s[i]));
+        const uint64_t key = order_key(s[i]);
+        if (above < 64 && (key >> above) != (prefix >> above)) continue;
+        ++hist[static_cast<std::size_t>((key >> shift) & ((uint64_t{1} << bits) - 1))];
+      }
+    });
+    std::size_t bin = hist.size();
+    while (bin-- > 0) {  // from the largest keys down
+      if (static_cast<int64_t>(hist[bin]) >= want) break;
+      want -= static_cast<int64_t>(hist[bin]);
+    }
+    MPQ_ASSERT(bin < hist.size());
+    prefix |= static_cast<uint64_t>(bin) << shift;
+  }
+  return from_order_key(prefix);
+}
+
+}  // namespace
+
 FgmpSelection fgmp_select_global(const std::vector<FgmpTensorScores>& tensors, double fp8_fraction,
                                  double target_bpw) {
+  return fgmp_select_global(VectorScores(tensors), fp8_fraction, target_bpw);
+}
+
+FgmpSelection fgmp_select_global(const FgmpScoreSource& src, double fp8_fraction, double target_bpw) {
   FgmpSelection sel;
   std::size_t bytes0 = 0;  // every tensor with 0 FP8 blocks
   int64_t params = 0;
-  for (const FgmpTensorScores& t : tensors) {
-    MPQ_ASSERT(static_cast<int64_t>(t.scores.size()) == t.rows * blocks_per_row(t.cols));
-    sel.blocks_total += static_cast<int64_t>(t.scores.size());
+  for (std::size_t i = 0; i < src.count(); ++i) {
+    const FgmpTensorScores& t = src.tensor(i);
+    sel.blocks_total += t.rows * blocks_per_row(t.cols);
     bytes0 += fgmp_bytes(t.rows, t.cols, 0);
     params += t.rows * t.cols;
   }
@@ -273,27 +344,27 @@ FgmpSelection fgmp_select_global(const std::vector<FgmpTensorScores>& tensors, d
     k = std::llround(fp8_fraction * static_cast<double>(sel.blocks_total));
   }
   sel.fp8_total = k;
-  for (const FgmpTensorScores& t : tensors) sel.fp8_blocks[t.name] = 0;
+  for (std::size_t i = 0; i < src.count(); ++i) sel.fp8_blocks[src.tensor(i).name] = 0;
   if (k == 0) return sel;
   // The k-th largest score; above it everything is taken, at it the first ties in order.
-  std::vector<double> all;
-  all.reserve(static_cast<std::size_t>(sel.blocks_total));
-  for (const FgmpTensorScores& t : tensors) all.insert(all.end(), t.scores.begin(), t.scores.end());
-  std::nth_element(all.begin(), all.begin() + (k - 1), all.end(), std::greater<double>());
-  const double th = all[static_cast<std::size_t>(k - 1)];
+  const double th = kth_largest(src, k);
   sel.score_threshold = th;
-  int64_t ties_left = k;
-  for (const FgmpTensorScores& t : tensors)
-    for (double s : t.scores) ties_left -= s > th;
-  for (const FgmpTensorScores& t : tensors) {
-    int64_t above = 0, at = 0;
-    for (double s : t.scores) {
-      above += s > th;
-      at += s == th;
+  std::vector<int64_t> above(src.count(), 0), at(src.count(), 0), seen(src.count(), 0);
+  src.scan([&](std::size_t t, const double* s, std::size_t n) {
+    for (std::size_t i = 0; i < n; ++i) {
+      above[t] += s[i] > th;
+      at[t] += s[i] == th;
     }
-    const int64_t take = std::min(at, ties_left);
+    seen[t] += static_cast<int64_t>(n);
+  });
+  for (std::size_t t = 0; t < src.count(); ++t)
+    MPQ_ASSERT(seen[t] == src.tensor(t).rows * blocks_per_row(src.tensor(t).cols));
+  int64_t ties_left = k;
+  for (int64_t a : above) ties_left -= a;
+  for (std::size_t t = 0; t < src.count(); ++t) {
+    const int64_t take = std::min(at[t], ties_left);
     ties_left -= take;
-    sel.fp8_blocks[t.name] = above + take;
+    sel.fp8_blocks[src.tensor(t).name] = above[t] + take;
   }
   return sel;
 }

@@ -29,6 +29,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <limits>
 #include <map>
 #include <string>
@@ -108,6 +109,26 @@ struct FgmpSelection {
 /// target_bpw is below the bits per weight at K = 0 (the message gives that minimum).
 FgmpSelection fgmp_select_global(const std::vector<FgmpTensorScores>& tensors, double fp8_fraction,
                                  double target_bpw);
+
+/// Block scores of many tensors that need not be in memory (mpq-pack keeps a 7B model's
+/// 3.2 GB of scores in a scratch file): the tensors' names and shapes, and a scan over
+/// every score in ranking order.
+class FgmpScoreSource {
+ public:
+  /// fn(tensor index, scores, n): consecutive pieces of each tensor's flat block scores
+  /// (rows * ceil(cols / 16) of them in all), tensors in order.
+  using ScanFn = std::function<void(std::size_t, const double*, std::size_t)>;
+  virtual ~FgmpScoreSource() = default;
+  virtual std::size_t count() const = 0;
+  /// name, rows, cols of tensor i (its `scores` member may be empty).
+  virtual const FgmpTensorScores& tensor(std::size_t i) const = 0;
+  virtual void scan(const ScanFn& fn) const = 0;
+};
+
+/// fgmp_select_global() over scores a source streams: the same result, found by an exact
+/// radix select (five scans of the scores, 512 KiB of histogram) instead of a sort, so the
+/// memory does not grow with the number of blocks.
+FgmpSelection fgmp_select_global(const FgmpScoreSource& scores, double fp8_fraction, double target_bpw);
 
 /// FGMP quantizer (format name "fgmp").
 /// The kernel view (kernels/cpu/fgmp_gemv.h) of an fgmp PackedTensor as read_packed() or

@@ -107,6 +107,15 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(2, 1 << 20))
       ->capture_default_str();
   app.add_option("--exclude", opt.exclude, "Regex over module names to keep unquantized (repeatable)");
+  std::string layers = ":", shard_size = "5GB";
+  app.add_option("--layers", layers,
+                 "Only layers A:B (half-open): one part of a split run, combined by mpq-merge into "
+                 "exactly the folder one run writes; not with fgmp")
+      ->capture_default_str();
+  app.add_option("--max-shard-size", shard_size,
+                 "Largest output shard, as transformers' save_pretrained reads it (5GB = 5e9 bytes, "
+                 "2GiB, or bytes); one shard is written as model.safetensors")
+      ->capture_default_str();
   app.add_flag("--force", opt.force, "Replace an existing non-empty output folder");
   app.add_option("--threads", threads, "OpenMP threads (0 = all cores)")->check(CLI::NonNegativeNumber);
   app.add_flag("-q,--quiet", quiet, "No per-tensor progress on stderr");
@@ -114,6 +123,8 @@ int main(int argc, char** argv) {
 
   return tool::run(app, argc, argv, [&]() -> int {
     if (threads > 0) omp_set_num_threads(threads);
+    opt.layers = parse_layer_range(layers);
+    opt.max_shard_bytes = parse_shard_size(shard_size);
     if (format_label.empty() && plan_path.empty()) throw Error(ExitCode::kUsage, "give --format or --plan");
     if (!format_label.empty()) {  // the one label grammar; --bits / --fp8-fraction refine the bare names
       const FormatSpec spec = parse_format_label(format_label);

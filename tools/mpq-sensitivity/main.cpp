@@ -9,26 +9,17 @@
 
 #include "calibration/sensitivity.h"
 #include "calibration/windows.h"
+#include "formats/hf_config.h"
+#include "formats/packed_checkpoint.h"
 #include "formats/safetensors.h"
 #include "formats/sensitivity_file.h"
+#include "lib/common/layer_range.h"
 #include "lib/common/sha256.h"
 #include "lib/model/llama.h"
 #include "lib/model/tokenizer.h"
 #include "tools/common.h"
 
 namespace {
-
-// "A:B" -> [A, B); "A:" -> [A, end); ":B" -> [0, B).
-std::pair<int64_t, int64_t> parse_layers(const std::string& s) {
-  const auto colon = s.find(':');
-  if (colon == std::string::npos) throw mpq::Error(mpq::ExitCode::kUsage, "--layers '" + s + "': expected A:B");
-  try {
-    const std::string a = s.substr(0, colon), b = s.substr(colon + 1);
-    return {a.empty() ? 0 : std::stoll(a), b.empty() ? -1 : std::stoll(b)};
-  } catch (const std::exception&) {
-    throw mpq::Error(mpq::ExitCode::kUsage, "--layers '" + s + "': expected integers A:B");
-  }
-}
 
 double peak_rss_mib() {
   rusage u{};
@@ -59,10 +50,15 @@ int main(int argc, char** argv) {
   app.add_option("--seed", seed, "Seed for window sampling and Rademacher vectors")->capture_default_str();
   app.add_flag("--sequential", sequential, "Take windows in order (0, L, 2L, ...) instead of sampling");
   app.add_flag("--full-hessian", opt.full_hessian, "Also store the full [in, in] layer Hessians");
+  app.add_flag("--recompute-activations", opt.recompute_activations,
+               "Keep only each layer's input in the forward pass and recompute its activations in the "
+               "backward pass: about a third more time, the same numbers, far less memory");
   app.add_option("--hutchinson-iters", opt.hutchinson_iters, "Maximum Rademacher samples")->capture_default_str();
   app.add_option("--hutchinson-tol", opt.hutchinson_tol, "Stop when every running mean moves less (relative)")
       ->capture_default_str();
-  app.add_option("--layers", layers, "Only layers A:B (half-open; the model still runs whole)");
+  app.add_option("--layers", layers,
+                 "Only layers A:B (half-open; the model still runs whole): one part of a split run, "
+                 "combined by mpq-merge into exactly the file one run writes");
   app.add_option("--json", json_out, "Also write the per-tensor summary as JSON");
   app.add_option("--threads", threads, "OpenMP threads (0 = all cores)");
   app.add_flag("-q,--quiet", quiet, "No progress on stderr");
@@ -80,15 +76,26 @@ int main(int argc, char** argv) {
       else throw Error(ExitCode::kUsage, "--kind: unknown '" + k + "' (known: fisher, hessian, hutchinson, act-fisher)");
     }
     if (opt.full_hessian) opt.hessian = true;
-    std::tie(opt.layer_begin, opt.layer_end) = parse_layers(layers);
     opt.seed = seed;
 
-    LlamaModel model = LlamaModel::load(model_dir);
-    for (const auto& L : model.weights().layers)
-      for (const auto& lin : L.linear)
-        if (lin.format != "f32" && lin.format != "f16" && lin.format != "bf16")
-          throw_input(model_dir, "holds quantized weights (" + lin.format +
+    const LlamaConfig config = load_llama_config(model_dir);
+    const std::string config_path = (fs::path(model_dir) / "config.json").string();
+    const LayerRange range = resolve_layer_range(parse_layer_range(layers), config.num_layers, config_path);
+    opt.layer_begin = range.begin;
+    opt.layer_end = range.end;
+    if (!config.quantization_config.is_null())
+      throw_input(config_path, "quantization_config: the model is quantized; sensitivities are computed on the "
+                               "original model");
+    const TensorStore store = TensorStore::open(model_dir);
+    for (int64_t l = 0; l < config.num_layers; ++l)
+      for (const char* lin : kLinearNames) {
+        const std::string prefix = "model.layers." + std::to_string(l) + "." + lin;
+        const std::string f = detect_linear_format(store, prefix);
+        if (f != "f32" && f != "f16" && f != "bf16")
+          throw_input(model_dir, "module '" + prefix + "' holds quantized weights (" + f +
                                      "); sensitivities are computed on the original model");
+      }
+    check_llama_checkpoint(config, store);  // shapes and dtypes of every tensor, before any work
     std::vector<int32_t> ids;
     if (fs::path(calib).extension() == ".i32") ids = read_token_file(calib);
     else ids = Tokenizer::load(model_dir).encode(read_text_file(calib));
@@ -108,19 +115,14 @@ int main(int argc, char** argv) {
                    static_cast<long long>(total), tool::format_seconds(secs).c_str(),
                    tool::format_seconds(per * static_cast<double>(total - done)).c_str());
     };
-    const LlamaConfig config = model.config();
-    const LlamaParams<float> params = to_params(std::move(model.mutable_weights()));  // no copy
-    const SensitivityResult r = compute_sensitivities(config, params, ids, starts, seq_len, opt, progress);
 
     std::vector<std::string> weight_files;
-    const TensorStore store = TensorStore::open(model_dir);
     for (const auto& f : store.files()) weight_files.push_back(f->path());
     const nlohmann::json model_sha = sha256_model_inputs(model_dir, weight_files);
     std::string kinds;
     for (auto [on, name] : {std::pair{opt.fisher, "fisher"}, {opt.hessian, "hessian"}, {opt.hutchinson, "hutchinson"},
                             {opt.act_fisher, "act-fisher"}})
       if (on) kinds += (kinds.empty() ? "" : ",") + std::string(name);
-    const int64_t layer_end = opt.layer_end < 0 ? config.num_layers : opt.layer_end;
     const std::map<std::string, std::string> meta = {
         {"tool", "mpq-sensitivity " + std::string(MPQ_VERSION)},
         {"kinds", kinds},
@@ -128,12 +130,20 @@ int main(int argc, char** argv) {
         {"seq_len", std::to_string(seq_len)},
         {"seed", std::to_string(seed)},
         {"sequential", sequential ? "true" : "false"},
-        {"layers", std::to_string(opt.layer_begin) + ":" + std::to_string(layer_end)},
+        {"layers", range.str()},
+        {"num_layers", std::to_string(config.num_layers)},
         {"full_hessian", opt.full_hessian ? "true" : "false"},
         {"calibration_file", fs::path(calib).filename().string()},
         {"calibration_sha256", sha256_file(calib)},
         {"model_sha256", model_sha.dump()}};
-    write_sensitivity_file(out, r, meta);
+    // The output file is laid out first: the Fisher accumulates in its mapped pages.
+    SensitivityFileWriter writer(out,
+                                 sensitivity_modules(config, range.begin, range.end, opt.fisher, opt.hessian,
+                                                     opt.full_hessian, opt.act_fisher),
+                                 meta);
+    const SensitivityResult r = compute_sensitivities(config, store, ids, starts, seq_len, opt, progress,
+                                                      [&](std::size_t k) { return writer.fisher(k); });
+    writer.finish(r);
 
     std::printf("%-36s %12s %14s %14s %16s\n", "tensor", "params", "fisher_sum", "hessian_trace", "hutchinson/param");
     nlohmann::json j;
