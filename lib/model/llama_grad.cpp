@@ -3,6 +3,7 @@
 #include <cmath>
 #include <type_traits>
 
+#include "formats/hf_config.h"
 #include "lib/common/error.h"
 #include "lib/common/shape.h"
 
@@ -249,6 +250,7 @@ const MatRM<float>& StreamedParams::head_chunk(int64_t k) {
 }
 
 void check_llama_checkpoint(const LlamaConfig& c, const TensorStore& store) {
+  check_config_against_tensors(c, store);  // config sizes vs the tensors present, before any list is built from them
   for (const auto& [name, shape] : llama_tensor_shapes(c)) {
     const TensorView& t = store.get(name);
     if (t.shape != shape)
@@ -289,14 +291,93 @@ S llama_loss_and_grad(const LlamaConfig& c, const LlamaParams<S>& p, const int32
   return llama_loss_and_grad<S>(c, src, tokens, T, &sink, observer);
 }
 
+namespace {
+
+// One layer's forward from C.x into C's other fields; *h_out = the layer's output. cos_t /
+// sin_t: RoPE tables [T, head_dim / 2] of positions 0..T-1.
+template <typename S>
+void layer_forward_impl(const LlamaConfig& c, const MatRM<S>& cos_t, const MatRM<S>& sin_t, int64_t l,
+                        const typename LlamaParams<S>::Layer& L, LayerCache<S>& C, LinearInputObserver* obs,
+                        MatRM<S>* h_out) {
+  const int64_t T = C.x.rows(), d = c.head_dim, nh = c.num_heads, nkv = c.num_kv_heads;
+  const int64_t group = nh / nkv;
+  const int64_t window = c.sliding_window > 0 ? c.sliding_window : T;
+  const S scale = static_cast<S>(1.0 / std::sqrt(static_cast<double>(d)));
+  rms_forward(C.x, L.input_norm, c.rms_norm_eps, C.n, C.r1);
+  notify(obs, l, 0, C.n);
+  C.q = linear_forward(C.n, L.w[0], L.b[0]);
+  C.k = linear_forward(C.n, L.w[1], L.b[1]);
+  C.v = linear_forward(C.n, L.w[2], L.b[2]);
+  rope(C.q, nh, d, cos_t, sin_t, S(1));
+  rope(C.k, nkv, d, cos_t, sin_t, S(1));
+  C.P.assign(static_cast<std::size_t>(nh), MatRM<S>());
+  C.attn.resize(T, nh * d);
+#pragma omp parallel for schedule(static) if (T * T * d * nh >= kParallelAttentionWork)
+  for (int64_t hd = 0; hd < nh; ++hd) {
+    const int64_t g = hd / group;
+    MatRM<S>& P = C.P[static_cast<std::size_t>(hd)];
+    P.noalias() = (C.q.middleCols(hd * d, d) * scale) * C.k.middleCols(g * d, d).transpose();
+    for (int64_t i = 0; i < T; ++i) {
+      const int64_t lo = std::max<int64_t>(0, i - window + 1);
+      auto vis = P.row(i).segment(lo, i - lo + 1).array();
+      vis = (vis - vis.maxCoeff()).exp();
+      vis /= vis.sum();
+      P.row(i).head(lo).setZero();
+      P.row(i).tail(T - i - 1).setZero();
+    }
+    C.attn.middleCols(hd * d, d).noalias() = P * C.v.middleCols(g * d, d);
+  }
+  notify(obs, l, 1, C.attn);
+  C.a = C.x + linear_forward(C.attn, L.w[3], L.b[3]);
+  rms_forward(C.a, L.post_attn_norm, c.rms_norm_eps, C.m, C.r2);
+  notify(obs, l, 2, C.m);
+  C.gp = linear_forward(C.m, L.w[4], L.b[4]);
+  C.up = linear_forward(C.m, L.w[5], L.b[5]);
+  C.s = C.gp.unaryExpr([](S x) { return silu(x); }).cwiseProduct(C.up);
+  notify(obs, l, 3, C.s);
+  if (h_out) *h_out = C.a + linear_forward(C.s, L.w[6], L.b[6]);
+}
+
+template <typename S>
+void rope_tables(const LlamaConfig& c, int64_t T, MatRM<S>& cos_t, MatRM<S>& sin_t) {
+  const std::vector<double> inv_freq = rope_inv_freq(c);
+  const int64_t half = c.head_dim / 2;
+  cos_t.resize(T, half);
+  sin_t.resize(T, half);
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t i = 0; i < half; ++i) {
+      const double a = static_cast<double>(t) * inv_freq[static_cast<std::size_t>(i)];
+      cos_t(t, i) = static_cast<S>(std::cos(a));
+      sin_t(t, i) = static_cast<S>(std::sin(a));
+    }
+}
+
+}  // namespace
+
+template <typename S>
+MatRM<S> llama_layer_forward(const LlamaConfig& c, const typename LlamaParams<S>::Layer& L, int64_t l,
+                             const MatRM<S>& x, LinearInputObserver* observer) {
+  MPQ_ASSERT(x.cols() == c.hidden_size && x.rows() >= 1);
+  MatRM<S> cos_t, sin_t;
+  rope_tables<S>(c, x.rows(), cos_t, sin_t);
+  LayerCache<S> C;
+  C.x = x;
+  MatRM<S> out;
+  layer_forward_impl<S>(c, cos_t, sin_t, l, L, C, observer, &out);
+  return out;
+}
+template MatRM<float> llama_layer_forward<float>(const LlamaConfig&, const LlamaParams<float>::Layer&, int64_t,
+                                                 const MatRM<float>&, LinearInputObserver*);
+template MatRM<double> llama_layer_forward<double>(const LlamaConfig&, const LlamaParams<double>::Layer&, int64_t,
+                                                   const MatRM<double>&, LinearInputObserver*);
+
 template <typename S>
 S llama_loss_and_grad(const LlamaConfig& c, LlamaParamSource<S>& src, const int32_t* tokens, int64_t T,
                       LlamaGradSink<S>* sink, LinearInputObserver* observer) {
   MPQ_ASSERT(T >= 2);
   const int64_t H = c.hidden_size, d = c.head_dim, nh = c.num_heads, nkv = c.num_kv_heads, V = c.vocab_size;
   const int64_t NL = c.num_layers;
-  const int64_t group = nh / nkv, half = d / 2;
-  const int64_t window = c.sliding_window > 0 ? c.sliding_window : T;
+  const int64_t group = nh / nkv;
   const S scale = static_cast<S>(1.0 / std::sqrt(static_cast<double>(d)));
   for (int64_t t = 0; t < T; ++t)
     if (tokens[t] < 0 || tokens[t] >= V)
@@ -306,14 +387,8 @@ S llama_loss_and_grad(const LlamaConfig& c, LlamaParamSource<S>& src, const int3
   const bool backward = sink && lowest < NL;
 
   // RoPE tables [T, d/2], angles in float64.
-  const std::vector<double> inv_freq = rope_inv_freq(c);
-  MatRM<S> cos_t(T, half), sin_t(T, half);
-  for (int64_t t = 0; t < T; ++t)
-    for (int64_t i = 0; i < half; ++i) {
-      const double a = static_cast<double>(t) * inv_freq[static_cast<std::size_t>(i)];
-      cos_t(t, i) = static_cast<S>(std::cos(a));
-      sin_t(t, i) = static_cast<S>(std::sin(a));
-    }
+  MatRM<S> cos_t, sin_t;
+  rope_tables<S>(c, T, cos_t, sin_t);
 
   // ---- forward, caching what the backward pass needs (layers >= lowest only) ----
   MatRM<S> h(T, H);
@@ -321,42 +396,9 @@ S llama_loss_and_grad(const LlamaConfig& c, LlamaParamSource<S>& src, const int3
   std::vector<LayerCache<S>> cache(backward ? static_cast<std::size_t>(NL - lowest) : 0);
   LayerCache<S> scratch;  // layers that need no cache
   const bool recompute = backward && sink->keep_only_layer_inputs();
-  // One layer's forward from C.x into C's other fields; *h_out = the layer's output.
   const auto layer_forward = [&](int64_t l, const typename LlamaParams<S>::Layer& L, LayerCache<S>& C,
                                  LinearInputObserver* obs, MatRM<S>* h_out) {
-    rms_forward(C.x, L.input_norm, c.rms_norm_eps, C.n, C.r1);
-    notify(obs, l, 0, C.n);
-    C.q = linear_forward(C.n, L.w[0], L.b[0]);
-    C.k = linear_forward(C.n, L.w[1], L.b[1]);
-    C.v = linear_forward(C.n, L.w[2], L.b[2]);
-    rope(C.q, nh, d, cos_t, sin_t, S(1));
-    rope(C.k, nkv, d, cos_t, sin_t, S(1));
-    C.P.assign(static_cast<std::size_t>(nh), MatRM<S>());
-    C.attn.resize(T, nh * d);
-#pragma omp parallel for schedule(static) if (T * T * d * nh >= kParallelAttentionWork)
-    for (int64_t hd = 0; hd < nh; ++hd) {
-      const int64_t g = hd / group;
-      MatRM<S>& P = C.P[static_cast<std::size_t>(hd)];
-      P.noalias() = (C.q.middleCols(hd * d, d) * scale) * C.k.middleCols(g * d, d).transpose();
-      for (int64_t i = 0; i < T; ++i) {
-        const int64_t lo = std::max<int64_t>(0, i - window + 1);
-        auto vis = P.row(i).segment(lo, i - lo + 1).array();
-        vis = (vis - vis.maxCoeff()).exp();
-        vis /= vis.sum();
-        P.row(i).head(lo).setZero();
-        P.row(i).tail(T - i - 1).setZero();
-      }
-      C.attn.middleCols(hd * d, d).noalias() = P * C.v.middleCols(g * d, d);
-    }
-    notify(obs, l, 1, C.attn);
-    C.a = C.x + linear_forward(C.attn, L.w[3], L.b[3]);
-    rms_forward(C.a, L.post_attn_norm, c.rms_norm_eps, C.m, C.r2);
-    notify(obs, l, 2, C.m);
-    C.gp = linear_forward(C.m, L.w[4], L.b[4]);
-    C.up = linear_forward(C.m, L.w[5], L.b[5]);
-    C.s = C.gp.unaryExpr([](S x) { return silu(x); }).cwiseProduct(C.up);
-    notify(obs, l, 3, C.s);
-    if (h_out) *h_out = C.a + linear_forward(C.s, L.w[6], L.b[6]);
+    layer_forward_impl<S>(c, cos_t, sin_t, l, L, C, obs, h_out);
   };
   for (int64_t l = 0; l < NL; ++l) {
     const auto& L = src.layer(l);

@@ -165,9 +165,19 @@ class StreamedParams final : public LlamaParamSource<float> {
   int64_t head_rows_ = 0, head_index_ = -1;
 };
 
+/// One decoder layer's forward (the same operations as llama_loss_and_grad's forward):
+/// x [T, H] hidden states entering layer `l` (positions 0..T-1) -> the layer's output [T, H].
+/// The observer sees the inputs of the layer's four linear groups (LinearInputObserver).
+/// Used by sequential calibrations that carry hidden states from layer to layer (GPTQ,
+/// calibration/gptq_calibration.h). S = float or double.
+template <typename S>
+MatRM<S> llama_layer_forward(const LlamaConfig& c, const typename LlamaParams<S>::Layer& L, int64_t l,
+                             const MatRM<S>& x, LinearInputObserver* observer);
+
 /// Checks that `store` holds every tensor of a dense Llama checkpoint of config `c`
 /// (llama_tensor_shapes) with config.json's shape and a float dtype (F32, F16, BF16), before
-/// any work. Throws Error(kInput) "<file>: tensor '<name>': ..." naming the shard.
+/// any work (first check_config_against_tensors: config sizes against the tensors present).
+/// Throws Error(kInput) "<file>: tensor '<name>': ..." naming the shard or config.json.
 void check_llama_checkpoint(const LlamaConfig& c, const TensorStore& store);
 
 /// Every parameter of a checked checkpoint converted to fp32 in memory.

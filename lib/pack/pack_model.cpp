@@ -9,6 +9,8 @@
 #include <limits>
 #include <regex>
 
+#include "calibration/gptq_calibration.h"
+#include "calibration/linear_inputs.h"
 #include "formats/hf_config.h"
 #include "formats/output_dir.h"
 #include "formats/packed_checkpoint.h"
@@ -19,6 +21,8 @@
 #include "lib/common/sha256.h"
 #include "lib/model/llama.h"
 #include "lib/pack/input_scales.h"
+#include "lib/model/llama_grad.h"
+#include "lib/quant/gptq_grids.h"
 #include "lib/quant/quantizer.h"
 
 namespace mpq {
@@ -96,6 +100,14 @@ std::string utc_now() {
   return buf;
 }
 
+PackMethod parse_pack_method(const std::string& s) {
+  if (s == "rtn") return PackMethod::kRtn;
+  if (s == "gptq") return PackMethod::kGptq;
+  throw Error(ExitCode::kUsage, "--method '" + s + "': expected rtn or gptq");
+}
+
+const char* pack_method_name(PackMethod m) { return m == PackMethod::kGptq ? "gptq" : "rtn"; }
+
 double PackReport::quantized_bpw() const {
   return quantized_params ? 8.0 * static_cast<double>(quantized_bytes) / static_cast<double>(quantized_params) : 0.0;
 }
@@ -127,6 +139,10 @@ PackReport pack_model(const std::string& model_dir, const std::string& out_dir, 
       throw Error(ExitCode::kUsage, "--exclude '" + e + "': bad regular expression: " + err.what());
     }
   }
+  if (opt.method == PackMethod::kGptq && opt.calib.text.empty())
+    throw Error(ExitCode::kUsage, "--method gptq needs --calib TEXT (the layer Hessians come from calibration windows)");
+  if (opt.four_over_six && opt.method != PackMethod::kGptq)
+    throw Error(ExitCode::kUsage, "--four-over-six is a choice of the GPTQ grid: give --method gptq");
   if (opt.act_scheme == ActScheme::kStatic && opt.calib.text.empty())
     throw Error(ExitCode::kUsage, "--activations static needs --calib TEXT (the input scales are calibrated)");
   const LlamaConfig cfg = load_llama_config(model_dir);
@@ -272,6 +288,37 @@ PackReport pack_model(const std::string& model_dir, const std::string& out_dir, 
     }
     shard_meta["mpq_logical_shapes"] = shapes_meta.dump();
   }
+  // GPTQ: the sequential pass quantizes layer by layer as the writer reaches each layer.
+  std::unique_ptr<GptqSequentialPass> gptq;
+  if (opt.method == PackMethod::kGptq) {
+    check_llama_checkpoint(cfg, store);
+    GptqLinearFn fn = [&](const std::string& module, const std::vector<double>& h,
+                          std::vector<float>& deq) -> std::optional<PackedTensor> {
+      const std::string name = module + ".weight";
+      auto it = linears.find(name);
+      if (it == linears.end()) return std::nullopt;  // kept in the source dtype
+      const auto [rows, cols] = it->second;
+      std::vector<float> w, fisher;
+      load_linear(store.get(name), module, rows, cols, w, fisher);
+      const Quantizer& q = planned ? *opt.plan.at(module).quantizer : *quant_ptr;
+      GptqGridInput in{module, w.data(), sens ? fisher.data() : nullptr, rows, cols};
+      auto sh = shared_amax.find(module);
+      if (sh != shared_amax.end()) in.tensor_amax = sh->second;
+      in.four_over_six = opt.four_over_six;
+      if (fgmp) in.fgmp_fp8_blocks = fgmp_sel.fp8_blocks.at(name);
+      std::unique_ptr<GptqGrid> grid = make_gptq_grid(q, in);
+      deq = gptq_quantize(module, w.data(), rows, cols, h.data(), *grid, opt.gptq);
+      return grid->encode();
+    };
+    GptqProgress gp = nullptr;
+    if (progress)
+      gp = [&](int64_t done, int64_t total) {
+        progress(static_cast<std::size_t>(done), static_cast<std::size_t>(total), "gptq: layer " + std::to_string(done - 1));
+      };
+    gptq = std::make_unique<GptqSequentialPass>(cfg, store, read_calibration_ids(model_dir, opt.calib.text, cfg.vocab_size),
+                                                opt.calib, std::move(fn), std::move(gp));
+  }
+
   ShardedSafetensorsWriter writer(stage_dir.string(), opt.max_shard_bytes, shard_meta);
   PackReport rep;
   nlohmann::json tensors_json = nlohmann::json::object();
@@ -289,7 +336,8 @@ PackReport pack_model(const std::string& model_dir, const std::string& out_dir, 
       const Quantizer& q = planned ? *opt.plan.at(module).quantizer : *quant_ptr;
       auto sh = shared_amax.find(module);
       const PackedTensor p =
-          fgmp ? static_cast<const FgmpQuantizer&>(q).encode_count(module, w.data(), f, rows, cols,
+          gptq ? *gptq->take(module)
+          : fgmp ? static_cast<const FgmpQuantizer&>(q).encode_count(module, w.data(), f, rows, cols,
                                                                    fgmp_sel.fp8_blocks.at(name))
           : sh != shared_amax.end() ? q.encode_with_amax(module, w.data(), rows, cols, sh->second)
                                     : q.encode_weighted(module, w.data(), f, rows, cols);
@@ -433,6 +481,23 @@ PackReport pack_model(const std::string& model_dir, const std::string& out_dir, 
   rep.export_kind = xp.kind;
   rep.notes = xp.notes;
   if (planned) rep.manifest["plan"] = {{"file", fs::absolute(opt.plan_file).string()}, {"sha256", sha256_file(opt.plan_file)}};
+  rep.manifest["method"] = {{"name", pack_method_name(opt.method)}};
+  if (gptq) {
+    rep.manifest["method"].update({{"damp", opt.gptq.damp},
+                                   {"block", opt.gptq.block},
+                                   {"act_order", opt.gptq.act_order},
+                                   {"static_groups", opt.gptq.static_groups || opt.gptq.act_order},
+                                   {"four_over_six", opt.four_over_six},
+                                   {"sequential", "layer by layer, q/k/v -> o -> gate/up -> down"},
+                                   {"calibration", {{"file", fs::absolute(opt.calib.text).string()},
+                                                    {"sha256", sha256_file(opt.calib.text)},
+                                                    {"samples", opt.calib.samples},
+                                                    {"seq_len", opt.calib.seq_len},
+                                                    {"seed", opt.calib.seed},
+                                                    {"tokens", gptq->tokens()}}},
+                                   {"seconds", gptq->seconds()}});
+    rep.gptq_seconds = gptq->seconds();
+  }
   if (fisher_weighted)
     rep.manifest["sensitivity"] = {{"file", fs::absolute(opt.sensitivity).string()},
                                    {"sha256", sha256_file(opt.sensitivity)}};

@@ -39,9 +39,20 @@
 #include "lib/pack/act_calibration.h"
 #include "lib/pack/export.h"
 #include "calibration/linear_inputs.h"
+#include "lib/quant/gptq.h"
 #include "lib/quant/quantizer.h"
 
 namespace mpq {
+
+/// How weights are rounded onto a format's grid.
+enum class PackMethod {
+  kRtn,   ///< each weight on its own (round to nearest, the formats' own fits)
+  kGptq,  ///< GPTQ error compensation over calibration windows (calibration/gptq_calibration.h)
+};
+
+/// "rtn" | "gptq" -> PackMethod; Error(kUsage) naming --method otherwise.
+PackMethod parse_pack_method(const std::string& s);
+const char* pack_method_name(PackMethod m);
 
 /// One module's entry of a mixed-precision plan (mpq-search's plan.json, docs/formats.md).
 struct PlanEntry {
@@ -82,8 +93,17 @@ struct PackOptions {
   ExportKind export_kind = ExportKind::kAuto;
   /// Engine exports: what the engine does with activations. kStatic needs `calib`.
   ActScheme act_scheme = ActScheme::kNone;
-  /// Calibration windows of the static input scales (lib/pack/input_scales.h); text empty = none.
+  /// Calibration windows of the static input scales (lib/pack/input_scales.h) and of GPTQ's
+  /// layer Hessians; text empty = none.
   CalibWindowOptions calib;
+  /// kGptq needs `calib`: every quantized linear is compensated (lib/quant/gptq.h) in the
+  /// sequential pass of calibration/gptq_calibration.h, with the format's own grid
+  /// (lib/quant/gptq_grids.h). The output's layout is the format's, as with kRtn.
+  PackMethod method = PackMethod::kRtn;
+  GptqOptions gptq;                  ///< damping, block size, act order, static groups
+  /// nvfp4 under gptq: per block, the better of mapping the block
+  /// maximum to 6 or to 4 ("Four Over Six", Cook et al. 2025).
+  bool four_over_six = false;
   std::string command_line;          ///< recorded in the manifest
   bool force = false;                ///< replace an existing non-empty output folder
   /// Only these decoder layers (a part of a split run, merged by merge_packed_parts(),
@@ -116,6 +136,7 @@ struct PackReport {
   double bpw_4096x4096 = 0;          ///< the same format on one 4096 x 4096 layer
   nlohmann::json manifest;           ///< what mpq_manifest.json holds
   ExportKind export_kind = ExportKind::kMpq;  ///< the resolved export
+  double gptq_seconds = 0.0;         ///< --method gptq: the sequential pass (calibration + compensation)
   std::vector<std::string> notes;    ///< the export's notes (modules moved to the source dtype, ...)
 };
 

@@ -54,10 +54,14 @@ class Fp8Grid final : public GptqGrid {
 };
 
 // ---- nvfp4 ------------------------------------------------------------------------------
+// Four Over Six's global scale (the fouroversix reference quantizer): amax / (6 * 256), so a
+// block mapped to 4 (block scale 1.5x the max->6 one, at most 384) stays inside E4M3's 448.
+float four_over_six_scale_2(float amax) { return amax / (6.0f * 256.0f); }
+
 class Nvfp4Grid final : public GptqGrid {
  public:
   explicit Nvfp4Grid(const GptqGridInput& in)
-      : in_(in), s2_(nvfp4_scale_2(tensor_amax(in))), nb_((in.cols + kNvfp4BlockSize - 1) / kNvfp4BlockSize),
+      : in_(in), s2_(in.four_over_six ? four_over_six_scale_2(tensor_amax(in)) : nvfp4_scale_2(tensor_amax(in))), nb_((in.cols + kNvfp4BlockSize - 1) / kNvfp4BlockSize),
         sb_(static_cast<std::size_t>(in.rows * nb_), 0), q_(static_cast<std::size_t>(in.rows * in.cols)) {}
   int64_t group_cols() const override { return kNvfp4BlockSize; }
   void set_group(int64_t g, const double* w, int64_t ld, int64_t n) override {

@@ -7,7 +7,9 @@
 //               from the block's amax / (6 * s2), from the original weights (static groups) or
 //               the compensated ones at the block's first column; with four_over_six, per
 //               block the better of mapping its amax to 6 or to 4 (the smaller squared error
-//               over the block's values; Cook et al. 2025, "Four Over Six"); q = E2M1.
+//               over the block's values; Cook et al. 2025, "Four Over Six"), with the global
+//               scale amax / (6 * 256) so that the 4-mapping's 1.5x block scale fits E4M3
+//               (as the fouroversix reference quantizer); q = E2M1.
 //   int         GPTQ's own grid: per group asymmetric min-max (lib/quant/intg.h) from the
 //               compensated weights at the group's first column (or the original ones).
 //   squeezellm  the per-row lookup tables and the sparse set are fitted first on the original

@@ -99,13 +99,33 @@ int main(int argc, char** argv) {
                  "dynamic (FP8 per-token scales at run time)")
       ->check(CLI::IsMember({"none", "static", "dynamic"}))
       ->capture_default_str();
-  app.add_option("--calib", opt.calib.text, "--activations static: calibration text (.txt) or ids (.i32)");
-  app.add_option("--calib-samples", opt.calib.samples, "--activations static: calibration windows")
+  std::string method = "rtn";
+  app.add_option("--method", method,
+                 "How weights are rounded onto the format's grid: rtn (each on its own) or gptq (GPTQ error "
+                 "compensation with the layer input Hessians of --calib, layer by layer; every format)")
+      ->check(CLI::IsMember({"rtn", "gptq"}))
+      ->capture_default_str();
+  app.add_option("--calib", opt.calib.text,
+                 "--method gptq / --activations static: calibration text (.txt) or ids (.i32)");
+  app.add_option("--calib-samples", opt.calib.samples, "--method gptq / --activations static: calibration windows")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
-  app.add_option("--calib-seq-len", opt.calib.seq_len, "--activations static: tokens per window")
+  app.add_option("--calib-seq-len", opt.calib.seq_len, "--method gptq / --activations static: tokens per window")
       ->check(CLI::Range(2, 1 << 20))
       ->capture_default_str();
+  app.add_option("--gptq-damp", opt.gptq.damp, "GPTQ: damping, fraction of mean(diag H) added to the diagonal")
+      ->check(CLI::Range(0.0, 10.0))
+      ->capture_default_str();
+  app.add_option("--gptq-block", opt.gptq.block, "GPTQ: columns per lazy-batch block")
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 20))
+      ->capture_default_str();
+  app.add_flag("--gptq-act-order", opt.gptq.act_order,
+               "GPTQ: columns by decreasing H_ii (desc_act); group parameters from the original weights");
+  app.add_flag("--gptq-static-groups", opt.gptq.static_groups,
+               "GPTQ: group / block scales from the original weights (default: from the compensated ones)");
+  app.add_flag("--four-over-six", opt.four_over_six,
+               "GPTQ, nvfp4: per 16-element block map the block maximum to 6 or to 4, whichever "
+               "leaves the smaller error (Four Over Six)");
   app.add_option("--exclude", opt.exclude, "Regex over module names to keep unquantized (repeatable)");
   std::string layers = ":", shard_size = "5GB";
   app.add_option("--layers", layers,
@@ -140,9 +160,13 @@ int main(int argc, char** argv) {
       }
     }
     opt.act_scheme = parse_act_scheme(act_scheme);
+    opt.method = parse_pack_method(method);
+    const bool gptq = opt.method == PackMethod::kGptq;
     for (const char* flag : {"--calib", "--calib-samples", "--calib-seq-len"})
-      if (opt.act_scheme != ActScheme::kStatic && app.count(flag) > 0)
-        throw Error(ExitCode::kUsage, std::string(flag) + " applies to --activations static only");
+      if (opt.act_scheme != ActScheme::kStatic && !gptq && app.count(flag) > 0)
+        throw Error(ExitCode::kUsage, std::string(flag) + " applies to --method gptq or --activations static only");
+    for (const char* flag : {"--gptq-damp", "--gptq-block", "--gptq-act-order", "--gptq-static-groups", "--four-over-six"})
+      if (!gptq && app.count(flag) > 0) throw Error(ExitCode::kUsage, std::string(flag) + " needs --method gptq");
     if (!plan_path.empty()) {
       std::string plan_sens, plan_sha, plan_export;
       opt.plan = read_plan(plan_path, &plan_sens, &plan_sha, &plan_export);
@@ -194,6 +218,14 @@ int main(int argc, char** argv) {
     std::printf("wrote        %s\n", out_dir.c_str());
     std::printf("format       %s\n", opt.format.c_str());
     std::printf("export       %s (activations %s)\n", export_name(r.export_kind), act_scheme.c_str());
+    if (gptq)
+      std::printf("method       gptq (damp %g, block %lld%s%s%s), %lld calibration tokens, %.1f s\n", opt.gptq.damp,
+                  static_cast<long long>(opt.gptq.block), opt.gptq.act_order ? ", act order" : "",
+                  opt.gptq.static_groups || opt.gptq.act_order ? ", static groups" : "",
+                  opt.four_over_six ? ", four over six" : "",
+                  r.manifest["method"]["calibration"]["tokens"].get<long long>(), r.gptq_seconds);
+    else
+      std::printf("method       rtn\n");
     if (squeeze)
       std::printf("params       bits %d, outlier %g%%, sensitive %g%%, fisher %s\n", opt.params.bits,
                   opt.format == "uniform" ? 0.0 : opt.params.outlier_pct,
