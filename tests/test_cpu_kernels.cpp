@@ -419,9 +419,17 @@ TEST(PanelGemm, FromRowsPathsIdentical) {
 // Y = s * X W^T with X and W rounded to bf16, in fp64: the panel GEMM's exact answer.
 void check_panel_gemm(PanelKernel kernel) {
   uint64_t seed = 40;
+  struct Shape {
+    int64_t rows, cols, T;
+  };
+  std::vector<Shape> shapes;
   for (int64_t rows : {int64_t{1}, int64_t{33}, int64_t{70}})
     for (int64_t cols : {int64_t{5}, int64_t{64}, int64_t{100}})
-      for (int64_t T : {int64_t{1}, int64_t{17}, int64_t{40}}) {
+      for (int64_t T : {int64_t{1}, int64_t{17}, int64_t{40}}) shapes.push_back({rows, cols, T});
+  shapes.push_back({300, 200, 70});  // several row blocks on all threads (the parallel path)
+  for (const Shape& sh : shapes) {
+    {
+        const int64_t rows = sh.rows, cols = sh.cols, T = sh.T;
         const std::vector<float> w = random_normal(rows * cols, ++seed), X = random_normal(T * cols, seed + 1);
         const float s = 0.75f;
         const PanelDecoder dec = [&](int64_t r0, int64_t n, int64_t kp, uint16_t* panel) {
@@ -446,6 +454,7 @@ void check_panel_gemm(PanelKernel kernel) {
                 << panel_kernel_name(kernel) << " rows " << rows << " cols " << cols << " T " << T << " at " << t << "," << r;
           }
       }
+  }
 }
 
 TEST(PanelGemm, Avx512Bf16MatchesBf16Product) {

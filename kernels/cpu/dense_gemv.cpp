@@ -57,24 +57,41 @@ MPQ_TARGET_AVX512 inline __m512 load16(const void* base, int64_t i, __mmask16 m)
   }
 }
 
-template <DenseKind K>
-MPQ_TARGET_AVX512 void avx512_rows(const DenseWeightView& w, int64_t r0, int64_t n, const float* x, float* y) {
+// N rows (1..4) of the block at r0: N is a template parameter so the accumulators stay in
+// registers.
+template <DenseKind K, int N>
+MPQ_TARGET_AVX512 void avx512_rows_n(const DenseWeightView& w, int64_t r0, const float* x, float* y) {
   const int64_t C = w.cols;
-  const std::size_t eb = elem_bytes(K);
-  const uint8_t* base = static_cast<const uint8_t*>(w.data);
-  __m512 acc[kRowBlock];
-  for (int64_t i = 0; i < kRowBlock; ++i) acc[i] = _mm512_setzero_ps();
-  for (int64_t k = 0; k < C; k += 16) {
-    const __mmask16 m = C - k >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (C - k)) - 1);
-    const __m512 xv = _mm512_maskz_loadu_ps(m, x + k);
-    for (int64_t i = 0; i < n; ++i) {
-      const uint8_t* row = base + static_cast<std::size_t>(r0 + i) * C * eb;
-      _mm_prefetch(reinterpret_cast<const char*>(row + k * static_cast<int64_t>(eb)) + 2048, _MM_HINT_T0);
-      acc[i] = _mm512_fmadd_ps(load16<K>(row, k, m), xv, acc[i]);
+  const int64_t eb = static_cast<int64_t>(elem_bytes(K));
+  const uint8_t* base = static_cast<const uint8_t*>(w.data) + r0 * C * eb;
+  __m512 acc[N];
+  for (int i = 0; i < N; ++i) acc[i] = _mm512_setzero_ps();
+  int64_t k = 0;
+  for (; k + 16 <= C; k += 16) {
+    const __m512 xv = _mm512_loadu_ps(x + k);
+    for (int i = 0; i < N; ++i) {
+      const uint8_t* row = base + i * C * eb;
+      _mm_prefetch(reinterpret_cast<const char*>(row + k * eb) + 1024, _MM_HINT_T0);
+      acc[i] = _mm512_fmadd_ps(load16<K>(row, k, 0xFFFF), xv, acc[i]);
     }
   }
+  if (k < C) {
+    const __mmask16 m = static_cast<__mmask16>((1u << (C - k)) - 1);
+    const __m512 xv = _mm512_maskz_loadu_ps(m, x + k);
+    for (int i = 0; i < N; ++i) acc[i] = _mm512_fmadd_ps(load16<K>(base + i * C * eb, k, m), xv, acc[i]);
+  }
   const float f = row_factor(w, true);
-  for (int64_t i = 0; i < n; ++i) y[r0 + i] = _mm512_reduce_add_ps(acc[i]) * f;
+  for (int i = 0; i < N; ++i) y[r0 + i] = _mm512_reduce_add_ps(acc[i]) * f;
+}
+
+template <DenseKind K>
+void avx512_rows(const DenseWeightView& w, int64_t r0, int64_t n, const float* x, float* y) {
+  switch (n) {
+    case 4: return avx512_rows_n<K, 4>(w, r0, x, y);
+    case 3: return avx512_rows_n<K, 3>(w, r0, x, y);
+    case 2: return avx512_rows_n<K, 2>(w, r0, x, y);
+    default: return avx512_rows_n<K, 1>(w, r0, x, y);
+  }
 }
 
 template <DenseKind K>
@@ -97,24 +114,32 @@ MPQ_TARGET_AVX2 inline float hsum8(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
-template <DenseKind K>
-MPQ_TARGET_AVX2 void avx2_rows(const DenseWeightView& w, int64_t r0, int64_t n, const float* x, float* y) {
+template <DenseKind K, int N>
+MPQ_TARGET_AVX2 void avx2_rows_n(const DenseWeightView& w, int64_t r0, const float* x, float* y) {
   const int64_t C = w.cols, C8 = C / 8 * 8;
-  const std::size_t eb = elem_bytes(K);
-  const uint8_t* base = static_cast<const uint8_t*>(w.data);
-  __m256 acc[kRowBlock];
-  for (int64_t i = 0; i < kRowBlock; ++i) acc[i] = _mm256_setzero_ps();
+  const int64_t eb = static_cast<int64_t>(elem_bytes(K));
+  const uint8_t* base = static_cast<const uint8_t*>(w.data) + r0 * C * eb;
+  __m256 acc[N];
+  for (int i = 0; i < N; ++i) acc[i] = _mm256_setzero_ps();
   for (int64_t k = 0; k < C8; k += 8) {
     const __m256 xv = _mm256_loadu_ps(x + k);
-    for (int64_t i = 0; i < n; ++i)
-      acc[i] = _mm256_fmadd_ps(load8<K>(base + static_cast<std::size_t>(r0 + i) * C * eb, k), xv, acc[i]);
+    for (int i = 0; i < N; ++i) acc[i] = _mm256_fmadd_ps(load8<K>(base + i * C * eb, k), xv, acc[i]);
   }
-  const float f = row_factor(w, true);
-  for (int64_t i = 0; i < n; ++i) {
+  for (int i = 0; i < N; ++i) {
     float s = hsum8(acc[i]);
-    if (K == DenseKind::kFp8) s *= 256.0f;  // the tail below is in e4m3 units; f restores it
+    if (K == DenseKind::kFp8) s *= 256.0f;  // the vector sums are in units of e4m3 / 256
     for (int64_t k = C8; k < C; ++k) s += elem(w, (r0 + i) * C + k) * x[k];
-    y[r0 + i] = s * (K == DenseKind::kFp8 ? w.scale : f);
+    y[r0 + i] = s * w.scale;
+  }
+}
+
+template <DenseKind K>
+void avx2_rows(const DenseWeightView& w, int64_t r0, int64_t n, const float* x, float* y) {
+  switch (n) {
+    case 4: return avx2_rows_n<K, 4>(w, r0, x, y);
+    case 3: return avx2_rows_n<K, 3>(w, r0, x, y);
+    case 2: return avx2_rows_n<K, 2>(w, r0, x, y);
+    default: return avx2_rows_n<K, 1>(w, r0, x, y);
   }
 }
 

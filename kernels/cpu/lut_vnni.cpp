@@ -367,8 +367,15 @@ void lut_q8_gemv(const LutPacked& w, const float* x, float* y) {
     lut_q8_gemv_scalar(w, act, y);
 }
 
-void lut_decode_rows(const LutPacked& w, int64_t r0, int64_t n, float* out, int64_t ld) {
-  MPQ_ASSERT(r0 >= 0 && n >= 0 && r0 + n <= w.rows && ld >= w.cols);
+namespace {
+
+// CSR residuals of row r added to its decoded values.
+inline void add_sparse(const LutPacked& w, int64_t r, float* o) {
+  if (!w.rowptr.empty())
+    for (int64_t e = w.rowptr[r]; e < w.rowptr[r + 1]; ++e) o[col_at(w, e)] += fp16_to_fp32(w.val_f16[e]);
+}
+
+void decode_rows_scalar(const LutPacked& w, int64_t r0, int64_t n, float* out, int64_t ld) {
   const int k = 1 << w.bits;
   for (int64_t j = 0; j < n; ++j) {
     const int64_t r = r0 + j;
@@ -377,8 +384,51 @@ void lut_decode_rows(const LutPacked& w, int64_t r0, int64_t n, float* out, int6
     float* o = out + j * ld;
     for (int64_t c = 0; c < w.cols; ++c) o[c] = lut[lut_packed_code(w, r, c)];
     std::fill(o + w.cols, o + ld, 0.0f);
-    if (!w.rowptr.empty())
-      for (int64_t e = w.rowptr[r]; e < w.rowptr[r + 1]; ++e) o[col_at(w, e)] += fp16_to_fp32(w.val_f16[e]);
+    add_sparse(w, r, o);
+  }
+}
+
+// Per group: each unit's 64 codes decoded once, then one vpermps per row of the group.
+template <int B>
+MPQ_TARGET_AVX512 void decode_rows_avx512(const LutPacked& w, int64_t r0, int64_t n, float* out, int64_t ld) {
+  const int k = 1 << B;
+  for (int64_t g = r0 / kRows; g * kRows < r0 + n; ++g) {
+    const uint8_t* gbase = w.codes.data() + g * w.group_bytes;
+    __m512 tab[kRows];
+    int64_t L0 = std::max<int64_t>(0, r0 - g * kRows), L1 = std::min<int64_t>(kRows, r0 + n - g * kRows);
+    for (int64_t L = L0; L < L1; ++L) {
+      alignas(64) float t[16] = {0};
+      for (int i = 0; i < k; ++i) t[i] = fp16_to_fp32(w.lut_f16[(g * kRows + L) * k + i]);
+      tab[L] = _mm512_load_ps(t);
+    }
+    __m512i pair = _mm512_setzero_si512();
+    for (int64_t u = 0; u < w.units; ++u) {
+      alignas(64) uint8_t codes[64];
+      _mm512_store_si512(codes, avx512_unit_codes<B>(gbase, u, &pair));
+      const int64_t left = w.cols - u * kUnit;
+      const __mmask16 m = left >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << left) - 1);
+      for (int64_t L = L0; L < L1; ++L) {
+        const __m512i idx = _mm512_cvtepu8_epi32(_mm_load_si128(reinterpret_cast<const __m128i*>(codes + 16 * L)));
+        _mm512_mask_storeu_ps(out + (g * kRows + L - r0) * ld + u * kUnit, m, _mm512_permutexvar_ps(idx, tab[L]));
+      }
+    }
+    for (int64_t L = L0; L < L1; ++L) {
+      float* o = out + (g * kRows + L - r0) * ld;
+      std::fill(o + w.cols, o + ld, 0.0f);
+      add_sparse(w, g * kRows + L, o);
+    }
+  }
+}
+
+}  // namespace
+
+void lut_decode_rows(const LutPacked& w, int64_t r0, int64_t n, float* out, int64_t ld) {
+  MPQ_ASSERT(r0 >= 0 && n >= 0 && r0 + n <= w.rows && ld >= w.cols);
+  if (cpu_isa() < CpuIsa::kAvx512) return decode_rows_scalar(w, r0, n, out, ld);
+  switch (w.bits) {
+    case 2: return decode_rows_avx512<2>(w, r0, n, out, ld);
+    case 3: return decode_rows_avx512<3>(w, r0, n, out, ld);
+    default: return decode_rows_avx512<4>(w, r0, n, out, ld);
   }
 }
 

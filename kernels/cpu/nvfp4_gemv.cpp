@@ -219,14 +219,26 @@ void nvfp4_gemv(const Nvfp4Packed& w, const float* x, float* y) {
 
 void nvfp4_decode_rows(const Nvfp4Packed& w, int64_t r0, int64_t n, float* out, int64_t ld) {
   MPQ_ASSERT(r0 >= 0 && n >= 0 && r0 + n <= w.rows && ld >= w.cols);
+  float e2m1[16];
+  for (int c = 0; c < 16; ++c) e2m1[c] = e2m1_to_fp32(static_cast<uint8_t>(c));
   for (int64_t j = 0; j < n; ++j) {
     const int64_t r = r0 + j, g = r / kGroup, i = r % kGroup;
     float* o = out + j * ld;
     for (int64_t b = 0; b < w.nb; ++b) {
       const uint8_t* blk = w.codes.data() + (g * w.nb + b) * kBlockBytes;
       const float s = e4m3_to_fp32(w.scales[static_cast<std::size_t>((g * w.nb + b) * kGroup + i)]);
-      for (int64_t c = 0; c < kBlock && b * kBlock + c < w.cols; ++c)
-        o[b * kBlock + c] = e2m1_to_fp32(static_cast<uint8_t>(code_at(blk, i, c))) * s * w.scale_2;
+      const int64_t nc = std::min<int64_t>(kBlock, w.cols - b * kBlock);
+      if (nc == kBlock) {
+        for (int64_t h = 0; h < 2; ++h) {  // columns 8h .. 8h+7: bytes 64h + 4i .. +3, both nibbles
+          const uint8_t* q = blk + 64 * h + 4 * i;
+          for (int c = 0; c < 4; ++c) {
+            o[b * kBlock + 8 * h + c] = e2m1[q[c] & 0xF] * s * w.scale_2;
+            o[b * kBlock + 8 * h + 4 + c] = e2m1[q[c] >> 4] * s * w.scale_2;
+          }
+        }
+      } else {
+        for (int64_t c = 0; c < nc; ++c) o[b * kBlock + c] = e2m1[code_at(blk, i, c)] * s * w.scale_2;
+      }
     }
     std::fill(o + w.cols, o + ld, 0.0f);
   }

@@ -19,8 +19,15 @@ constexpr int64_t kTokenStep = 32;                        // tokens per microker
 constexpr int64_t kRowStep = 32;                          // rows per microkernel call
 constexpr int64_t kParallelMinMacs = int64_t{1} << 22;    // below: one thread
 
-// Rows per block: the panel (kp * nb bf16) stays within L2 next to the streamed X.
-inline int64_t block_rows(int64_t kp) { return kp > 8192 ? 32 : 64; }
+// Rows per block: as many as keep the panel (kp * nb bf16) within about 1 MiB of L2, since
+// every block streams all of Xb once (T * kp bf16) -- but at least two blocks per thread
+// when there are enough rows. A multiple of 32 in [32, 256].
+inline int64_t block_rows(int64_t kp, int64_t rows, int64_t threads) {
+  int64_t nb = (int64_t{1} << 20) / (2 * kp) / 32 * 32;
+  const int64_t share = (rows + 2 * threads - 1) / (2 * threads) / 32 * 32;
+  nb = std::min(nb, std::max<int64_t>(share, 32));
+  return std::max<int64_t>(32, std::min<int64_t>(256, nb));
+}
 
 // ---------------------------------------------------------------- bf16 conversions -----
 
@@ -216,9 +223,9 @@ void panel_gemm(int64_t rows, int64_t cols, const PanelDecoder& decode, float sc
   if (rows == 0 || T == 0) return;
   const int64_t kp = std::max<int64_t>(32, panel_cols(cols));
   const int64_t Tp = (T + kTokenStep - 1) / kTokenStep * kTokenStep;
-  const int64_t nb = block_rows(kp);
-  const int64_t nblk = (rows + nb - 1) / nb;
   const bool par = rows * cols * T >= kParallelMinMacs && !omp_in_parallel() && omp_get_max_threads() > 1;
+  const int64_t nb = block_rows(kp, rows, par ? omp_get_max_threads() : 1);
+  const int64_t nblk = (rows + nb - 1) / nb;
   std::vector<uint16_t> Xb(static_cast<std::size_t>(Tp * kp));
   x_to_bf16_avx512(X, T, cols, Tp, kp, Xb.data(), par);
 #pragma omp parallel if (par && nblk > 1)

@@ -34,9 +34,16 @@ MatrixRM load_matrix(const TensorStore& store, const std::string& name, int64_t 
   return Eigen::Map<const MatrixRM>(v.data(), rows, cols);
 }
 
-// In-place RMSNorm of every row of x: x / sqrt(mean(x^2) + eps) * g.
+// Element-wise work on more values than this runs on all threads (when not nested in a
+// caller's parallel region, e.g. mpq-eval's parallel windows of small models).
+constexpr int64_t kParallelElementwise = int64_t{1} << 16;
+
+inline bool par_elementwise(int64_t n) { return n >= kParallelElementwise && !omp_in_parallel(); }
+
+// RMSNorm of every row of x: x / sqrt(mean(x^2) + eps) * g.
 MatrixRM rms_norm(const MatrixRM& x, const Eigen::VectorXf& g, double eps) {
   MatrixRM y(x.rows(), x.cols());
+#pragma omp parallel for schedule(static) if (par_elementwise(x.size()))
   for (Eigen::Index t = 0; t < x.rows(); ++t) {
     const double ms = x.row(t).cast<double>().squaredNorm() / static_cast<double>(x.cols());
     const float inv = static_cast<float>(1.0 / std::sqrt(ms + eps));
@@ -117,6 +124,7 @@ std::shared_ptr<const CpuLinear> dense_kernel(const std::shared_ptr<const Tensor
 void apply_rope(MatrixRM& x, int64_t n_heads, int64_t d, const std::vector<float>& cos_t,
                 const std::vector<float>& sin_t) {
   const int64_t half = d / 2;
+#pragma omp parallel for schedule(static) if (par_elementwise(x.size()))
   for (Eigen::Index t = 0; t < x.rows(); ++t) {
     const float* c = &cos_t[static_cast<std::size_t>(t * half)];
     const float* s = &sin_t[static_cast<std::size_t>(t * half)];
@@ -463,7 +471,10 @@ MatrixRM LlamaModel::forward_impl(const int32_t* tokens, int64_t T, KvCache* cac
     const MatrixRM m = rms_norm(h, L.post_attn_norm, c.rms_norm_eps);
     MatrixRM gate = apply_linear(m, L.linear[4]);
     const MatrixRM up = apply_linear(m, L.linear[5]);
-    gate = gate.unaryExpr([](float x) { return x / (1.0f + std::exp(-x)); }).cwiseProduct(up);
+    // SwiGLU: silu(gate) * up, row by row.
+#pragma omp parallel for schedule(static) if (par_elementwise(gate.size()))
+    for (Eigen::Index t = 0; t < gate.rows(); ++t)
+      gate.row(t) = gate.row(t).unaryExpr([](float x) { return x / (1.0f + std::exp(-x)); }).cwiseProduct(up.row(t));
     h += apply_linear(gate, L.linear[6]);
   }
   if (cache) cache->len_ = S;
