@@ -203,7 +203,7 @@ TEST(Nvfp4Kernels, PanelDecodeExactAndPathsIdentical) {
       nvfp4_decode_panel_scalar(c.packed, 0, n, kp, p0.data());
       for (int64_t j = 0; j < n; ++j)
         for (int64_t k = 0; k < kp; ++k) {
-          const float got = bf16_to_fp32(p0[((k / 2) * n + j) * 2 + k % 2]);
+          const float got = bf16_to_fp32(p0[panel_index(k, j, n)]);
           const float want = j < rows && k < cols ? c.dense[j * cols + k] / c.packed.scale_2 : 0.0f;
           // dense = (e2m1 * e4m3) * s2 rounded once; the panel holds e2m1 * e4m3 exactly.
           ASSERT_NEAR(got * c.packed.scale_2, want * c.packed.scale_2, std::fabs(want * c.packed.scale_2) * 1.2e-7)

@@ -31,17 +31,6 @@ inline int64_t unit_offset(int bits, int64_t u) { return bits == 4 ? (u / 2) * 6
 
 int64_t group_bytes(int bits, int64_t units) { return bits == 4 ? (units + 1) / 2 * 64 : units * unit_bytes(bits); }
 
-void set_code(LutPacked& p, int64_t r, int64_t c, int code) {
-  const int64_t g = r / kRows, L = r % kRows, u = c / kUnit, j = c % kUnit;
-  uint8_t* base = p.codes.data() + g * p.group_bytes + unit_offset(p.bits, u);
-  if (p.bits == 4) {
-    base[16 * L + j] |= static_cast<uint8_t>((u % 2) ? code << 4 : code);
-  } else {
-    base[j] |= static_cast<uint8_t>((code & 3) << (2 * L));
-    if (p.bits == 3 && (code & 4)) base[16 + (16 * L + j) / 8] |= static_cast<uint8_t>(1u << ((16 * L + j) % 8));
-  }
-}
-
 template <typename Body>
 void for_groups(const LutPacked& w, Body body) {
   const bool par = w.rows * w.cols >= kParallelMinWeights && w.groups > 1 && !omp_in_parallel();
@@ -118,14 +107,36 @@ LutPacked lut_repack(const LutWeightView& v) {
       for (int i = 0; i < k; ++i)
         p.lut_i8[r * 16 + i] = static_cast<int8_t>(std::nearbyint(fp16_to_fp32(v.lut_f16[r * k + i]) * inv));
     }
+  }
+  // Codes: each row's indices unpacked (groups of 8 indices from b bytes), then written into
+  // its lane of the group's units.
+  std::vector<uint8_t> idx(static_cast<std::size_t>(p.units * kUnit));
+  for (int64_t r = 0; r < v.rows; ++r) {
     const uint8_t* row = v.qweight + r * rb;
-    for (int64_t c = 0; c < v.cols; ++c) {  // index c: bits [c*b, c*b + b) of the row, LSB first
-      int code = 0;
-      for (int t = 0; t < v.bits; ++t) {
-        const int64_t bit = c * v.bits + t;
-        code |= ((row[bit / 8] >> (bit % 8)) & 1) << t;
+    for (int64_t g8 = 0; g8 * 8 < v.cols; ++g8) {  // index j: bits [j*b, j*b + b) of the row, LSB first
+      uint32_t word = 0;
+      for (int t = 0; t < v.bits; ++t) word |= static_cast<uint32_t>(row[g8 * v.bits + t]) << (8 * t);
+      for (int e = 0; e < 8; ++e) idx[static_cast<std::size_t>(g8 * 8 + e)] = static_cast<uint8_t>((word >> (e * v.bits)) & ((1u << v.bits) - 1));
+    }
+    std::fill(idx.begin() + v.cols, idx.end(), uint8_t{0});  // padding columns: code 0
+    const int64_t g = r / kRows, L = r % kRows;
+    uint8_t* gbase = p.codes.data() + g * p.group_bytes;
+    for (int64_t u = 0; u < p.units; ++u) {
+      const uint8_t* iu = idx.data() + u * kUnit;
+      uint8_t* base = gbase + unit_offset(p.bits, u);
+      if (p.bits == 4) {
+        for (int j = 0; j < 16; ++j) base[16 * L + j] |= static_cast<uint8_t>((u % 2) ? iu[j] << 4 : iu[j]);
+      } else {
+        uint32_t hi = 0;
+        for (int j = 0; j < 16; ++j) {
+          base[j] |= static_cast<uint8_t>((iu[j] & 3) << (2 * L));
+          hi |= static_cast<uint32_t>((iu[j] >> 2) & 1) << j;
+        }
+        if (p.bits == 3) {
+          base[16 + 2 * L] |= static_cast<uint8_t>(hi & 0xFF);
+          base[16 + 2 * L + 1] |= static_cast<uint8_t>(hi >> 8);
+        }
       }
-      set_code(p, r, c, code);
     }
   }
   if (v.rowptr) {

@@ -11,6 +11,7 @@
 
 #include "kernels/cpu/act_int8.h"
 #include "kernels/cpu/cpu_features.h"
+#include "kernels/cpu/panel_gemm.h"  // the panel layout
 #include "kernels/cpu/simd.h"
 #include "lib/common/error.h"
 #include "lib/numeric/codecs.h"  // e2m1_to_fp32, e4m3_to_fp32
@@ -73,12 +74,13 @@ Nvfp4Packed nvfp4_repack(const Nvfp4WeightView& v) {
         throw Error(ExitCode::kInput, "NVFP4 weight_scale[" + std::to_string(r) + ", " + std::to_string(b) +
                                           "] is the E4M3 NaN code");
       p.scales[static_cast<std::size_t>((g * p.nb + b) * kGroup + i)] = s;
-      uint8_t* blk = p.codes.data() + (g * p.nb + b) * kBlockBytes;
-      for (int64_t c = 0; c < kBlock; ++c) {
-        const uint8_t byte = src[b * 8 + c / 2];
-        const uint8_t code = (c % 2 == 0) ? (byte & 0xF) : (byte >> 4);
-        uint8_t& dst = blk[(c >= 8 ? 64 : 0) + 4 * i + (c & 3)];
-        dst |= (c & 4) ? static_cast<uint8_t>(code << 4) : code;
+      // The block's 16 codes as one little-endian u64: code n at bits 4n .. 4n+3.
+      uint64_t u;
+      std::memcpy(&u, src + b * 8, 8);
+      uint8_t* blk = p.codes.data() + (g * p.nb + b) * kBlockBytes + 4 * i;
+      for (int c = 0; c < 4; ++c) {
+        blk[c] = static_cast<uint8_t>(((u >> (4 * c)) & 0xF) | (((u >> (4 * c + 16)) & 0xF) << 4));
+        blk[64 + c] = static_cast<uint8_t>(((u >> (4 * c + 32)) & 0xF) | (((u >> (4 * c + 48)) & 0xF) << 4));
       }
     }
   }
@@ -270,7 +272,7 @@ void nvfp4_decode_panel_scalar(const Nvfp4Packed& w, int64_t r0, int64_t n, int6
       const float s = e4m3_to_fp32(w.scales[static_cast<std::size_t>((g * w.nb + b) * kGroup + i)]);
       for (int64_t c = 0; c < kBlock; ++c) {
         const int64_t k = b * kBlock + c;
-        panel[((k / 2) * n + j) * 2 + (k % 2)] =
+        panel[panel_index(k, j, n)] =
             bf16_of_exact(e2m1_to_fp32(static_cast<uint8_t>(code_at(blk, i, c))) * s);
       }
     }
@@ -294,7 +296,7 @@ MPQ_TARGET_AVX512 void nvfp4_decode_panel_avx512(const Nvfp4Packed& w, int64_t r
   for (int64_t j0 = 0; j0 < n; j0 += kGroup) {
     const int64_t g = (r0 + j0) / kGroup;
     if (g >= w.groups) {
-      for (int64_t kq = 0; kq < kp / 2; ++kq) std::memset(panel + (kq * n + j0) * 2, 0, 64);
+      for (int64_t kq = 0; kq < kp / 2; ++kq) std::memset(panel + panel_line(kq, j0, n), 0, 64);
       continue;
     }
     for (int64_t b = 0; b < w.nb; ++b) {
@@ -311,10 +313,10 @@ MPQ_TARGET_AVX512 void nvfp4_decode_panel_avx512(const Nvfp4Packed& w, int64_t r
       for (int m = 0; m < 8; ++m) {
         const __m512i pair = _mm512_permutex2var_epi16(_mm512_castps_si512(val[2 * m]), idx,
                                                        _mm512_castps_si512(val[2 * m + 1]));
-        _mm512_storeu_si512(panel + ((8 * b + m) * n + j0) * 2, pair);
+        _mm512_storeu_si512(panel + panel_line(8 * b + m, j0, n), pair);
       }
     }
-    for (int64_t kq = 8 * w.nb; kq < kp / 2; ++kq) std::memset(panel + (kq * n + j0) * 2, 0, 64);
+    for (int64_t kq = 8 * w.nb; kq < kp / 2; ++kq) std::memset(panel + panel_line(kq, j0, n), 0, 64);
   }
 }
 

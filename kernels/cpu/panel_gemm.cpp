@@ -45,11 +45,12 @@ MPQ_TARGET_AVX512 void x_to_bf16_avx512(const float* X, int64_t T, int64_t cols,
                                         uint16_t* Xb, bool par) {
 #pragma omp parallel for schedule(static) if (par)
   for (int64_t t = 0; t < Tp; ++t) {
-    uint16_t* o = Xb + t * kp;
+    uint16_t* o = Xb + (t / 16) * (kp / 32) * 512 + (t % 16) * 32;  // A-tile layout (panel_gemm.h)
     for (int64_t c = 0; c < kp; c += 16) {
       const int64_t left = t < T ? cols - c : 0;
       const __mmask16 m = left >= 16 ? 0xFFFF : left <= 0 ? 0 : static_cast<__mmask16>((1u << left) - 1);
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + c), rne_bf16x16(_mm512_maskz_loadu_ps(m, X + t * cols + c)));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + (c / 32) * 512 + c % 32),
+                          rne_bf16x16(_mm512_maskz_loadu_ps(m, X + t * cols + c)));
     }
   }
 }
@@ -96,7 +97,7 @@ MPQ_TARGET_AVX512 void panel_from_rows_avx512(const float* src, int64_t n_valid,
         }
       }
       transpose16x16(r);  // r[p]: column pair c0/2 + p of rows j0 .. j0+15
-      for (int64_t p = 0; p < 16; ++p) _mm512_storeu_si512(panel + ((c0 / 2 + p) * n + j0) * 2, r[p]);
+      for (int64_t p = 0; p < 16; ++p) _mm512_storeu_si512(panel + panel_line(c0 / 2 + p, j0, n), r[p]);
     }
   }
 }
@@ -125,20 +126,21 @@ MPQ_TARGET_AMX void amx_configure() { _tile_loadconfig(&kTileConfig); }
 
 MPQ_TARGET_AMX void amx_release() { _tile_release(); }
 
-// C[32 tokens, 32 rows] (ldc floats) = Xb[t0 .. t0+32, :] * panel rows j0 .. j0+32.
+// C[32 tokens, 32 rows] (ldc floats) = Xb tokens t0 .. t0+32 (Xb points at their first A
+// tile) * panel rows j0 .. j0+32. Every tile is contiguous: stride 64 bytes.
 MPQ_TARGET_AMX void amx_tile_block(const uint16_t* Xb, int64_t kp, const uint16_t* panel, int64_t nb, int64_t j0,
                                    float* C, int64_t ldc) {
   _tile_zero(0);
   _tile_zero(1);
   _tile_zero(2);
   _tile_zero(3);
-  const int64_t xs = kp * 2, ps = nb * 4;
-  for (int64_t k = 0; k < kp; k += 32) {
-    _tile_loadd(4, Xb + k, xs);
-    _tile_loadd(5, Xb + 16 * kp + k, xs);
-    const uint16_t* b = panel + (k / 2) * nb * 2 + j0 * 2;
-    _tile_loadd(6, b, ps);
-    _tile_loadd(7, b + 32, ps);
+  const int64_t ktiles = kp / 32;
+  for (int64_t kt = 0; kt < ktiles; ++kt) {
+    _tile_loadd(4, Xb + kt * 512, 64);
+    _tile_loadd(5, Xb + (ktiles + kt) * 512, 64);
+    const uint16_t* b = panel + (kt * (nb / 16) + j0 / 16) * 512;
+    _tile_loadd(6, b, 64);
+    _tile_loadd(7, b + 512, 64);
     _tile_dpbf16ps(0, 4, 6);
     _tile_dpbf16ps(1, 4, 7);
     _tile_dpbf16ps(2, 5, 6);
@@ -156,13 +158,15 @@ MPQ_TARGET_AVX512BF16 void bf16_tile_block(const uint16_t* Xb, int64_t kp, const
   for (int64_t t0 = 0; t0 < kTokenStep; t0 += 8) {
     __m512 acc[8][2];
     for (int i = 0; i < 8; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
-    const int32_t* x32 = reinterpret_cast<const int32_t*>(Xb + t0 * kp);
+    // Token t0 + i of this 32-token block: A tile (t0 + i) / 16, row (t0 + i) % 16.
+    const uint16_t* xt = Xb + (t0 / 16) * (kp / 32) * 512 + (t0 % 16) * 32;
     for (int64_t p = 0; p < kq; ++p) {
-      const uint16_t* b = panel + (p * nb + j0) * 2;
-      const __m512bh w0 = (__m512bh)_mm512_loadu_si512(b), w1 = (__m512bh)_mm512_loadu_si512(b + 32);
+      const uint16_t* b = panel + panel_line(p, j0, nb);
+      const __m512bh w0 = (__m512bh)_mm512_loadu_si512(b), w1 = (__m512bh)_mm512_loadu_si512(b + 512);
+      const uint16_t* xp = xt + (p / 16) * 512 + 2 * (p % 16);
       for (int i = 0; i < 8; ++i) {
         int32_t xv;
-        std::memcpy(&xv, x32 + i * kq + p, 4);
+        std::memcpy(&xv, xp + i * 32, 4);
         const __m512bh xb = (__m512bh)_mm512_set1_epi32(xv);
         acc[i][0] = _mm512_dpbf16_ps(acc[i][0], w0, xb);
         acc[i][1] = _mm512_dpbf16_ps(acc[i][1], w1, xb);
@@ -206,7 +210,7 @@ const char* panel_kernel_name(PanelKernel k) {
 void panel_from_rows_scalar(const float* src, int64_t n_valid, int64_t ld, int64_t n, int64_t kp, uint16_t* panel) {
   for (int64_t j = 0; j < n; ++j)
     for (int64_t c = 0; c < kp; ++c)
-      panel[((c / 2) * n + j) * 2 + (c % 2)] = j < n_valid ? fp32_to_bf16(src[j * ld + c]) : uint16_t{0};
+      panel[panel_index(c, j, n)] = j < n_valid ? fp32_to_bf16(src[j * ld + c]) : uint16_t{0};
 }
 
 void panel_from_rows(const float* src, int64_t n_valid, int64_t ld, int64_t n, int64_t kp, uint16_t* panel) {
@@ -220,6 +224,8 @@ void panel_from_rows(const float* src, int64_t n_valid, int64_t ld, int64_t n, i
 void panel_gemm(int64_t rows, int64_t cols, const PanelDecoder& decode, float scale, const float* X, int64_t T,
                 float* Y, PanelKernel kernel) {
   MPQ_ASSERT(kernel != PanelKernel::kNone && rows >= 0 && cols >= 0 && T >= 0);
+  // (cpu_features() also makes the AMX permission request, once per process.)
+  MPQ_ASSERT(kernel == PanelKernel::kAmx ? cpu_features().amx : cpu_features().avx512_bf16);
   if (rows == 0 || T == 0) return;
   const int64_t kp = std::max<int64_t>(32, panel_cols(cols));
   const int64_t Tp = (T + kTokenStep - 1) / kTokenStep * kTokenStep;
@@ -242,7 +248,7 @@ void panel_gemm(int64_t rows, int64_t cols, const PanelDecoder& decode, float sc
           if (kernel == PanelKernel::kAmx)
             amx_tile_block(Xb.data() + t0 * kp, kp, panel.data(), nb, j0, C, kRowStep);
           else
-            bf16_tile_block(Xb.data() + t0 * kp, kp, panel.data(), nb, j0, C, kRowStep);
+            bf16_tile_block(Xb.data() + t0 * kp, kp, panel.data(), nb, j0, C, kRowStep);  // (t0 / 16) * kp / 32 * 512 = t0 * kp
           const int64_t nt = std::min(kTokenStep, T - t0), nr = std::min(kRowStep, rows - r0 - j0);
           write_block(C, nt, nr, scale, Y + t0 * rows + r0 + j0, rows);
         }

@@ -3,11 +3,17 @@
 // rounded to bf16 once per call, and an AMX (Sapphire Rapids and later) or AVX512_BF16
 // (Zen 4, Cooper Lake) microkernel accumulating in fp32.
 //
-// Panel layout (the VNNI / AMX "B" layout, Intel SDM "TDPBF16PS"): for a block of n rows
-// (n a multiple of 16) and kp columns (a multiple of 32, zero-padded past cols):
-//   panel[(c / 2) * n * 2 + j * 2 + (c % 2)] = bf16(W[r0 + j, c])
-// i.e. pairs of columns, then rows: one 64-byte line holds a column pair of 16 rows, which
-// is both an AMX B-tile row and the operand of one vdpbf16ps for 16 output rows.
+// Panel layout (the VNNI / AMX "B" layout, Intel SDM "TDPBF16PS", in whole tiles): for a
+// block of n rows (n a multiple of 16) and kp columns (a multiple of 32, zero-padded past
+// cols), bf16(W[r0 + j, c]) is at panel_index(c, j, n):
+//   tile (c / 32, j / 16), 1 KiB = 512 bf16, at ((c / 32) * (n / 16) + j / 16) * 512;
+//   within it line (c % 32) / 2 (64 bytes: the column pair of 16 rows), then row j % 16,
+//   then c % 2.
+// One 64-byte line is both an AMX B-tile row and the operand of one vdpbf16ps for 16
+// output rows; a tile is contiguous, so tile loads run with a 64-byte stride (a larger
+// power-of-two stride puts the 16 rows into one L1 set).
+// X is rounded to bf16 once per call into the A-tile layout: element (t, c) at
+// ((t / 16) * (kp / 32) + c / 32) * 512 + (t % 16) * 32 + c % 32.
 //
 // Work split (panel_gemm):
 //   Xb = bf16(X), [Tp, kp], Tp = T rounded up to 32, zero-padded  -- once per call
@@ -52,5 +58,12 @@ void panel_from_rows_scalar(const float* src, int64_t n_valid, int64_t ld, int64
 
 /// Columns rounded up to the panel width (a multiple of 32).
 inline int64_t panel_cols(int64_t cols) { return (cols + 31) / 32 * 32; }
+
+/// Offset (bf16 elements) of the 64-byte line holding column pair q (columns 2q, 2q + 1) of
+/// panel rows j0 .. j0 + 15 (j0 a multiple of 16) in a panel of n rows.
+inline int64_t panel_line(int64_t q, int64_t j0, int64_t n) { return ((q / 16) * (n / 16) + j0 / 16) * 512 + (q % 16) * 32; }
+
+/// Offset (bf16 elements) of W[r0 + j, c] in a panel of n rows (layout above).
+inline int64_t panel_index(int64_t c, int64_t j, int64_t n) { return panel_line(c / 2, j / 16 * 16, n) + (j % 16) * 2 + c % 2; }
 
 }  // namespace mpq

@@ -66,6 +66,18 @@ int main(int argc, char** argv) {
   app.set_version_flag("--version", tool::version());
 
   return tool::run(app, argc, argv, [&]() -> int {
+    const auto print_progress = [](const std::string& line) { std::fprintf(stderr, "mpq-bench: %s\n", line.c_str()); };
+    const auto write_report = [&](nlohmann::json j) {
+      j["tool"] = "mpq-bench";
+      j["version"] = tool::version();
+      tool::write_json(json_out, j);
+    };
+    // Fail before a long run, not after it, when an output folder is missing.
+    for (const std::string& out : {json_out, latency_out}) {
+      const fs::path parent = fs::path(out).parent_path();
+      if (!out.empty() && !parent.empty() && !fs::is_directory(parent))
+        throw_output(out, "parent folder does not exist");
+    }
     if (decode) {
       if (device == "cuda") throw Error(ExitCode::kUsage, "--decode runs on the cpu (the CUDA decode is --e2e)");
       if (dopt.models.empty()) throw Error(ExitCode::kUsage, "--decode needs at least one --model");
@@ -73,17 +85,10 @@ int main(int argc, char** argv) {
       dopt.reps = opt.reps == 20 ? 3 : opt.reps;  // --reps default is the layer benchmark's
       dopt.bandwidth_bytes <<= 20;
       dopt.mode = parse_kernel_mode(kernels);
-      if (!quiet) dopt.progress = [](const std::string& line) { std::fprintf(stderr, "mpq-bench: %s\n", line.c_str()); };
-      const fs::path parent = fs::path(json_out).parent_path();
-      if (!json_out.empty() && !parent.empty() && !fs::is_directory(parent)) throw_output(json_out, "parent folder does not exist");
+      if (!quiet) dopt.progress = print_progress;
       const bench::DecodeReport rep = bench::run_decode_bench(dopt);
       std::fputs(bench::decode_table(rep).c_str(), stdout);
-      if (!json_out.empty()) {
-        nlohmann::json j = bench::decode_report_json(rep, dopt);
-        j["tool"] = "mpq-bench";
-        j["version"] = tool::version();
-        tool::write_json(json_out, j);
-      }
+      if (!json_out.empty()) write_report(bench::decode_report_json(rep, dopt));
       return 0;
     }
     if (device.empty()) throw Error(ExitCode::kUsage, "--device is required (cpu or cuda), or use --decode");
@@ -92,27 +97,15 @@ int main(int argc, char** argv) {
     opt.formats = formats;
     for (const auto& s : shapes) opt.shapes.push_back(bench::parse_shape(s));
     opt.rotate_bytes = static_cast<std::size_t>(rotate_mb > 0 ? rotate_mb : (device == "cuda" ? 256 : 512)) << 20;
-    if (!quiet) opt.progress = [](const std::string& line) { std::fprintf(stderr, "mpq-bench: %s\n", line.c_str()); };
+    if (!quiet) opt.progress = print_progress;
     bench::check_options(opt);
     bool latency_batch_measured = false;
     for (int b : opt.batches) latency_batch_measured |= b == latency_batch;
     if (!latency_out.empty() && !latency_batch_measured)
       throw Error(ExitCode::kUsage, "--latency-batch " + std::to_string(latency_batch) + " is not among --batches");
-    // Fail before a long run, not after it, when an output folder is missing.
-    for (const std::string& out : {json_out, latency_out}) {
-      const fs::path parent = fs::path(out).parent_path();
-      if (!out.empty() && !parent.empty() && !fs::is_directory(parent))
-        throw_output(out, "parent folder does not exist");
-    }
-
     const bench::Report rep = opt.device == bench::Device::kCuda ? bench::run_cuda(opt) : bench::run_cpu(opt);
     std::fputs(bench::format_table(rep).c_str(), stdout);
-    if (!json_out.empty()) {
-      nlohmann::json j = bench::report_json(rep, opt);
-      j["tool"] = "mpq-bench";
-      j["version"] = tool::version();
-      tool::write_json(json_out, j);
-    }
+    if (!json_out.empty()) write_report(bench::report_json(rep, opt));
     if (!latency_out.empty()) tool::write_json(latency_out, bench::latency_table_json(rep, latency_batch, source));
     return 0;
   });
