@@ -280,8 +280,9 @@ TEST(LutVnniKernels, RepackKeepsIndicesAndDecode) {
           for (int64_t k = 0; k <= cols; ++k)
             ASSERT_EQ(out[r * (cols + 1) + k], k < cols ? c.dense[r * cols + k] : 0.0f) << r << "," << k;
         // Same bits per 64 codes as the source qweight (plus the int8 tables and scales).
+        const int64_t blocks = (c.packed.units + 3) / 4;
         EXPECT_EQ(static_cast<int64_t>(c.packed.codes.size()),
-                  c.packed.groups * (bits == 4 ? (c.packed.units + 1) / 2 * 64 : c.packed.units * 8 * bits));
+                  c.packed.groups * (bits == 4 ? (c.packed.units + 1) / 2 * 64 : blocks * 32 * bits));
       }
 }
 
@@ -296,10 +297,11 @@ TEST(LutVnniKernels, GemvPathsAgreeAndWithinRoundingBound) {
           const int64_t nblocks = (cols + kLutActBlock - 1) / kLutActBlock;
           std::vector<int8_t> q(static_cast<std::size_t>(nblocks * kLutActBlock));
           std::vector<float> xs(static_cast<std::size_t>(nblocks));
-          std::vector<int32_t> xsum(static_cast<std::size_t>(nblocks)), lanes(static_cast<std::size_t>(nblocks * 4));
+          std::vector<int32_t> xsum(static_cast<std::size_t>(nblocks)), lanes(static_cast<std::size_t>(nblocks * 16));
+          std::vector<int8_t> q4(static_cast<std::size_t>(nblocks * kLutActBlock * 4));
           quantize_act_int8_scalar(x.data(), cols, kLutActBlock, q.data(), xs.data(), xsum.data());
-          lut_lane_sums(q.data(), nblocks, lanes.data());
-          const LutQ8Act act{q.data(), xs.data(), lanes.data(), x.data()};
+          lut_prepare_act(q.data(), nblocks, q4.data(), lanes.data());
+          const LutQ8Act act{q.data(), q4.data(), xs.data(), lanes.data(), x.data()};
           std::vector<float> y0(static_cast<std::size_t>(rows)), y1(y0.size()), y2(y0.size()), yd(y0.size());
           lut_q8_gemv_scalar(c.packed, act, y0.data());
           std::vector<double> want, l1;

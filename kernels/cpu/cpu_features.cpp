@@ -52,6 +52,9 @@ CpuFeatures detect() {
   f.avx512 = f.avx2 && avx512f && avx512bw && avx512vl && vbmi && vnni && zmm_state;
   f.avx512_bf16 = f.avx512 && bf16;
   f.amx = f.avx512_bf16 && amx_tile && amx_bf16 && tile_state && request_amx_permission();
+  unsigned a0 = 0, vendor[3] = {0, 0, 0};
+  __get_cpuid(0, &a0, &vendor[0], &vendor[2], &vendor[1]);  // "AuthenticAMD": ebx, edx, ecx
+  f.bf16_dot_fast = f.avx512_bf16 && std::memcmp(vendor, "AuthenticAMD", 12) == 0;
   return f;
 }
 
@@ -85,6 +88,11 @@ const CpuFeatures& cpu_features() {
 CpuIsa cpu_isa() {
   static const CpuIsa isa = capped();
   return isa;
+}
+
+bool cpu_isa_forced(CpuIsa isa) {
+  const char* env = std::getenv("MPQ_CPU_ISA");
+  return env && std::strcmp(env, cpu_isa_name(isa)) == 0 && cpu_isa() == isa;
 }
 
 const char* cpu_isa_name(CpuIsa isa) {

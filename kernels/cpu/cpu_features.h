@@ -27,6 +27,11 @@ struct CpuFeatures {
   bool avx512 = false;       ///< AVX-512 F, BW, VL, VBMI, VNNI, ZMM/opmask state enabled
   bool avx512_bf16 = false;  ///< AVX512_BF16 (with avx512)
   bool amx = false;          ///< AMX-TILE + AMX-BF16, tile state enabled and permission granted
+  /// vdpbf16ps at least at the fp32 FMA's instruction rate, so that bf16 window products beat
+  /// fp32 ones: AMD (Zen 4 and later). Intel's Sapphire / Emerald Rapids run it at about a
+  /// quarter of the FMA rate (measured on the machine of docs/results.md), so without AMX
+  /// they take the exact fp32 path.
+  bool bf16_dot_fast = false;
 };
 
 /// The detected features (computed on first call, thread-safe).
@@ -40,5 +45,9 @@ CpuIsa cpu_isa();
 
 /// "scalar", "avx2", "avx512", "avx512bf16", "amx".
 const char* cpu_isa_name(CpuIsa isa);
+
+/// True when MPQ_CPU_ISA names exactly `isa` (a path forced on purpose, e.g. avx512bf16 on
+/// a CPU where bf16_dot_fast is false).
+bool cpu_isa_forced(CpuIsa isa);
 
 }  // namespace mpq

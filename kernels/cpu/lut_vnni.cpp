@@ -24,12 +24,17 @@ constexpr int64_t kUnit = 16;   // columns per unit
 constexpr int64_t kUnitsPerBlock = kLutActBlock / kUnit;
 constexpr int64_t kParallelMinWeights = int64_t{1} << 16;
 
-inline int64_t unit_bytes(int bits) { return 8 * bits; }  // per 64 codes
+// Bytes of a block of 4 units (256 codes): 4-bit two 64-byte chunks; 3-bit the 64-byte
+// low-bit plane and four u64 high-bit planes; 2-bit the low-bit plane.
+inline int64_t block_bytes(int bits) { return bits == 4 ? 128 : bits == 3 ? 96 : 64; }
 
-// Offset of unit u in a group's bytes, and (4-bit) whether it is the high nibble.
-inline int64_t unit_offset(int bits, int64_t u) { return bits == 4 ? (u / 2) * 64 : u * unit_bytes(bits); }
+// Offset of the bytes holding unit u in a group: 4-bit its 64-byte chunk (unit 2p in the
+// low nibbles, 2p + 1 in the high ones); 2/3-bit its block.
+inline int64_t unit_offset(int bits, int64_t u) { return bits == 4 ? (u / 2) * 64 : (u / kUnitsPerBlock) * block_bytes(bits); }
 
-int64_t group_bytes(int bits, int64_t units) { return bits == 4 ? (units + 1) / 2 * 64 : units * unit_bytes(bits); }
+int64_t group_bytes(int bits, int64_t units) {
+  return bits == 4 ? (units + 1) / 2 * 64 : (units + kUnitsPerBlock - 1) / kUnitsPerBlock * block_bytes(bits);
+}
 
 template <typename Body>
 void for_groups(const LutPacked& w, Body body) {
@@ -70,8 +75,9 @@ int lut_packed_code(const LutPacked& w, int64_t r, int64_t c) {
   const int64_t g = r / kRows, L = r % kRows, u = c / kUnit, j = c % kUnit;
   const uint8_t* base = w.codes.data() + g * w.group_bytes + unit_offset(w.bits, u);
   if (w.bits == 4) return (u % 2) ? base[16 * L + j] >> 4 : base[16 * L + j] & 0xF;
-  int code = (base[j] >> (2 * L)) & 3;
-  if (w.bits == 3) code |= ((base[16 + (16 * L + j) / 8] >> ((16 * L + j) % 8)) & 1) << 2;
+  const int64_t i = u % kUnitsPerBlock;
+  int code = (base[16 * L + j] >> (2 * i)) & 3;
+  if (w.bits == 3) code |= ((base[64 + 8 * i + (16 * L + j) / 8] >> ((16 * L + j) % 8)) & 1) << 2;
   return code;
 }
 
@@ -127,14 +133,15 @@ LutPacked lut_repack(const LutWeightView& v) {
       if (p.bits == 4) {
         for (int j = 0; j < 16; ++j) base[16 * L + j] |= static_cast<uint8_t>((u % 2) ? iu[j] << 4 : iu[j]);
       } else {
+        const int64_t i = u % kUnitsPerBlock;
         uint32_t hi = 0;
         for (int j = 0; j < 16; ++j) {
-          base[j] |= static_cast<uint8_t>((iu[j] & 3) << (2 * L));
+          base[16 * L + j] |= static_cast<uint8_t>((iu[j] & 3) << (2 * i));
           hi |= static_cast<uint32_t>((iu[j] >> 2) & 1) << j;
         }
         if (p.bits == 3) {
-          base[16 + 2 * L] |= static_cast<uint8_t>(hi & 0xFF);
-          base[16 + 2 * L + 1] |= static_cast<uint8_t>(hi >> 8);
+          base[64 + 8 * i + 2 * L] |= static_cast<uint8_t>(hi & 0xFF);
+          base[64 + 8 * i + 2 * L + 1] |= static_cast<uint8_t>(hi >> 8);
         }
       }
     }
@@ -157,13 +164,15 @@ LutPacked lut_repack(const LutWeightView& v) {
   return p;
 }
 
-void lut_lane_sums(const int8_t* q, int64_t nblocks, int32_t* lane_sum) {
+void lut_prepare_act(const int8_t* q, int64_t nblocks, int8_t* q4, int32_t* corr) {
+  for (int64_t u = 0; u < nblocks * kUnitsPerBlock; ++u)
+    for (int64_t L = 0; L < kRows; ++L) std::memcpy(q4 + u * 64 + L * 16, q + u * kUnit, kUnit);
   for (int64_t a = 0; a < nblocks; ++a)
     for (int m = 0; m < 4; ++m) {
       int32_t s = 0;
       for (int64_t u = 0; u < kUnitsPerBlock; ++u)
         for (int e = 0; e < 4; ++e) s += q[a * kLutActBlock + u * kUnit + 4 * m + e];
-      lane_sum[4 * a + m] = s;
+      for (int64_t L = 0; L < kRows; ++L) corr[16 * a + 4 * L + m] = 128 * s;
     }
 }
 
@@ -204,14 +213,14 @@ MPQ_TARGET_AVX2 inline __m256i avx2_unit_codes(const uint8_t* gbase, int64_t u, 
     const __m256i lo4 = _mm256_set1_epi8(0x0F);
     return (u % 2) ? _mm256_and_si256(_mm256_srli_epi16(v, 4), lo4) : _mm256_and_si256(v, lo4);
   } else {
-    const uint8_t* p = gbase + u * 8 * B;
-    const __m256i v = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-    const __m256i sh = _mm256_setr_epi32(4 * h, 4 * h, 4 * h, 4 * h, 4 * h + 2, 4 * h + 2, 4 * h + 2, 4 * h + 2);
-    __m256i code = _mm256_and_si256(_mm256_srlv_epi32(v, sh), _mm256_set1_epi8(0x03));
+    const uint8_t* p = gbase + unit_offset(B, u);
+    const int i = static_cast<int>(u % kUnitsPerBlock);
+    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 32 * h));
+    __m256i code = _mm256_and_si256(_mm256_srl_epi16(v, _mm_cvtsi32_si128(2 * i)), _mm256_set1_epi8(0x03));
     if constexpr (B == 3) {
-      // Bits 32h .. 32h+31 of the u64: bit 16L' + j for the local lanes L' = 0, 1.
+      // Bits 32h .. 32h+31 of the unit's u64: bit 16L' + j for the local lanes L' = 0, 1.
       uint32_t bits;
-      std::memcpy(&bits, p + 16 + 4 * h, 4);
+      std::memcpy(&bits, p + 64 + 8 * i + 4 * h, 4);
       const __m256i bb = _mm256_set1_epi32(static_cast<int>(bits));
       const __m256i rep = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,  //
                                            2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
@@ -235,7 +244,7 @@ MPQ_TARGET_AVX2 void avx2_group(const LutPacked& w, const LutQ8Act& act, int64_t
       const int64_t u1 = std::min(w.units, (a + 1) * kUnitsPerBlock);
       __m256i d = _mm256_setzero_si256();
       for (int64_t u = a * kUnitsPerBlock; u < u1; ++u) {
-        const __m256i xr = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(act.q + u * kUnit)));
+        const __m256i xr = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(act.q4 + u * 64));
         const __m256i wq = _mm256_shuffle_epi8(tab, avx2_unit_codes<B>(gbase, u, h));
         // |x| * (w with x's sign): u8 * s8 pairs never saturate int16 (127 * 127 * 2 < 32767).
         const __m256i p = _mm256_maddubs_epi16(_mm256_abs_epi8(xr), _mm256_sign_epi8(wq, xr));
@@ -278,39 +287,81 @@ MPQ_TARGET_AVX512 inline __m512i avx512_unit_codes(const uint8_t* gbase, int64_t
     }
     return *pair;
   } else {
-    const uint8_t* p = gbase + u * 8 * B;
-    const __m512i v = _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-    const __m512i sh = _mm512_set_epi64(0x0006000600060006, 0x0006000600060006, 0x0004000400040004, 0x0004000400040004,
-                                        0x0002000200020002, 0x0002000200020002, 0, 0);
-    __m512i code = _mm512_and_si512(_mm512_srlv_epi16(v, sh), _mm512_set1_epi8(0x03));
+    const uint8_t* p = gbase + unit_offset(B, u);
+    const int i = static_cast<int>(u % kUnitsPerBlock);
+    __m512i code = _mm512_and_si512(_mm512_srl_epi16(_mm512_loadu_si512(p), _mm_cvtsi32_si128(2 * i)), _mm512_set1_epi8(0x03));
     if constexpr (B == 3) {
       uint64_t bits;
-      std::memcpy(&bits, p + 16, 8);
+      std::memcpy(&bits, p + 64 + 8 * i, 8);
       code = _mm512_mask_add_epi8(code, _cvtu64_mask64(bits), code, _mm512_set1_epi8(4));
     }
     return code;
   }
 }
 
+// The int32 lane sums of one whole activation block (4 units from u0, a multiple of 4) with
+// two independent dpbusd chains.
+template <int B>
+MPQ_TARGET_AVX512 inline __m512i avx512_block_dot(const uint8_t* gbase, int64_t u0, const int8_t* q4, __m512i tab) {
+  __m512i c[4];
+  if constexpr (B == 4) {
+    const uint8_t* p = gbase + (u0 / 2) * 64;
+    const __m512i lo4 = _mm512_set1_epi8(0x0F);
+    const __m512i v0 = _mm512_loadu_si512(p), v1 = _mm512_loadu_si512(p + 64);
+    c[0] = _mm512_and_si512(v0, lo4);
+    c[1] = _mm512_and_si512(_mm512_srli_epi16(v0, 4), lo4);
+    c[2] = _mm512_and_si512(v1, lo4);
+    c[3] = _mm512_and_si512(_mm512_srli_epi16(v1, 4), lo4);
+  } else {  // one load of the low-bit plane for the 4 units; unit i at bits 2i, 2i+1
+    const uint8_t* p = gbase + unit_offset(B, u0);
+    const __m512i v = _mm512_loadu_si512(p), lo2 = _mm512_set1_epi8(0x03);
+    c[0] = _mm512_and_si512(v, lo2);
+    c[1] = _mm512_and_si512(_mm512_srli_epi16(v, 2), lo2);
+    c[2] = _mm512_and_si512(_mm512_srli_epi16(v, 4), lo2);
+    c[3] = _mm512_and_si512(_mm512_srli_epi16(v, 6), lo2);
+    if constexpr (B == 3) {
+      const __m512i four = _mm512_set1_epi8(4);
+      for (int i = 0; i < 4; ++i) {
+        uint64_t bits;
+        std::memcpy(&bits, p + 64 + 8 * i, 8);
+        c[i] = _mm512_mask_add_epi8(c[i], _cvtu64_mask64(bits), c[i], four);
+      }
+    }
+  }
+  __m512i d[2] = {_mm512_setzero_si512(), _mm512_setzero_si512()};
+  for (int i = 0; i < 4; ++i) {
+    const __m512i xr = _mm512_loadu_si512(q4 + (u0 + i) * 64);
+    d[i % 2] = _mm512_dpbusd_epi32(d[i % 2], _mm512_shuffle_epi8(tab, c[i]), xr);
+  }
+  return _mm512_add_epi32(d[0], d[1]);
+}
+
 template <int B>
 MPQ_TARGET_AVX512 void avx512_group(const LutPacked& w, const LutQ8Act& act, int64_t g, float* acc16) {
-  const int64_t nblocks = (w.units + kUnitsPerBlock - 1) / kUnitsPerBlock;
+  const int64_t nblocks = (w.units + kUnitsPerBlock - 1) / kUnitsPerBlock, full = w.units / kUnitsPerBlock;
   const uint8_t* gbase = w.codes.data() + g * w.group_bytes;
   const __m512i tab = _mm512_xor_si512(_mm512_loadu_si512(w.lut_i8.data() + g * kRows * 16), _mm512_set1_epi8(-128));
   __m512 acc = _mm512_setzero_ps();
   __m512i pair = _mm512_setzero_si512();
   for (int64_t a = 0; a < nblocks; ++a) {
     const int64_t u0 = a * kUnitsPerBlock, u1 = std::min(w.units, u0 + kUnitsPerBlock);
-    _mm_prefetch(reinterpret_cast<const char*>(gbase + unit_offset(B, u0)) + 1024, _MM_HINT_T0);
-    __m512i d = _mm512_setzero_si512();
-    for (int64_t u = u0; u < u1; ++u) {
-      const __m512i wq = _mm512_shuffle_epi8(tab, avx512_unit_codes<B>(gbase, u, &pair));
-      const __m512i xr = _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(act.q + u * kUnit)));
-      d = _mm512_dpbusd_epi32(d, wq, xr);
+    // Software prefetch of the code bytes 2 KiB ahead (a block spans 1 to 2 cache lines):
+    // the hardware prefetchers alone left the 4-bit kernel well below the 2-bit one's GB/s.
+    const char* pf = reinterpret_cast<const char*>(gbase + unit_offset(B, u0)) + 2048;
+    _mm_prefetch(pf, _MM_HINT_T0);
+    _mm_prefetch(pf + 64, _MM_HINT_T0);
+    __m512i d;
+    if (a < full) {
+      d = avx512_block_dot<B>(gbase, u0, act.q4, tab);
+    } else {  // the last, partial block
+      d = _mm512_setzero_si512();
+      for (int64_t u = u0; u < u1; ++u) {
+        const __m512i wq = _mm512_shuffle_epi8(tab, avx512_unit_codes<B>(gbase, u, &pair));
+        d = _mm512_dpbusd_epi32(d, wq, _mm512_loadu_si512(act.q4 + u * 64));
+      }
     }
     // (q + 128) * x summed per lane, minus 128 * the lane's x sum: exactly sum q * x per lane.
-    const __m512i corr = _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(act.lane_sum + 4 * a)));
-    d = _mm512_sub_epi32(d, _mm512_slli_epi32(corr, 7));
+    d = _mm512_sub_epi32(d, _mm512_loadu_si512(act.corr + 16 * a));
     acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), _mm512_set1_ps(act.scale[a]), acc);
   }
   _mm512_storeu_ps(acc16, acc);
@@ -361,14 +412,16 @@ void lut_q8_gemv(const LutPacked& w, const float* x, float* y) {
   const int64_t nblocks = (w.cols + kLutActBlock - 1) / kLutActBlock;
   thread_local std::vector<int8_t> q;
   thread_local std::vector<float> xs;
-  thread_local std::vector<int32_t> xsum, lanes;
+  thread_local std::vector<int8_t> q4;
+  thread_local std::vector<int32_t> xsum, corr;
   q.resize(static_cast<std::size_t>(nblocks * kLutActBlock));
+  q4.resize(static_cast<std::size_t>(nblocks * kLutActBlock * 4));
   xs.resize(static_cast<std::size_t>(nblocks));
   xsum.resize(static_cast<std::size_t>(nblocks));
-  lanes.resize(static_cast<std::size_t>(nblocks * 4));
+  corr.resize(static_cast<std::size_t>(nblocks * 16));
   quantize_act_int8(x, w.cols, kLutActBlock, q.data(), xs.data(), xsum.data());
-  lut_lane_sums(q.data(), nblocks, lanes.data());
-  const LutQ8Act act{q.data(), xs.data(), lanes.data(), x};
+  lut_prepare_act(q.data(), nblocks, q4.data(), corr.data());
+  const LutQ8Act act{q.data(), q4.data(), xs.data(), corr.data(), x};
   const CpuIsa isa = cpu_isa();
   if (isa >= CpuIsa::kAvx512)
     lut_q8_gemv_avx512(w, act, y);

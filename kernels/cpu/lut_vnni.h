@@ -9,10 +9,12 @@
 // row 4g + L); a unit u is columns 16u .. 16u+15 of the four rows, 64 codes, one 128-bit lane
 // per row, so that one vpshufb looks every code up in its own row's table:
 //   b = 4: chunks of two units, 64 bytes: byte 16L + j = code(L, 16(2p) + j) | code(L, 16(2p+1) + j) << 4
-//   b = 3: per unit 24 bytes: bytes 0..15, bits 2L..2L+1 of byte j = code(L, 16u + j) & 3;
-//          bytes 16..23 a little-endian u64 whose bit 16L + j = bit 2 of code(L, 16u + j)
-//   b = 2: per unit 16 bytes: bits 2L..2L+1 of byte j = code(L, 16u + j)
-// (b * 8 bytes per 64 codes, the source's size). Per row: lut_i8 [16] int8, the table scaled
+//   b = 3: per block of 4 units (u = 4a + i) 96 bytes: bytes 0..63, bits 2i..2i+1 of byte
+//          16L + j = code(L, 16u + j) & 3; bytes 64 + 8i .. 64 + 8i + 7 a little-endian u64
+//          whose bit 16L + j = bit 2 of code(L, 16u + j)
+//   b = 2: per block of 4 units 64 bytes: bits 2i..2i+1 of byte 16L + j = code(L, 16u + j)
+// (b * 8 bytes per 64 codes, the source's size; a partial last block of 2/3-bit takes a
+// whole block's bytes). One 64-byte load and a shift by 2i give unit i's low bits. Per row: lut_i8 [16] int8, the table scaled
 // to the row's amax: q_i = round(LUT_r[i] * 127 / amax_r), and lut_scale_r = amax_r / 127
 // (0 for an all-zero table); the fp16 table and the CSR part (rowptr, col, val) as stored.
 //
@@ -22,6 +24,7 @@
 //     | per activation block a (4 units):
 //     |   d = sum over its units of vpdpbusd(vpshufb(T, codes), xq of the unit in all 4 lanes)
 //     |   d -= 128 * (sums of xq over each lane's columns)     exact: d = sum q * xq per lane
+//     |   (xq stored 4 times, once per 128-bit lane, and the corrections precomputed per call)
 //     |   acc = fma(float(d), xscale_a, acc)                  (lane (L, m): columns 4m..4m+3)
 //     | y[4g + L] = ((acc_L0 + acc_L1) + (acc_L2 + acc_L3)) * lut_scale + CSR part (fp32 x)
 // W is approximated by lut_scale * q (|error| <= lut_scale / 2; the CSR residuals exact), x
@@ -70,18 +73,22 @@ LutPacked lut_repack(const LutWeightView& w);
 void lut_q8_gemv(const LutPacked& w, const float* x, float* y);
 
 /// Per-call activation data of the paths below: act_int8.h with B = kLutActBlock (q
-/// [64 * nblocks] int8, scale [nblocks], sum [nblocks] unused here) and lane_sum
-/// [nblocks * 4]: lane_sum[4a + m] = sum over the block's units u and e < 4 of
-/// q[16u + 4m + e]. x is the fp32 input, for the CSR part.
+/// [64 * nblocks] int8, scale [nblocks], sum [nblocks] unused here), q4 [256 * nblocks]:
+/// each unit's 16 values repeated 4 times (q4[64u + 16L + j] = q[16u + j], one copy per
+/// 128-bit lane, so the kernels load them without a shuffle), and corr [nblocks * 16]: the
+/// AVX-512 path's offset correction, corr[16a + 4L + m] = 128 * (sum over the block's units
+/// u and e < 4 of q[16u + 4m + e]) for every lane L. x is the fp32 input, for the CSR part.
 struct LutQ8Act {
   const int8_t* q = nullptr;
+  const int8_t* q4 = nullptr;
   const float* scale = nullptr;
-  const int32_t* lane_sum = nullptr;
+  const int32_t* corr = nullptr;
   const float* x = nullptr;
 };
 
-/// lane_sum of quantized activations q [64 * nblocks] (see LutQ8Act).
-void lut_lane_sums(const int8_t* q, int64_t nblocks, int32_t* lane_sum);
+/// q4 and corr of quantized activations q [64 * nblocks] (see LutQ8Act): q4 [256 *
+/// nblocks], corr [16 * nblocks].
+void lut_prepare_act(const int8_t* q, int64_t nblocks, int8_t* q4, int32_t* corr);
 
 /// The GEMV paths (identical dense part; *_avx2 needs CpuIsa::kAvx2, *_avx512 kAvx512).
 void lut_q8_gemv_scalar(const LutPacked& w, const LutQ8Act& a, float* y);

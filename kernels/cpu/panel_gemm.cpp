@@ -195,7 +195,8 @@ MPQ_TARGET_AVX512 void write_block(const float* C, int64_t nt, int64_t nr, float
 PanelKernel panel_kernel() {
   const CpuIsa isa = cpu_isa();
   if (isa >= CpuIsa::kAmx) return PanelKernel::kAmx;
-  if (isa >= CpuIsa::kAvx512Bf16) return PanelKernel::kAvx512Bf16;
+  if (isa >= CpuIsa::kAvx512Bf16 && (cpu_features().bf16_dot_fast || cpu_isa_forced(CpuIsa::kAvx512Bf16)))
+    return PanelKernel::kAvx512Bf16;
   return PanelKernel::kNone;
 }
 

@@ -39,7 +39,9 @@ using PanelDecoder = std::function<void(int64_t r0, int64_t n, int64_t kp, uint1
 /// The microkernels the CPU offers (cpu_isa(): AMX, else AVX512_BF16), or none.
 enum class PanelKernel { kNone, kAvx512Bf16, kAmx };
 
-/// The best kernel this CPU runs (kNone below CpuIsa::kAvx512Bf16).
+/// The kernel window products use on this CPU: kAmx with AMX; kAvx512Bf16 with AVX512_BF16
+/// where vdpbf16ps is fast (CpuFeatures::bf16_dot_fast) or MPQ_CPU_ISA=avx512bf16 forces
+/// it; else kNone (the exact fp32 path).
 PanelKernel panel_kernel();
 
 /// "amx-bf16", "avx512-bf16" or "none".
