@@ -29,7 +29,7 @@ namespace {
 
 std::vector<mpq::CandidateSpec> default_specs() {
   std::vector<mpq::CandidateSpec> s;
-  for (const auto& l : mpq::default_candidate_labels()) s.push_back(mpq::parse_candidate(l));
+  for (const auto& l : mpq::default_candidate_labels()) s.push_back(mpq::parse_format_label(l));
   return s;
 }
 
@@ -81,7 +81,7 @@ void BM_SolveLlama7BShape(benchmark::State& state) {
       std::vector<mpq::IlpCandidate> cs;
       for (const auto& spec : specs) {
         const double bytes = spec.format == "source" ? 2.0 * static_cast<double>(r * c)  // bf16
-                                                     : static_cast<double>(mpq::make_candidate_quantizer(spec)->bytes(r, c));
+                                                     : static_cast<double>(mpq::make_quantizer(spec)->bytes(r, c));
         const double bpw = 8.0 * bytes / static_cast<double>(r * c);
         cs.push_back({bytes, spec.format == "source" ? 0.0 : s_t * std::pow(4.0, -bpw) * noise(g), 0.0});
       }

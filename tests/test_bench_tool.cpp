@@ -123,7 +123,8 @@ TEST(BenchFormats, LabelsAndCandidates) {
   EXPECT_DOUBLE_EQ(b.params.sensitive_pct, 0.05);
   EXPECT_DOUBLE_EQ(bench::parse_format("fgmp-30").fp8_fraction, 0.30);
   EXPECT_EQ(bench::parse_format("uniform-4bit").format, "uniform");
-  for (const char* bad : {"uniform-3bit-sparse", "squeezellm-5bit", "fgmp-101", "fgmp", "int8", ""}) {
+  EXPECT_DOUBLE_EQ(bench::parse_format("fgmp").fp8_fraction, 0.30);  // the grammar's default
+  for (const char* bad : {"uniform-3bit-sparse", "squeezellm-5bit", "fgmp-101", "fgmp-", "source", "int8", ""}) {
     try {
       bench::parse_format(bad);
       ADD_FAILURE() << bad;

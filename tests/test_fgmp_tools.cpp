@@ -83,7 +83,8 @@ TEST(FgmpPack, FolderConfigAndBytes) {
   ASSERT_EQ(r.rc, 0) << r.out;
   const auto qc = read_json(out + "/config.json")["quantization_config"];
   const int64_t nb = total_blocks(t);
-  EXPECT_EQ(qc["quant_method"], "fgmp");
+  EXPECT_EQ(qc["quant_method"], "mpq");  // mpq-native: engines refuse it by name
+  EXPECT_EQ(qc["format"], "fgmp");
   EXPECT_EQ(qc["block_size"], 16);
   EXPECT_EQ(qc["selection"], "fisher");
   EXPECT_EQ(qc["clipping"], "weighted");

@@ -117,6 +117,30 @@ TEST(AssignmentIlp, ExactBudgetBoundaryIsFeasible) {
   EXPECT_EQ(solve_assignment_ilp(p).status, "infeasible");
 }
 
+TEST(AssignmentIlp, DisallowedCandidatesAreNeverChosen) {
+  IlpProblem p;
+  // Tensor 0's cheapest candidate (cost 1) is disallowed: the optimum takes cost 3 instead.
+  p.tensors = {{{10, 1, 0, false}, {10, 3, 0, true}, {20, 0, 0, true}}, {{10, 2, 0}, {20, 0, 0}}};
+  p.max_bytes = 30;
+  IlpSolution s = solve_assignment_ilp(p);
+  expect_consistent(p, s);
+  ASSERT_EQ(s.status, "optimal");
+  EXPECT_EQ(s.choice[0], 2);  // 20 bytes at cost 0, tensor 1 then small at cost 2: total 2 < 3 + 0
+  EXPECT_DOUBLE_EQ(s.cost, 2);
+  // A tied group takes a candidate only if every member allows it.
+  p.tie_groups = {{0, 1}};
+  p.tensors = {{{10, 1, 0, true}, {20, 5, 0, true}}, {{10, 1, 0, false}, {20, 5, 0, true}}};
+  p.max_bytes = 100;
+  s = solve_assignment_ilp(p);
+  ASSERT_EQ(s.status, "optimal");
+  EXPECT_EQ(s.choice[0], 1);
+  EXPECT_EQ(s.choice[1], 1);
+  // Nothing allowed: infeasible.
+  p.tie_groups.clear();
+  p.tensors = {{{10, 1, 0, false}}};
+  EXPECT_EQ(solve_assignment_ilp(p).status, "infeasible");
+}
+
 TEST(AssignmentIlp, RejectsMalformedProblems) {
   IlpProblem p;
   p.tensors = {{{1, 1, 0}}, {}};

@@ -138,7 +138,38 @@ TEST(Quant, FormatTable) {
 
 TEST(Quant, UnknownFormatIsUsageError) {
   const std::string msg = expect_error([] { quantizer_for("int3"); }, ExitCode::kUsage);
-  EXPECT_EQ(msg, "unknown format 'int3' (known: fp8, nvfp4, squeezellm, uniform, fgmp)");
+  EXPECT_EQ(msg, "unknown format 'int3' (expected source | fp8 | nvfp4 | squeezellm[-<2|3|4>bit][-sparse] | "
+                 "uniform[-<2|3|4>bit] | fgmp[-<0..100>])");
+}
+
+TEST(Quant, OneLabelGrammarForEveryRow) {
+  // Every row's bare name parses to that row, with the row's quantizer.
+  for (const FormatInfo& f : format_table()) {
+    const FormatSpec s = parse_format_label(f.name);
+    EXPECT_EQ(s.info, &f) << f.name;
+    EXPECT_EQ(s.format, f.name);
+    const std::unique_ptr<Quantizer> q = make_quantizer(s);
+    ASSERT_NE(q, nullptr);
+    EXPECT_EQ(&q->info(), &f) << f.name;
+    // The detector of the row's layout family recognizes what its quantizer writes (below).
+    EXPECT_EQ(&layout_format(f.layout), find_format(f.layout == FormatId::kSqueezeLLM ? "squeezellm" : f.name));
+  }
+  EXPECT_TRUE(parse_format_label("source").is_source());
+  EXPECT_EQ(make_quantizer(parse_format_label("source")), nullptr);
+  const FormatSpec sq = parse_format_label("squeezellm");  // mpq-pack's default: 4 bits, sparse
+  EXPECT_EQ(sq.params.bits, 4);
+  EXPECT_DOUBLE_EQ(sq.params.outlier_pct, 0.45);
+  const FormatSpec u = parse_format_label("uniform-2bit");
+  EXPECT_EQ(u.params.bits, 2);
+  EXPECT_DOUBLE_EQ(u.params.outlier_pct, 0.0);
+  EXPECT_EQ(format_params_json(u)["bits"], 2);
+  EXPECT_TRUE(format_params_json(parse_format_label("nvfp4")).empty());
+  // Only fp8 and nvfp4 are expressible in the engine exports.
+  for (const FormatInfo& f : format_table()) {
+    const bool engine = f.layout == FormatId::kFp8 || f.layout == FormatId::kNvfp4;
+    EXPECT_EQ(f.exports != 0, engine) << f.name;
+    EXPECT_EQ(std::string(f.export_note).empty(), engine) << f.name;
+  }
 }
 
 TEST(Quant, PackedTensorHelpers) {

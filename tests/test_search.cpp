@@ -6,6 +6,7 @@
 #include <array>
 #include <cmath>
 #include <fstream>
+#include <set>
 #include <random>
 
 #include <nlohmann/json.hpp>
@@ -53,18 +54,18 @@ struct SearchFixture {
 
 std::vector<CandidateSpec> specs_of(const std::vector<std::string>& labels) {
   std::vector<CandidateSpec> s;
-  for (const auto& l : labels) s.push_back(parse_candidate(l));
+  for (const auto& l : labels) s.push_back(parse_format_label(l));
   return s;
 }
 
 TEST(Search, ParsesCandidateLabels) {
-  EXPECT_EQ(parse_candidate("squeezellm-3bit-sparse").params.bits, 3);
-  EXPECT_DOUBLE_EQ(parse_candidate("squeezellm-3bit-sparse").params.outlier_pct, 0.45);
-  EXPECT_DOUBLE_EQ(parse_candidate("squeezellm-2bit").params.outlier_pct, 0.0);
-  EXPECT_DOUBLE_EQ(parse_candidate("fgmp-30").fgmp.fp8_fraction, 0.30);
-  EXPECT_EQ(parse_candidate("uniform-4bit").format, "uniform");
+  EXPECT_EQ(parse_format_label("squeezellm-3bit-sparse").params.bits, 3);
+  EXPECT_DOUBLE_EQ(parse_format_label("squeezellm-3bit-sparse").params.outlier_pct, 0.45);
+  EXPECT_DOUBLE_EQ(parse_format_label("squeezellm-2bit").params.outlier_pct, 0.0);
+  EXPECT_DOUBLE_EQ(parse_format_label("fgmp-30").fgmp.fp8_fraction, 0.30);
+  EXPECT_EQ(parse_format_label("uniform-4bit").format, "uniform");
   for (const char* bad : {"squeezellm-5bit", "uniform-3bit-sparse", "fgmp-101", "fgmp-x", "int4", ""})
-    EXPECT_THROW(parse_candidate(bad), Error) << bad;
+    EXPECT_THROW(parse_format_label(bad), Error) << bad;
 }
 
 TEST(Search, CandidateCostsMatchIndependentComputation) {
@@ -87,7 +88,7 @@ TEST(Search, CandidateCostsMatchIndependentComputation) {
         EXPECT_EQ(cc.omega_fisher, 0.0);
         continue;
       }
-      const auto q = make_candidate_quantizer(specs[c]);
+      const auto q = make_quantizer(specs[c]);
       const PackedTensor p = q->encode_weighted(t.module, w.data(), f.data(), t.rows, t.cols);
       std::vector<float> d(w.size());
       q->decode(p, d.data());
@@ -210,7 +211,8 @@ TEST(SearchTool, PackPlanRoundTrip) {
   std::ifstream pj(plan), mj(out + "/mixed/mpq_manifest.json"), cj(out + "/mixed/config.json");
   const nlohmann::json p = nlohmann::json::parse(pj), m = nlohmann::json::parse(mj), c = nlohmann::json::parse(cj);
   const auto& qc = c["quantization_config"];
-  EXPECT_EQ(qc["quant_algo"], "MIXED_PRECISION");
+  EXPECT_EQ(qc["quant_method"], "mpq");  // squeezellm / fgmp entries: mpq-native
+  EXPECT_EQ(qc["format"], "mixed");
   double quantized_bytes = 0;
   for (const auto& [module, e] : p["tensors"].items()) {
     if (e["candidate"] == "source") {  // kept as stored, listed as excluded
@@ -295,6 +297,59 @@ TEST(SearchTool, LatencyBudget) {
   EXPECT_NE(r.out.find("nvfp4"), std::string::npos) << r.out;
   r = run("-q --model " + fx.dir + " --sensitivity " + fx.sens + " --target-bpw 5 --max-latency-us 5 --out " + dir + "/q.json");
   EXPECT_EQ(r.rc, 2) << r.out;  // a latency budget without a table
+}
+
+}  // namespace
+}  // namespace mpq
+
+namespace mpq {
+namespace {
+
+// mpq-search --export: every chosen candidate is one the engine export loads for that tensor
+// (fp8 / nvfp4 / source; NVFP4 only where in_features % 16 == 0), the engine's fused layers
+// take one candidate, the plan records the export, and mpq-pack --plan packs with it.
+TEST(SearchTool, EngineExportPlansAreServable) {
+  SearchFixture fx("search-export");
+  const std::string out = test::scratch_dir("search-export-out");
+  for (const std::string exp : {"compressed-tensors", "modelopt"}) {
+    const std::string plan = out + "/plan-" + exp + ".json";
+    ToolRun r = test::run_tool(test::tool_path("mpq-search") + " -q --model " + fx.dir + " --sensitivity " + fx.sens +
+                               " --export " + exp + " --target-bpw 6 --out " + plan + " 2>&1");
+    ASSERT_EQ(r.rc, 0) << r.out;
+    const nlohmann::json p = nlohmann::json::parse(std::ifstream(plan));
+    EXPECT_EQ(p["export"], exp);
+    std::set<std::string> chosen;
+    for (int64_t l = 0; l < fx.cfg.num_layers; ++l) {
+      auto cand = [&](int i) {
+        return p["tensors"]["model.layers." + std::to_string(l) + "." + kLinearNames[i]]["candidate"].get<std::string>();
+      };
+      EXPECT_EQ(cand(0), cand(1));
+      EXPECT_EQ(cand(0), cand(2));
+      EXPECT_EQ(cand(4), cand(5));
+      EXPECT_NE(cand(6), "nvfp4");  // down_proj: 72 inputs
+      for (int i = 0; i < 7; ++i) chosen.insert(cand(i));
+    }
+    for (const std::string& c : chosen) EXPECT_TRUE(c == "fp8" || c == "nvfp4" || c == "source") << c;
+    EXPECT_GE(chosen.size(), 2u);  // a real mix at 6 bpw
+    // Packed with the plan's export (modelopt needs static input scales for its FP8 layers).
+    const std::string ids = out + "/ids.i32";
+    std::vector<uint8_t> b(4 * 600);
+    for (std::size_t i = 0; i < 600; ++i) b[4 * i] = static_cast<uint8_t>((i * 13) % 64);
+    test::write_bytes(ids, b);
+    const std::string extra = exp == "modelopt" ? " --activations static --calib " + ids : "";
+    std::string pout;
+    ASSERT_EQ(test::run_command(test::tool_path("mpq-pack") + " -q --model " + fx.dir + " --plan " + plan + extra +
+                                    " --out " + out + "/p-" + exp + " 2>&1", &pout), 0) << pout;
+    const nlohmann::json qc = nlohmann::json::parse(std::ifstream(out + "/p-" + exp + "/config.json"))["quantization_config"];
+    EXPECT_EQ(qc["quant_method"], exp);
+    if (exp == "modelopt") EXPECT_EQ(qc["quant_algo"], "MIXED_PRECISION");
+    else EXPECT_EQ(qc["format"], "mixed-precision");
+  }
+  // Candidates an engine cannot load are refused up front when asked for by name.
+  ToolRun r = test::run_tool(test::tool_path("mpq-search") + " -q --model " + fx.dir + " --sensitivity " + fx.sens +
+                             " --export modelopt --formats squeezellm-3bit,nvfp4 --target-bpw 6 --out " + out + "/x.json 2>&1");
+  EXPECT_EQ(r.rc, 2) << r.out;
+  EXPECT_NE(r.out.find("--export modelopt cannot express squeezellm"), std::string::npos) << r.out;
 }
 
 }  // namespace

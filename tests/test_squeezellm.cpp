@@ -318,7 +318,8 @@ TEST(SqueezeLLMPack, LoadedWeightsEqualDecodeAndEvalRuns) {
     }
     std::ifstream cf(dir + "/config.json");
     const auto qc = nlohmann::json::parse(cf)["quantization_config"];
-    EXPECT_EQ(qc["quant_method"], "squeezellm");
+    EXPECT_EQ(qc["quant_method"], "mpq");  // mpq-native: engines refuse it by name
+    EXPECT_EQ(qc["format"], "squeezellm");
     EXPECT_EQ(qc["wbits"], 3);
     EXPECT_EQ(qc["fisher_weighted"], weighted);
     EXPECT_EQ(qc["sensitive_pct"].get<double>(), weighted ? 0.05 : 0.0);

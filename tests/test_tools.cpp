@@ -50,10 +50,10 @@ std::string tiny_tokens(const std::string& dir, int n = 96) {
 
 // --- Pack layouts and round trips -------------------------------------------
 
-TEST(Pack, Nvfp4FolderHasModelOptLayout) {
+TEST(Pack, Nvfp4MpqNativeFolderPadsPartialBlocks) {
   const std::string m = tiny_model("nvfp4-src", 40);  // 40 inputs to down_proj: a partial block
   const std::string out = test::scratch_dir("nvfp4-out") + "/packed";
-  const ToolRun r = run(tool("mpq-pack") + " --model " + m + " --format nvfp4 --out " + out + " -q");
+  const ToolRun r = run(tool("mpq-pack") + " --model " + m + " --format nvfp4 --export mpq --out " + out + " -q");
   ASSERT_EQ(r.rc, 0) << r.out;
   const TensorStore st = TensorStore::open(out);
   const TensorView& w = st.get("model.layers.0.mlp.down_proj.weight");
@@ -74,12 +74,81 @@ TEST(Pack, Nvfp4FolderHasModelOptLayout) {
 
   std::ifstream cfg(out + "/config.json");
   const auto c = nlohmann::json::parse(cfg);
-  EXPECT_EQ(c["quantization_config"]["quant_method"], "modelopt");
-  EXPECT_EQ(c["quantization_config"]["quant_algo"], "NVFP4");
+  EXPECT_EQ(c["quantization_config"]["quant_method"], "mpq");  // vLLM: "Unknown quantization method: mpq"
+  EXPECT_EQ(c["quantization_config"]["format"], "nvfp4");
   EXPECT_EQ(c["quantization_config"]["group_size"], 16);
   EXPECT_EQ(c["quantization_config"]["exclude_modules"], nlohmann::json({"lm_head"}));
-  EXPECT_TRUE(fs::exists(out + "/hf_quant_config.json"));
+  EXPECT_FALSE(fs::exists(out + "/hf_quant_config.json"));
   EXPECT_FALSE(fs::exists(out + ".partial-" + std::to_string(0)));
+}
+
+// The ModelOpt export as vLLM reads it: W4A16_NVFP4 in config.json (ignore) and the legacy
+// hf_quant_config.json (exclude_modules, producer.name "modelopt"); q/k/v and gate/up share one
+// weight_scale_2 = max shard amax / (6 * 448), computed here from the source weights; the
+// 40-wide down_proj stays F32 and is listed as excluded.
+TEST(Pack, Nvfp4ModelOptExportSharesFusedScales) {
+  const std::string m = tiny_model("nvfp4-mo-src", 40);
+  const std::string out = test::scratch_dir("nvfp4-mo-out") + "/packed";
+  const ToolRun r = run(tool("mpq-pack") + " --model " + m + " --format nvfp4 --out " + out + " -q");
+  ASSERT_EQ(r.rc, 0) << r.out;
+  EXPECT_NE(r.out.find("model.layers.0.mlp.down_proj: in_features 40 is not a multiple of 16"), std::string::npos) << r.out;
+  const TensorStore src = TensorStore::open(m), st = TensorStore::open(out);
+  auto amax = [&](const std::string& name) {
+    float a = 0;
+    for (float v : to_f32(src.get(name + ".weight"))) a = std::max(a, std::fabs(v));
+    return a;
+  };
+  auto s2 = [&](const std::string& name) { return to_f32(st.get(name + ".weight_scale_2"))[0]; };
+  for (int l = 0; l < 2; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    const float qkv = std::max({amax(p + "self_attn.q_proj"), amax(p + "self_attn.k_proj"), amax(p + "self_attn.v_proj")});
+    for (const char* n : {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"}) EXPECT_EQ(s2(p + n), qkv / 2688.0f) << n;
+    const float gu = std::max(amax(p + "mlp.gate_proj"), amax(p + "mlp.up_proj"));
+    for (const char* n : {"mlp.gate_proj", "mlp.up_proj"}) EXPECT_EQ(s2(p + n), gu / 2688.0f) << n;
+    EXPECT_EQ(s2(p + "self_attn.o_proj"), amax(p + "self_attn.o_proj") / 2688.0f);
+    EXPECT_EQ(st.get(p + "mlp.down_proj.weight").dtype, DType::F32);
+    EXPECT_FALSE(st.has(p + "mlp.down_proj.weight_scale"));
+    EXPECT_FALSE(st.has(p + "self_attn.q_proj.input_scale"));  // weight-only
+  }
+  const auto c = nlohmann::json::parse(std::ifstream(out + "/config.json"))["quantization_config"];
+  EXPECT_EQ(c["quant_method"], "modelopt");
+  EXPECT_EQ(c["quant_algo"], "W4A16_NVFP4");
+  EXPECT_EQ(c["group_size"], 16);
+  EXPECT_EQ(c["ignore"], nlohmann::json({"lm_head", "model.layers.0.mlp.down_proj", "model.layers.1.mlp.down_proj"}));
+  EXPECT_FALSE(c.contains("exclude_modules"));
+  const auto h = nlohmann::json::parse(std::ifstream(out + "/hf_quant_config.json"));
+  EXPECT_EQ(h["producer"]["name"], "modelopt");
+  EXPECT_EQ(h["quantization"]["quant_algo"], "W4A16_NVFP4");
+  EXPECT_EQ(h["quantization"]["exclude_modules"], c["ignore"]);
+  for (const char* key : {"group_size", "kv_cache_quant_algo", "exclude_modules"})  // vLLM's required keys
+    EXPECT_TRUE(h["quantization"].contains(key)) << key;
+}
+
+// What an engine export cannot express is refused before any output, naming the module.
+TEST(Pack, EngineExportsRefuseWhatTheyCannotExpress) {
+  const std::string m = tiny_model("export-bad-src");
+  const std::string out = test::scratch_dir("export-bad-out") + "/p";
+  struct Case {
+    std::string args;
+    int rc;
+    std::string message;
+  };
+  for (const Case& c : std::vector<Case>{
+           {"--format squeezellm-3bit --export modelopt", 2, "--export modelopt cannot express model.layers.0.self_attn.q_proj in squeezellm"},
+           {"--format fgmp --export compressed-tensors", 2, "cannot express model.layers.0.self_attn.q_proj in fgmp"},
+           {"--format fp8 --export modelopt", 2, "no weight-only FP8"},
+           {"--format nvfp4 --activations dynamic", 2, "dynamic activation scales for FP8 only"},
+           {"--format nvfp4 --activations static", 2, "--activations static needs --calib"},
+           {"--format nvfp4 --export mpq --activations static --calib x.txt", 2, "needs --export modelopt or compressed-tensors"},
+           {"--format nvfp4 --export modelopt --exclude 'layers\\.1\\.self_attn\\.v_proj'", 3,
+            "--exclude: model.layers.1.self_attn.v_proj is unquantized but model.layers.1.self_attn.q_proj is nvfp4"},
+       }) {
+    const ToolRun r = run(tool("mpq-pack") + " --model " + m + " " + c.args + " --out " + out + " -q");
+    EXPECT_EQ(r.rc, c.rc) << c.args << "\n" << r.out;
+    EXPECT_NE(r.out.find(c.message), std::string::npos) << c.args << "\n" << r.out;
+    EXPECT_EQ(test::error_lines(r.out).size(), 1u) << r.out;
+    EXPECT_FALSE(fs::exists(out)) << c.args;
+  }
 }
 
 TEST(Pack, ManifestHashesMatchSha256sum) {
@@ -108,7 +177,7 @@ TEST_P(PackRoundTrip, LoadedWeightsEqualDecodeAndEvalAgrees) {
   const std::string fmt = GetParam();
   const std::string m = tiny_model(std::string("rt-src-") + fmt, 40);
   const std::string out = test::scratch_dir("rt-out") + "/p";
-  ASSERT_EQ(run(tool("mpq-pack") + " --model " + m + " --format " + fmt + " --out " + out +
+  ASSERT_EQ(run(tool("mpq-pack") + " --model " + m + " --format " + fmt + " --export mpq --out " + out +
                 " -q --exclude 'layers\\.1\\.self_attn\\.v_proj'").rc, 0);
   const LlamaModel orig = LlamaModel::load(m);
   const LlamaModel packed = LlamaModel::load(out);
@@ -380,7 +449,7 @@ namespace {
 TEST(Inspect, PackedFolderTotals) {
   const std::string m = tiny_model("inspect-src", 40);
   const std::string out = test::scratch_dir("inspect-out") + "/p";
-  ASSERT_EQ(run(tool("mpq-pack") + " --model " + m + " --format nvfp4 --out " + out + " -q").rc, 0);
+  ASSERT_EQ(run(tool("mpq-pack") + " --model " + m + " --format nvfp4 --export mpq --out " + out + " -q").rc, 0);
   const std::string js = test::scratch_dir("inspect-json") + "/i.json";
   const ToolRun r = run(tool("mpq-inspect") + " " + out + " --json " + js);
   ASSERT_EQ(r.rc, 0) << r.out;
@@ -402,7 +471,7 @@ TEST(Inspect, PackedFolderTotals) {
     }
   EXPECT_TRUE(found);
   EXPECT_EQ(j["groups"]["nvfp4"]["params"], 2 * (2 * 64 * 64 + 2 * 32 * 64 + 3 * 40 * 64));  // q,o + k,v + gate,up,down
-  EXPECT_EQ(j["quantization_config"]["quant_algo"], "NVFP4");
+  EXPECT_EQ(j["quantization_config"]["format"], "nvfp4");
 }
 
 }  // namespace

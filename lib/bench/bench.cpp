@@ -138,18 +138,18 @@ FormatSpec parse_format(const std::string& label) {
   FormatSpec s;
   s.label = s.format = label;
   if (label == "f16" || label == "f32") return s;
-  CandidateSpec c;
+  mpq::FormatSpec c;
   try {
-    c = parse_candidate(label);  // mpq-search's grammar (lib/search/search.h)
+    c = parse_format_label(label);  // the one label grammar (lib/quant/quantizer.h)
   } catch (const Error&) {
   }
-  if (c.format.empty() || c.format == "source")
-    throw Error(ExitCode::kUsage, "--formats: unknown format '" + label +
-                                      "': expected f16, f32, fp8, nvfp4, squeezellm-<2|3|4>bit[-sparse], "
-                                      "uniform-<2|3|4>bit or fgmp-<0..100>");
+  if (!c.info)
+    throw Error(ExitCode::kUsage, "--formats: unknown format '" + label + "': expected f16 | f32 | " +
+                                      format_label_forms().substr(std::string("source | ").size()));
   s.format = c.format;
   s.params = c.params;
   s.fp8_fraction = c.fgmp.fp8_fraction;
+  s.quant = c;
   return s;
 }
 
@@ -170,7 +170,7 @@ std::string unsupported_reason(const FormatSpec& spec, Device device) {
 
 std::unique_ptr<Quantizer> make_format_quantizer(const FormatSpec& spec) {
   if (spec.format == "f16" || spec.format == "f32") return nullptr;
-  return make_candidate_quantizer(parse_candidate(spec.label));
+  return make_quantizer(spec.quant);
 }
 
 std::string candidate_label(const std::string& format_label, const std::string& source) {

@@ -55,7 +55,7 @@ LayerShape parse_shape(const std::string& text);
 enum class Device { kCpu, kCuda };
 
 /// One format label mpq-bench measures. Labels: "f16" and "f32" (dense weights), "fp8",
-/// "nvfp4", and mpq-search's candidate labels (parse_candidate, lib/search/search.h):
+/// "nvfp4", and mpq-search's candidate labels (parse_format_label, lib/quant/quantizer.h):
 /// "squeezellm-<b>bit" (b = 2, 3, 4; LUT only, no CSR part), "squeezellm-<b>bit-sparse"
 /// (plus the 0.45% outlier + 0.05% Fisher-sensitive CSR part), "uniform-<b>bit" (min-max
 /// grid, same layout as squeezellm without CSR), "fgmp-<p>" (p percent of blocks FP8, p in
@@ -65,6 +65,7 @@ struct FormatSpec {
   std::string format;       ///< "f16", "f32", or the quantizer format name
   QuantizerParams params;   ///< squeezellm / uniform
   double fp8_fraction = 0;  ///< fgmp
+  mpq::FormatSpec quant;    ///< the parsed label (info == nullptr for f16 / f32)
 };
 
 /// Parses a format label (above). Throws Error(kUsage) listing the accepted forms.

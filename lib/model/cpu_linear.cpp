@@ -274,23 +274,36 @@ void CpuLinear::decode_panel(int64_t r0, int64_t n, int64_t kp, uint16_t* panel)
 
 // ---------------------------------------------------------------- factories -----------
 
+namespace {
+
+// fp8: the E4M3 codes as stored (moved out of p) behind the dense kernels.
+std::shared_ptr<const CpuLinear> make_fp8_linear(PackedTensor p) {
+  DenseWeightView v;
+  v.kind = DenseKind::kFp8;
+  v.rows = p.rows;
+  v.cols = p.cols;
+  v.scale = part_scalar(p, "weight_scale");
+  p.part("weight");  // throws when absent
+  std::vector<uint8_t> bytes;
+  for (PackedPart& part : p.parts)
+    if (part.suffix == "weight") bytes = std::move(part.bytes);
+  v.data = bytes.data();
+  dense_check(v, "fp8 tensor [" + std::to_string(p.rows) + " x " + std::to_string(p.cols) + "]");
+  return std::make_shared<const DenseLinear>("fp8", v, std::move(bytes), nullptr);
+}
+
+}  // namespace
+
 std::shared_ptr<const CpuLinear> make_cpu_linear(PackedTensor p) {
-  if (p.format == "nvfp4") return std::make_shared<const Nvfp4Linear>(p);
-  if (p.format == "squeezellm") return std::make_shared<const LutLinear>(p);
-  if (p.format == "fgmp") return std::make_shared<const FgmpLinear>(std::move(p));
-  if (p.format == "fp8") {
-    DenseWeightView v;
-    v.kind = DenseKind::kFp8;
-    v.rows = p.rows;
-    v.cols = p.cols;
-    v.scale = part_scalar(p, "weight_scale");
-    p.part("weight");  // throws when absent
-    std::vector<uint8_t> bytes;
-    for (PackedPart& part : p.parts)
-      if (part.suffix == "weight") bytes = std::move(part.bytes);
-    v.data = bytes.data();
-    dense_check(v, "fp8 tensor [" + std::to_string(p.rows) + " x " + std::to_string(p.cols) + "]");
-    return std::make_shared<const DenseLinear>("fp8", v, std::move(bytes), nullptr);
+  // Dispatch on the format table's layout family (lib/quant/quantizer.h): one case per
+  // on-disk layout; a format sharing a layout (uniform = squeezellm's) shares its kernels.
+  const FormatInfo* info = find_format(p.format);
+  if (!info) throw Error(ExitCode::kUsage, "no CPU kernel for packed format '" + p.format + "'");
+  switch (info->layout) {
+    case FormatId::kNvfp4: return std::make_shared<const Nvfp4Linear>(p);
+    case FormatId::kSqueezeLLM: return std::make_shared<const LutLinear>(p);
+    case FormatId::kFgmp: return std::make_shared<const FgmpLinear>(std::move(p));
+    case FormatId::kFp8: return make_fp8_linear(std::move(p));
   }
   throw Error(ExitCode::kUsage, "no CPU kernel for packed format '" + p.format + "'");
 }

@@ -78,13 +78,18 @@ void load_act_calibration(const TensorStore& store, const std::string& name, Lin
 // LUT / FGMP kernel straight from the packed form. x is row-major [T, cols], so it is
 // lut_gemm's X as is. With an activation mode, x is fake-quantized first (a copy) and its
 // blocks added to `counts`.
-MatrixRM apply_linear(const MatrixRM& x_in, const Linear& l, ActQuantMode act, KernelMode mode,
+MatrixRM apply_linear(const MatrixRM& x_in, const Linear& l, ActQuantMode act_mode, KernelMode mode,
                       ActBlockCounts& counts) {
+  // kDeclared: this linear's declared scheme. The checkpoint's static input scale is used
+  // when the mode is the one it was calibrated for (and is not per-token dynamic).
+  const ActQuantMode act = act_mode == ActQuantMode::kDeclared ? l.declared_act : act_mode;
+  const bool use_static = act == l.declared_act && act != ActQuantMode::kFgmp && !l.input_dynamic;
   MatrixRM xq;
   if (act != ActQuantMode::kNone) {
     xq = x_in;
     counts += quantize_activations(xq.data(), xq.rows(), xq.cols(), act, l.input_act_fisher.data(),
-                                   l.input_fgmp_threshold);
+                                   l.input_fgmp_threshold,
+                                   use_static ? l.input_scale : std::numeric_limits<float>::quiet_NaN());
   }
   const MatrixRM& x = act != ActQuantMode::kNone ? xq : x_in;
   MatrixRM y;
@@ -327,6 +332,8 @@ LlamaModel LlamaModel::load(const std::string& dir, const LoadOptions& opt) {
       }
       if (has_bias(c, i)) lin.b = load_vector(*store, name + ".bias", rows);
       load_act_calibration(*store, name, lin);
+      lin.input_scale = read_input_scale(*store, name);
+      lin.declared_act = declared_activation(c.quantization_config, name, dir + "/config.json", &lin.input_dynamic);
     }
   }
   w.final_norm = load_vector(*store, "model.norm.weight", H);
@@ -366,6 +373,16 @@ std::size_t LlamaModel::decode_weight_bytes() const {
 }
 
 void LlamaModel::set_act_quant(ActQuantMode mode, const std::string& source) {
+  // Declared static schemes need their scale: vLLM would read an uninitialized one.
+  if (mode == ActQuantMode::kDeclared)
+    for (std::size_t l = 0; l < weights_.layers.size(); ++l)
+      for (int i = 0; i < 7; ++i) {
+        const Linear& lin = weights_.layers[l].linear[static_cast<std::size_t>(i)];
+        if (lin.declared_act != ActQuantMode::kNone && !lin.input_dynamic && std::isnan(lin.input_scale))
+          throw_input(source, "tensor 'model.layers." + std::to_string(l) + "." + kLinearNames[i] +
+                                  ".input_scale' missing: config.json's quantization_config declares static " +
+                                  act_mode_name(lin.declared_act) + " activations for it");
+      }
   if (mode == ActQuantMode::kFgmp)
     for (std::size_t l = 0; l < weights_.layers.size(); ++l)
       for (int i = 0; i < 7; ++i) {

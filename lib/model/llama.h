@@ -75,6 +75,15 @@ struct Linear {
   /// block-score threshold (FP8 when score > threshold; +-inf allowed, NaN when absent).
   std::vector<float> input_act_fisher;
   float input_fgmp_threshold = std::numeric_limits<float>::quiet_NaN();
+  /// Static input scale of an engine export (read_input_scale(), formats/packed_checkpoint.h:
+  /// ModelOpt's meaning, amax / 448 for FP8, amax / (6 * 448) for NVFP4), NaN when absent.
+  /// With activation mode kFp8 / kNvfp4 it replaces the per-token scales.
+  float input_scale = std::numeric_limits<float>::quiet_NaN();
+  /// What the checkpoint's quantization_config declares the engine does with this linear's
+  /// input (declared_activation(), formats/packed_checkpoint.h), used by ActQuantMode::kDeclared;
+  /// input_dynamic: per-token scales (input_scale unused).
+  ActQuantMode declared_act = ActQuantMode::kNone;
+  bool input_dynamic = false;
 
   /// Logical weight count rows * cols (use this, not w.size(), to count parameters: w is
   /// empty for packed layers).

@@ -1,15 +1,12 @@
 // FGMP activation-threshold calibration; the method is described in act_calibration.h.
 #include "lib/pack/act_calibration.h"
 
-#include <omp.h>
-
 #include <algorithm>
 #include <cmath>
-#include <exception>
 #include <filesystem>
 #include <limits>
 
-#include "calibration/windows.h"
+#include "calibration/linear_inputs.h"
 #include "formats/safetensors.h"
 #include "lib/common/error.h"
 #include "lib/common/sha256.h"
@@ -92,36 +89,15 @@ ActCalibration calibrate_act_thresholds(const std::string& model_dir, const ActC
       fisher_ptr.push_back(mc.act_fisher.data());
     }
 
-  // Calibration windows, ids checked against the vocabulary up front.
-  std::vector<int32_t> ids;
-  if (fs::path(opt.text).extension() == ".i32") ids = read_token_file(opt.text);
-  else ids = Tokenizer::load(model_dir).encode(read_text_file(opt.text));
-  for (std::size_t t = 0; t < ids.size(); ++t)
-    if (ids[t] < 0 || ids[t] >= c.vocab_size)
-      throw_input(opt.text, "token id " + std::to_string(ids[t]) + " at position " + std::to_string(t) +
-                                " outside the vocabulary [0, " + std::to_string(c.vocab_size) + ")");
-  const std::vector<int64_t> starts =
-      calibration_window_starts(static_cast<int64_t>(ids.size()), opt.samples, opt.seq_len, opt.seed, false);
-
-  // Forward passes of the original model, one window per thread for small models.
+  // Calibration windows, ids checked against the vocabulary up front; forward passes of the
+  // original model, one window per thread for small models.
+  const std::vector<int32_t> ids = read_calibration_ids(model_dir, opt.text, c.vocab_size);
   const LlamaParams<float> params = to_params(std::move(model.mutable_weights()));  // no copy
-  int64_t n_params = 0;
-  params.for_each([&](const std::string&, const float*, Eigen::Index k) { n_params += k; });
-  const int P = window_threads(n_params);
-  std::vector<ScoreCollector> collectors(static_cast<std::size_t>(P), ScoreCollector(fisher_ptr));
-  const int64_t N = static_cast<int64_t>(starts.size());
-  std::exception_ptr failure;
-#pragma omp parallel for num_threads(P) schedule(static, 1) if (P > 1)
-  for (int64_t n = 0; n < N; ++n) {
-    try {
-      llama_loss_and_grad<float>(c, params, ids.data() + starts[static_cast<std::size_t>(n)], opt.seq_len, nullptr,
-                                 &collectors[static_cast<std::size_t>(omp_get_thread_num())]);
-    } catch (...) {
-#pragma omp critical(mpq_act_calibration_failure)
-      if (!failure) failure = std::current_exception();
-    }
-  }
-  if (failure) std::rethrow_exception(failure);
+  std::vector<ScoreCollector> collectors(static_cast<std::size_t>(calibration_threads(params)),
+                                         ScoreCollector(fisher_ptr));
+  std::vector<LinearInputObserver*> observers;
+  for (ScoreCollector& col : collectors) observers.push_back(&col);
+  observe_linear_inputs(c, params, ids, {opt.text, opt.samples, opt.seq_len, opt.seed}, observers);
 
   // Per-module quantile.
   int64_t blocks = 0, fp4 = 0;

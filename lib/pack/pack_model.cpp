@@ -17,6 +17,7 @@
 #include "lib/common/error.h"
 #include "lib/common/sha256.h"
 #include "lib/model/llama.h"
+#include "lib/pack/input_scales.h"
 #include "lib/quant/quantizer.h"
 
 namespace mpq {
@@ -70,9 +71,9 @@ PackReport pack_model(const std::string& model_dir, const std::string& out_dir, 
   FgmpParams fgmp_params = opt.fgmp;
   fgmp_params.score_threshold = std::numeric_limits<double>::quiet_NaN();  // the packer ranks globally
   // The one quantizer of a single-format pack (a plan brings one per module instead).
-  const std::unique_ptr<Quantizer> quant_ptr =
-      fgmp ? std::make_unique<FgmpQuantizer>(fgmp_params) : make_quantizer(planned ? "fp8" : opt.format, params);
-  const Quantizer& quant = *quant_ptr;
+  std::unique_ptr<Quantizer> quant_ptr;
+  if (fgmp) quant_ptr = std::make_unique<FgmpQuantizer>(fgmp_params);
+  else if (!planned) quant_ptr = make_quantizer(opt.format, params);
   std::vector<std::regex> exclude;
   for (const auto& e : opt.exclude) {
     try {
@@ -81,6 +82,8 @@ PackReport pack_model(const std::string& model_dir, const std::string& out_dir, 
       throw Error(ExitCode::kUsage, "--exclude '" + e + "': bad regular expression: " + err.what());
     }
   }
+  if (opt.act_scheme == ActScheme::kStatic && opt.calib.text.empty())
+    throw Error(ExitCode::kUsage, "--activations static needs --calib TEXT (the input scales are calibrated)");
   const LlamaConfig cfg = load_llama_config(model_dir);
   if (!cfg.quantization_config.is_null())
     throw_input((fs::path(model_dir) / "config.json").string(),
@@ -97,6 +100,37 @@ PackReport pack_model(const std::string& model_dir, const std::string& out_dir, 
                               shape_str(shape));
   }
 
+  // Every linear module's requested format (nullptr: kept in the source dtype), then the export.
+  std::map<std::string, const FormatInfo*> requested;
+  for (int64_t l = 0; l < cfg.num_layers; ++l)
+    for (int i = 0; i < 7; ++i) {
+      const std::string module = "model.layers." + std::to_string(l) + "." + kLinearNames[i];
+      bool skip = false;
+      for (const auto& re : exclude) skip = skip || std::regex_search(module, re);
+      const FormatInfo* f = planned ? nullptr : &quant_ptr->info();
+      if (planned) {
+        auto e = opt.plan.find(module);
+        if (e == opt.plan.end()) throw_input(opt.plan_file, "tensors: no entry for module '" + module + "'");
+        if (e->second.quantizer) f = &e->second.quantizer->info();
+      }
+      requested[module] = skip ? nullptr : f;
+    }
+  if (planned)
+    for (const auto& [module, e] : opt.plan) {
+      (void)e;
+      if (!requested.count(module))
+        throw_input(opt.plan_file, "tensors: '" + module + "' is not a linear module of " + model_dir);
+    }
+  const ExportPlan xp = resolve_export(cfg, requested, opt.export_kind, opt.act_scheme,
+                                       planned ? opt.plan_file : std::string("--exclude"));
+  // Which tensors are quantized linears: name -> [rows, cols] from config.json.
+  std::map<std::string, std::array<int64_t, 2>> linears;
+  for (int64_t l = 0; l < cfg.num_layers; ++l)
+    for (int i = 0; i < 7; ++i) {
+      const std::string module = "model.layers." + std::to_string(l) + "." + kLinearNames[i];
+      if (xp.modules.at(module).format) linears[module + ".weight"] = linear_shape(cfg, i);
+    }
+
   // Output checks before any work.
   const fs::path out(out_dir);
   if (fs::exists(out) && !fs::is_empty(out) && !opt.force)
@@ -107,27 +141,6 @@ PackReport pack_model(const std::string& model_dir, const std::string& out_dir, 
   std::error_code ec;
   fs::remove_all(stage.path, ec);
   if (!fs::create_directory(stage.path, ec)) throw_output(stage.path.string(), "cannot create: " + ec.message());
-
-  // Which tensors are quantized linears: name -> [rows, cols] from config.json.
-  std::map<std::string, std::array<int64_t, 2>> linears;
-  for (int64_t l = 0; l < cfg.num_layers; ++l)
-    for (int i = 0; i < 7; ++i) {
-      const std::string module = "model.layers." + std::to_string(l) + "." + kLinearNames[i];
-      bool skip = false;
-      for (const auto& re : exclude) skip = skip || std::regex_search(module, re);
-      if (planned) {
-        auto e = opt.plan.find(module);
-        if (e == opt.plan.end()) throw_input(opt.plan_file, "tensors: no entry for module '" + module + "'");
-        skip = skip || e->second.format == "source";
-      }
-      if (!skip) linears[module + ".weight"] = linear_shape(cfg, i);
-    }
-  if (planned)
-    for (const auto& [module, e] : opt.plan) {
-      (void)e;
-      if (!store.has(module + ".weight"))
-        throw_input(opt.plan_file, "tensors: module '" + module + "' is not a linear of " + model_dir);
-    }
 
   // A quantized linear's fp32 weights (checked finite) and, with a sensitivity file, its Fisher.
   auto load_linear = [&](const TensorView& t, const std::string& module, int64_t rows, int64_t cols,
@@ -151,6 +164,35 @@ PackReport pack_model(const std::string& model_dir, const std::string& out_dir, 
   };
   auto module_of = [](const std::string& name) { return name.substr(0, name.size() - std::string(".weight").size()); };
 
+  // Fused engine layers: every shard is encoded with the group's amax (one shared tensor
+  // scale), recorded with the per-module amax it replaces.
+  std::map<std::string, float> shared_amax;  // module -> group amax
+  nlohmann::json sharing = nlohmann::json::array();
+  for (const std::vector<std::string>& g : xp.groups) {
+    std::vector<float> own;
+    for (const std::string& m : g) {
+      const TensorView& t = store.get(m + ".weight");
+      const std::array<int64_t, 2> shape = linears.at(m + ".weight");
+      std::vector<float> w, fisher_unused;
+      load_linear(t, m, shape[0], shape[1], w, fisher_unused);
+      float a = 0.0f;
+      for (float v : w) a = std::max(a, std::fabs(v));
+      own.push_back(a);
+    }
+    float amax = *std::max_element(own.begin(), own.end());
+    if (!(amax > 0.0f)) amax = 1.0f;  // all-zero group: any positive scale gives zeros
+    nlohmann::json rec = {{"fused_layer", fused_layer_name(g[0])}, {"shared_amax", amax}, {"modules", nlohmann::json::object()}};
+    for (std::size_t k = 0; k < g.size(); ++k) {
+      shared_amax[g[k]] = amax;
+      rec["modules"][g[k]] = {{"own_amax", own[k]}};
+    }
+    sharing.push_back(rec);
+  }
+
+  // Static input scales: amax of every linear's input over the calibration windows.
+  InputAmax input_amax;
+  if (xp.act == ActScheme::kStatic) input_amax = calibrate_input_amax(model_dir, opt.calib);
+
   // fgmp: one global ranking of every quantized block gives each tensor its FP8 block count.
   const std::vector<std::string> names = store.names();
   FgmpSelection fgmp_sel;
@@ -162,7 +204,7 @@ PackReport pack_model(const std::string& model_dir, const std::string& out_dir, 
       const auto [rows, cols] = it->second;
       std::vector<float> w, fisher;
       load_linear(store.get(name), module_of(name), rows, cols, w, fisher);
-      const auto& fq = static_cast<const FgmpQuantizer&>(quant);
+      const auto& fq = static_cast<const FgmpQuantizer&>(*quant_ptr);
       scored.push_back({name, rows, cols,
                         fq.block_scores(module_of(name), w.data(), sens ? fisher.data() : nullptr, rows, cols)});
     }
@@ -188,17 +230,27 @@ PackReport pack_model(const std::string& model_dir, const std::string& out_dir, 
       std::vector<float> w, fisher;
       load_linear(t, module, rows, cols, w, fisher);
       const float* f = sens ? fisher.data() : nullptr;
-      const Quantizer& q = planned ? *opt.plan.at(module).quantizer : quant;
+      const Quantizer& q = planned ? *opt.plan.at(module).quantizer : *quant_ptr;
+      auto sh = shared_amax.find(module);
       const PackedTensor p =
-          fgmp ? static_cast<const FgmpQuantizer&>(quant).encode_count(module, w.data(), f, rows, cols,
-                                                                        fgmp_sel.fp8_blocks.at(name))
-               : q.encode_weighted(module, w.data(), f, rows, cols);
-      add_packed(writer, module, p);
+          fgmp ? static_cast<const FgmpQuantizer&>(q).encode_count(module, w.data(), f, rows, cols,
+                                                                   fgmp_sel.fp8_blocks.at(name))
+          : sh != shared_amax.end() ? q.encode_with_amax(module, w.data(), rows, cols, sh->second)
+                                    : q.encode_weighted(module, w.data(), f, rows, cols);
+      std::size_t bytes = 0;
+      const float in_amax = xp.act == ActScheme::kStatic ? input_amax.amax.at(module) : 0.0f;
+      for (PackedPart& part : export_parts(xp, p, in_amax)) {
+        bytes += part.bytes.size();
+        writer.add(module + "." + part.suffix, part.dtype, part.shape, std::move(part.bytes));
+      }
       if (cols % std::max(1, q.info().block_size) != 0) shapes_meta[module] = {rows, cols};
-      rec = {module, planned ? opt.plan.at(module).format : opt.format, {rows, cols}, p.bytes(), p.bpw()};
+      rec = {module, planned ? opt.plan.at(module).format : opt.format, {rows, cols}, bytes,
+             8.0 * static_cast<double>(bytes) / static_cast<double>(rows * cols)};
       if (planned) tensors_json[module]["candidate"] = opt.plan.at(module).candidate;
+      if (sh != shared_amax.end()) tensors_json[module]["shared_amax"] = sh->second;
+      if (xp.act == ActScheme::kStatic) tensors_json[module]["input_amax"] = in_amax;
       rep.quantized_params += rows * cols;
-      rep.quantized_bytes += p.bytes();
+      rep.quantized_bytes += bytes;
     } else {
       writer.add(name, t.dtype, t.shape, std::vector<uint8_t>(t.data, t.data + t.nbytes));
       rec = {name, dtype_name_lower(t.dtype), t.shape, t.nbytes, 8.0 * static_cast<double>(t.nbytes) / static_cast<double>(std::max<int64_t>(1, t.numel()))};
@@ -223,8 +275,8 @@ PackReport pack_model(const std::string& model_dir, const std::string& out_dir, 
     }
   }
   rep.total_bytes = writer.data_bytes();
-  rep.bpw_4096x4096 = 8.0 * static_cast<double>(quant.bytes(4096, 4096)) / (4096.0 * 4096.0);
-  if (planned) rep.bpw_4096x4096 = std::numeric_limits<double>::quiet_NaN();  // no single format
+  rep.bpw_4096x4096 = planned ? std::numeric_limits<double>::quiet_NaN()  // no single format
+                              : 8.0 * static_cast<double>(quant_ptr->bytes(4096, 4096)) / (4096.0 * 4096.0);
   if (fgmp)  // at the achieved fraction
     rep.bpw_4096x4096 =
         8.0 * static_cast<double>(fgmp_bytes(4096, 4096, std::llround(fgmp_sel.fraction() * 4096.0 * 256.0))) /
@@ -232,76 +284,58 @@ PackReport pack_model(const std::string& model_dir, const std::string& out_dir, 
 
   writer.set_metadata("format", "pt");
   writer.set_metadata("mpq_format_version", "1");
-  writer.set_metadata("mpq_logical_shapes", shapes_meta.dump());
+  if (xp.kind == ExportKind::kMpq) writer.set_metadata("mpq_logical_shapes", shapes_meta.dump());
   writer.write((stage.path / "model.safetensors").string());
 
-  // config.json with ModelOpt's quantization_config.
-  nlohmann::json exclude_modules = {"lm_head"};
-  for (int64_t l = 0; l < cfg.num_layers; ++l)
-    for (int i = 0; i < 7; ++i) {
-      const std::string module = "model.layers." + std::to_string(l) + "." + kLinearNames[i];
-      if (!linears.count(module + ".weight")) exclude_modules.push_back(module);
-    }
-  nlohmann::json qc = {{"quant_method", "modelopt"},
-                       {"quant_algo", quant.info().quant_algo},
-                       {"producer", {{"name", "mpq"}, {"version", MPQ_VERSION}}},
-                       {"exclude_modules", exclude_modules}};
-  if (quant.info().block_size > 0) qc["group_size"] = quant.info().block_size;
-  if (squeeze)
-    qc = {{"quant_method", "squeezellm"},
-          {"wbits", params.bits},
-          {"grid", opt.format == "uniform" ? "uniform" : "kmeans"},
-          {"outlier_pct", opt.format == "uniform" ? 0.0 : params.outlier_pct},
-          {"sensitive_pct", opt.format == "uniform" ? 0.0 : params.sensitive_pct},
-          {"fisher_weighted", fisher_weighted},
-          {"producer", {{"name", "mpq"}, {"version", MPQ_VERSION}}},
-          {"exclude_modules", exclude_modules}};
-  if (fgmp) {
-    qc = {{"quant_method", "fgmp"},
-          {"layout_version", 1},
-          {"block_size", kFgmpBlockSize},
-          {"fp8_fraction", fgmp_sel.fraction()},
-          {"fp8_blocks", fgmp_sel.fp8_total},
-          {"total_blocks", fgmp_sel.blocks_total},
-          {"selection", fgmp_selection_name(opt.fgmp.selection)},
-          {"clipping", fgmp_clipping_name(opt.fgmp.clipping)},
-          {"clip_grid", {{"min", kFgmpClipMin}, {"max", kFgmpClipMax}, {"step", kFgmpClipStep}}},
-          {"fisher_weighted", fisher_weighted},
-          {"score_threshold", fgmp_sel.score_threshold},
-          {"producer", {{"name", "mpq"}, {"version", MPQ_VERSION}}},
-          {"exclude_modules", exclude_modules}};
-    if (opt.target_bpw > 0) qc["target_bpw"] = opt.target_bpw;
-    if (opt.fgmp.selection == FgmpParams::Selection::kRandom) qc["seed"] = opt.fgmp.seed;
-  }
-  if (planned) {  // ModelOpt's mixed-precision record: one entry per quantized module
+  // config.json: the export's quantization_config; for mpq-native, mpq's own record of the
+  // format (quant_method "mpq", which every engine refuses by name).
+  const nlohmann::json producer = {{"name", "mpq"}, {"version", MPQ_VERSION}};
+  const std::vector<std::string> excluded = xp.excluded();
+  nlohmann::json native;
+  if (planned) {
     nlohmann::json layers = nlohmann::json::object();
     for (const auto& [module, e] : opt.plan) {
-      if (e.format == "source") continue;
-      nlohmann::json entry = {{"quant_algo", e.quantizer->info().quant_algo}, {"mpq_format", e.format},
-                              {"candidate", e.candidate}};
+      if (!xp.modules.at(module).format) continue;
+      nlohmann::json entry = {{"format", e.format}, {"candidate", e.candidate}};
       if (e.quantizer->info().block_size > 0) entry["group_size"] = e.quantizer->info().block_size;
       if (!e.params.empty()) entry["params"] = e.params;
       layers[module] = entry;
     }
-    qc = {{"quant_method", "modelopt"},
-          {"quant_algo", "MIXED_PRECISION"},
-          {"quantized_layers", layers},
-          {"fisher_weighted", fisher_weighted},
-          {"producer", {{"name", "mpq"}, {"version", MPQ_VERSION}}},
-          {"exclude_modules", exclude_modules}};
+    native = {{"format", "mixed"}, {"quantized_layers", layers}, {"fisher_weighted", fisher_weighted}};
+  } else if (squeeze) {
+    native = {{"format", "squeezellm"},
+              {"wbits", params.bits},
+              {"grid", opt.format == "uniform" ? "uniform" : "kmeans"},
+              {"outlier_pct", opt.format == "uniform" ? 0.0 : params.outlier_pct},
+              {"sensitive_pct", opt.format == "uniform" ? 0.0 : params.sensitive_pct},
+              {"fisher_weighted", fisher_weighted}};
+  } else if (fgmp) {
+    native = {{"format", "fgmp"},
+              {"layout_version", 1},
+              {"block_size", kFgmpBlockSize},
+              {"fp8_fraction", fgmp_sel.fraction()},
+              {"fp8_blocks", fgmp_sel.fp8_total},
+              {"total_blocks", fgmp_sel.blocks_total},
+              {"selection", fgmp_selection_name(opt.fgmp.selection)},
+              {"clipping", fgmp_clipping_name(opt.fgmp.clipping)},
+              {"clip_grid", {{"min", kFgmpClipMin}, {"max", kFgmpClipMax}, {"step", kFgmpClipStep}}},
+              {"fisher_weighted", fisher_weighted},
+              {"score_threshold", fgmp_sel.score_threshold}};
+    if (opt.target_bpw > 0) native["target_bpw"] = opt.target_bpw;
+    if (opt.fgmp.selection == FgmpParams::Selection::kRandom) native["seed"] = opt.fgmp.seed;
+  } else {
+    native = {{"format", opt.format}};
+    if (quant_ptr->info().block_size > 0) native["group_size"] = quant_ptr->info().block_size;
   }
+  native["producer"] = producer;
+  native["exclude_modules"] = excluded;
+  nlohmann::json qc = export_quantization_config(xp, native);
   if (!act.modules.empty()) qc["activation"] = act.record;
   nlohmann::json config = cfg.raw;
   config["quantization_config"] = qc;
   write_text_atomic(stage.path / "config.json", config.dump(2) + "\n");
-  if (!squeeze && !fgmp && !planned) {
-    nlohmann::json hfq = {{"producer", {{"name", "mpq"}, {"version", MPQ_VERSION}}},
-                          {"quantization", {{"quant_algo", quant.info().quant_algo},
-                                            {"kv_cache_quant_algo", nullptr},
-                                            {"exclude_modules", exclude_modules}}}};
-    if (quant.info().block_size > 0) hfq["quantization"]["group_size"] = quant.info().block_size;
-    write_text_atomic(stage.path / "hf_quant_config.json", hfq.dump(2) + "\n");
-  }
+  const nlohmann::json hfq = export_hf_quant_config(xp);
+  if (!hfq.is_null()) write_text_atomic(stage.path / "hf_quant_config.json", hfq.dump(2) + "\n");
 
   // Tokenizer files and input hashes.
   std::vector<std::string> weight_files;
@@ -315,12 +349,19 @@ PackReport pack_model(const std::string& model_dir, const std::string& out_dir, 
     if (ec) throw_output((stage.path / f).string(), "cannot copy: " + ec.message());
   }
 
+  nlohmann::json export_rec = {{"kind", export_name(xp.kind)},
+                               {"requested", export_name(opt.export_kind)},
+                               {"activations", act_scheme_name(xp.act)},
+                               {"notes", xp.notes},
+                               {"shared_scales", sharing}};
+  if (xp.act == ActScheme::kStatic) export_rec["input_scales"] = input_amax.record;
   rep.manifest = {{"tool", std::string("mpq-pack ") + MPQ_VERSION},
                   {"mpq_format_version", 1},
                   {"created_utc", utc_now()},
                   {"command_line", opt.command_line},
                   {"source", fs::absolute(model_dir).string()},
                   {"format", opt.format},
+                  {"export", export_rec},
                   {"quantization_config", qc},
                   {"inputs_sha256", inputs},
                   {"tensors", tensors_json},
@@ -331,6 +372,8 @@ PackReport pack_model(const std::string& model_dir, const std::string& out_dir, 
                               {"total_bytes", rep.total_bytes},
                               {"model_bpw", rep.model_bpw()},
                               {"bpw_4096x4096", rep.bpw_4096x4096}}}};
+  rep.export_kind = xp.kind;
+  rep.notes = xp.notes;
   if (planned) rep.manifest["plan"] = {{"file", fs::absolute(opt.plan_file).string()}, {"sha256", sha256_file(opt.plan_file)}};
   if (fisher_weighted)
     rep.manifest["sensitivity"] = {{"file", fs::absolute(opt.sensitivity).string()},

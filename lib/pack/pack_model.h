@@ -30,6 +30,8 @@
 
 #include "lib/quant/fgmp.h"
 #include "lib/pack/act_calibration.h"
+#include "lib/pack/export.h"
+#include "calibration/linear_inputs.h"
 #include "lib/quant/quantizer.h"
 
 namespace mpq {
@@ -68,6 +70,13 @@ struct PackOptions {
   /// sensitivity file, when given, weights squeezellm and fgmp entries as in mpq-search.
   std::map<std::string, PlanEntry> plan;
   std::string plan_file;             ///< recorded in the manifest and in error messages
+  /// The checkpoint contract (lib/pack/export.h): kAuto picks modelopt, then
+  /// compressed-tensors, then mpq-native, whichever first expresses the pack.
+  ExportKind export_kind = ExportKind::kAuto;
+  /// Engine exports: what the engine does with activations. kStatic needs `calib`.
+  ActScheme act_scheme = ActScheme::kNone;
+  /// Calibration windows of the static input scales (lib/pack/input_scales.h); text empty = none.
+  CalibWindowOptions calib;
   std::string command_line;          ///< recorded in the manifest
   bool force = false;                ///< replace an existing non-empty output folder
 };
@@ -91,17 +100,23 @@ struct PackReport {
   double model_bpw() const;          ///< total_bytes * 8 / total_params
   double bpw_4096x4096 = 0;          ///< the same format on one 4096 x 4096 layer
   nlohmann::json manifest;           ///< what mpq_manifest.json holds
+  ExportKind export_kind = ExportKind::kMpq;  ///< the resolved export
+  std::vector<std::string> notes;    ///< the export's notes (modules moved to the source dtype, ...)
 };
 
 /// (tensor index, tensor count, tensor name) after each tensor.
 using PackProgress = std::function<void(std::size_t, std::size_t, const std::string&)>;
 
-/// Packs `model_dir` into `out_dir`. Throws Error(kInput) for a bad input (naming file and
+/// Packs `model_dir` into `out_dir` under the export `opt.export_kind` (resolve_export(),
+/// lib/pack/export.h: fused q/k/v and gate/up share one tensor scale in engine exports, NVFP4
+/// linears whose in_features is not a multiple of 16 stay in the source dtype there). Throws
+/// Error(kInput) for a bad input (naming file and
 /// tensor: NaN/Inf weights, shapes that disagree with config.json, unsupported architecture,
 /// a sensitivity file without "<module>.fisher" of shape [out, in] for a quantized module,
 /// or, with act.text, errors of calibrate_act_thresholds()),
 /// Error(kUsage) for an unknown format or bad regex, an fgmp target_bpw below the size with
-/// 0% FP8, or an fgmp fp8_fraction outside [0, 1], Error(kOutput) when the output cannot
+/// 0% FP8, an fgmp fp8_fraction outside [0, 1], an export that cannot express the pack, or
+/// act_scheme kStatic without calibration text, Error(kOutput) when the output cannot
 /// be written or exists without `force`. On any error nothing is left at `out_dir`.
 PackReport pack_model(const std::string& model_dir, const std::string& out_dir,
                       const PackOptions& opt, const PackProgress& progress = nullptr);

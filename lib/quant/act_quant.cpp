@@ -74,26 +74,31 @@ const char* act_mode_name(ActQuantMode mode) {
     case ActQuantMode::kFp8: return "fp8";
     case ActQuantMode::kNvfp4: return "nvfp4";
     case ActQuantMode::kFgmp: return "fgmp";
+    case ActQuantMode::kDeclared: return "auto";
   }
   return "?";
 }
 
 ActQuantMode parse_act_mode(const std::string& name) {
-  for (ActQuantMode m : {ActQuantMode::kNone, ActQuantMode::kFp8, ActQuantMode::kNvfp4, ActQuantMode::kFgmp})
+  for (ActQuantMode m : {ActQuantMode::kNone, ActQuantMode::kFp8, ActQuantMode::kNvfp4, ActQuantMode::kFgmp,
+                         ActQuantMode::kDeclared})
     if (name == act_mode_name(m)) return m;
-  throw Error(ExitCode::kUsage, "--act '" + name + "': unknown mode (known: none, fp8, nvfp4, fgmp)");
+  throw Error(ExitCode::kUsage, "--act '" + name + "': unknown mode (known: none, fp8, nvfp4, fgmp, auto)");
 }
 
 ActBlockCounts quantize_activations(float* x, int64_t T, int64_t C, ActQuantMode mode, const float* act_fisher,
-                                    float threshold) {
+                                    float threshold, float static_scale) {
   MPQ_ASSERT(T >= 0 && C >= 0);
   MPQ_ASSERT(mode != ActQuantMode::kFgmp || act_fisher != nullptr);
+  MPQ_ASSERT(mode != ActQuantMode::kDeclared);  // resolved per linear by the caller
+  const bool fixed = !std::isnan(static_scale);
+  MPQ_ASSERT(!fixed || (mode != ActQuantMode::kFgmp && std::isfinite(static_scale) && static_scale > 0.0f));
   ActBlockCounts n;
   if (mode == ActQuantMode::kNone) return n;
   const int64_t nb = (C + kActBlockSize - 1) / kActBlockSize;
   for (int64_t t = 0; t < T; ++t) {
     float* row = x + t * C;
-    const RowScales s = row_scales(row, C);
+    const RowScales s = fixed ? RowScales{static_scale, static_scale} : row_scales(row, C);
     for (int64_t b = 0; b < nb; ++b) {
       const int64_t c0 = b * kActBlockSize, len = std::min<int64_t>(kActBlockSize, C - c0);
       float* blk = row + c0;

@@ -23,6 +23,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <limits>
 #include <string>
 
 namespace mpq {
@@ -30,10 +31,12 @@ namespace mpq {
 /// Elements per activation block (NVFP4's block size; also FGMP's choice granularity).
 constexpr int kActBlockSize = 16;
 
-/// What to do with each linear input: keep fp32, all FP8, all NVFP4, or FGMP per block.
-enum class ActQuantMode { kNone, kFp8, kNvfp4, kFgmp };
+/// What to do with each linear input: keep fp32, all FP8, all NVFP4, FGMP per block, or
+/// kDeclared: per linear, what the checkpoint's quantization_config declares the engine does
+/// (formats/packed_checkpoint.h, declared_activation()), with its static input scale.
+enum class ActQuantMode { kNone, kFp8, kNvfp4, kFgmp, kDeclared };
 
-/// "none", "fp8", "nvfp4", "fgmp".
+/// "none", "fp8", "nvfp4", "fgmp", "auto" (kDeclared).
 const char* act_mode_name(ActQuantMode mode);
 
 /// Parses an act_mode_name(). Throws Error(kUsage) listing the known names otherwise.
@@ -76,8 +79,15 @@ struct ActBlockCounter {
 /// be null / anything otherwise); a +inf threshold gives all NVFP4, -inf all FP8.
 /// Returns the blocks of each format (kNone: 0, 0). Requires T, C >= 0 and, for kFgmp, a
 /// non-null act_fisher (asserted: callers validate inputs at load).
+/// `static_scale`, when not NaN, replaces the per-token scales by one calibrated per-tensor
+/// scale (an engine export's input_scale, ModelOpt's meaning: kFp8 s = static_scale for every
+/// row, kNvfp4 s2 = static_scale), as vLLM's static W8A8 FP8 and W4A4 NVFP4 paths quantize
+/// (scaled_fp8_quant / scaled_fp4_quant with the checkpoint's scale); values beyond the
+/// range saturate (E4M3 at 448, block scales at 448, E2M1 at 6). It must be finite and > 0,
+/// and not used with kFgmp (asserted).
 ActBlockCounts quantize_activations(float* x, int64_t T, int64_t C, ActQuantMode mode,
-                                    const float* act_fisher = nullptr, float threshold = 0.0f);
+                                    const float* act_fisher = nullptr, float threshold = 0.0f,
+                                    float static_scale = std::numeric_limits<float>::quiet_NaN());
 
 /// FGMP block scores of X [T, C] (row-major fp32) with act_fisher g [C]: scores[t * nb + b]
 /// = sum over finite x_i of block b of row t of g_i * (Q_nvfp4(x_i) - Q_fp8(x_i))^2, with

@@ -34,8 +34,13 @@ std::vector<PackedPart> Fp8Quantizer::layout(int64_t rows, int64_t cols) const {
 
 PackedTensor Fp8Quantizer::encode(const std::string& name, const float* w, int64_t rows,
                                   int64_t cols) const {
-  const float amax = checked_amax(name, w, rows, cols);
-  const float scale = fp8_tensor_scale(amax);
+  return encode_with_amax(name, w, rows, cols, checked_amax(name, w, rows, cols));
+}
+
+PackedTensor Fp8Quantizer::encode_with_amax(const std::string& name, const float* w, int64_t rows,
+                                            int64_t cols, float tensor_amax) const {
+  check_tensor_amax(name, checked_amax(name, w, rows, cols), tensor_amax);
+  const float scale = fp8_tensor_scale(tensor_amax);
 
   PackedTensor out = packed_from_layout(kFormat, rows, cols, layout(rows, cols));
   PackedPart& wq = out.parts[0];  // weight

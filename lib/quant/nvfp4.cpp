@@ -52,9 +52,13 @@ std::vector<PackedPart> Nvfp4Quantizer::layout(int64_t rows, int64_t cols) const
 
 PackedTensor Nvfp4Quantizer::encode(const std::string& name, const float* w, int64_t rows,
                                     int64_t cols) const {
-  const float amax = checked_amax(name, w, rows, cols);
+  return encode_with_amax(name, w, rows, cols, checked_amax(name, w, rows, cols));
+}
 
-  const float s2 = nvfp4_scale_2(amax);
+PackedTensor Nvfp4Quantizer::encode_with_amax(const std::string& name, const float* w, int64_t rows,
+                                              int64_t cols, float tensor_amax) const {
+  check_tensor_amax(name, checked_amax(name, w, rows, cols), tensor_amax);
+  const float s2 = nvfp4_scale_2(tensor_amax);
 
   PackedTensor out = packed_from_layout(kFormat, rows, cols, layout(rows, cols));
   PackedPart& wq = out.parts[0];  // weight          [rows, row_bytes]

@@ -37,6 +37,8 @@ class Nvfp4Quantizer final : public Quantizer {
   const FormatInfo& info() const override;
   PackedTensor encode(const std::string& name, const float* w, int64_t rows,
                       int64_t cols) const override;
+  PackedTensor encode_with_amax(const std::string& name, const float* w, int64_t rows,
+                                int64_t cols, float tensor_amax) const override;
   void decode(const PackedTensor& p, float* out) const override;
   std::vector<PackedPart> layout(int64_t rows, int64_t cols) const override;
 };

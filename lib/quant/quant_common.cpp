@@ -57,6 +57,12 @@ void check_sensitivity(const std::string& name, const float* fisher, int64_t row
                                         std::to_string(i % cols) + "), expected finite >= 0");
 }
 
+void check_tensor_amax(const std::string& name, float amax, float tensor_amax) {
+  if (!std::isfinite(tensor_amax) || tensor_amax < amax)
+    throw Error(ExitCode::kInternal, name + ": shared tensor amax " + std::to_string(tensor_amax) +
+                                         " below the tensor's own amax " + std::to_string(amax));
+}
+
 uint64_t splitmix64_next(uint64_t& state) {
   uint64_t z = (state += 0x9e3779b97f4a7c15ULL);
   z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;

@@ -31,6 +31,11 @@ void check_finite(const std::string& name, const float* w, int64_t rows, int64_t
 /// then returns amax(|w|) over the rows x cols weight.
 float checked_amax(const std::string& name, const float* w, int64_t rows, int64_t cols);
 
+/// encode_with_amax()'s check: Error(kInternal) naming `name` unless tensor_amax is finite
+/// and >= amax (the tensor's own amax(|w|)); a shared scale below a shard's amax would
+/// saturate it.
+void check_tensor_amax(const std::string& name, float amax, float tensor_amax);
+
 /// decode()'s checks for quantizer q: throws Error(kInput) "<format> decoder given a
 /// '<p.format>' tensor" when p is another format, then check_shape("<format> tensor",
 /// p.rows, p.cols), then checked_part() for every entry of q.layout(p.rows, p.cols).

@@ -79,10 +79,12 @@ IlpSolution solve_once(const IlpProblem& p) {
         sum.bytes += x.bytes;
         sum.cost += x.cost;
         sum.latency_us += x.latency_us;
+        sum.allowed = sum.allowed && x.allowed;
       }
       const int col = glp_add_cols(lp.p, 1);
       col_unit_cand.emplace_back(u, static_cast<int>(c));
       glp_set_col_kind(lp.p, col, GLP_BV);
+      if (!sum.allowed) glp_set_col_bnds(lp.p, col, GLP_FX, 0.0, 0.0);
       glp_set_obj_coef(lp.p, col, sum.cost);
       ia.push_back(u + 1), ja.push_back(col), ar.push_back(1.0);
       ia.push_back(nu + 1), ja.push_back(col), ar.push_back(sum.bytes);

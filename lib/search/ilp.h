@@ -27,6 +27,10 @@ struct IlpCandidate {
   double bytes = 0;       ///< stored bytes of the tensor in this format (>= 0, finite)
   double cost = 0;        ///< predicted loss increase Omega (>= 0, finite)
   double latency_us = 0;  ///< latency in microseconds (>= 0, finite; ignored without a latency budget)
+  /// False: this tensor may not take this candidate (e.g. a format the target engine cannot
+  /// load for this shape); its variable is fixed to 0. A tied group's candidate is allowed
+  /// only when it is allowed for every member.
+  bool allowed = true;
 };
 
 /// The assignment problem. `tensors[t]` lists tensor t's candidates (at least one).

@@ -1,5 +1,6 @@
 #include "lib/search/search.h"
 
+#include <algorithm>
 #include <cmath>
 #include <fstream>
 #include <map>
@@ -13,6 +14,7 @@
 #include "lib/common/error.h"
 #include "lib/common/shape.h"
 #include "lib/model/llama.h"
+#include "lib/quant/nvfp4.h"
 
 namespace mpq {
 namespace {
@@ -40,47 +42,6 @@ std::map<std::string, double> hutchinson_traces(const TensorStore& sens, const s
 
 }  // namespace
 
-CandidateSpec parse_candidate(const std::string& label) {
-  CandidateSpec s;
-  s.label = s.format = label;
-  if (label == "source" || label == "fp8" || label == "nvfp4") return s;
-  static const std::regex sq("(squeezellm|uniform)-([234])bit(-sparse)?");
-  std::smatch m;
-  if (std::regex_match(label, m, sq) && !(m[1] == "uniform" && m[3].matched)) {
-    s.format = m[1];
-    s.params.bits = std::stoi(m[2]);
-    const bool sparse = m[3].matched;
-    s.params.outlier_pct = sparse ? 0.45 : 0.0;
-    s.params.sensitive_pct = sparse ? 0.05 : 0.0;
-    return s;
-  }
-  static const std::regex fg("fgmp-([0-9]{1,3})");
-  if (std::regex_match(label, m, fg) && std::stoi(m[1]) <= 100) {
-    s.format = "fgmp";
-    s.fgmp.fp8_fraction = std::stoi(m[1]) / 100.0;
-    return s;
-  }
-  throw Error(ExitCode::kUsage, "unknown candidate '" + label +
-                                    "': expected source, fp8, nvfp4, squeezellm-<2|3|4>bit[-sparse], "
-                                    "uniform-<2|3|4>bit or fgmp-<0..100>");
-}
-
-std::unique_ptr<Quantizer> make_candidate_quantizer(const CandidateSpec& spec) {
-  if (spec.format == "source") return nullptr;
-  if (spec.format == "fgmp") return std::make_unique<FgmpQuantizer>(spec.fgmp);
-  return make_quantizer(spec.format, spec.params);
-}
-
-nlohmann::json candidate_params_json(const CandidateSpec& s) {
-  if (s.format == "squeezellm" || s.format == "uniform")
-    return {{"bits", s.params.bits}, {"outlier_pct", s.params.outlier_pct}, {"sensitive_pct", s.params.sensitive_pct}};
-  if (s.format == "fgmp")
-    return {{"fp8_fraction", s.fgmp.fp8_fraction},
-            {"selection", fgmp_selection_name(s.fgmp.selection)},
-            {"clipping", fgmp_clipping_name(s.fgmp.clipping)}};
-  return nlohmann::json::object();
-}
-
 std::vector<std::string> default_candidate_labels() {
   return {"squeezellm-2bit", "squeezellm-2bit-sparse", "squeezellm-3bit", "squeezellm-3bit-sparse",
           "squeezellm-4bit", "squeezellm-4bit-sparse", "nvfp4",           "fgmp-10",
@@ -97,7 +58,7 @@ std::vector<TensorCandidates> evaluate_candidates(const std::string& model_dir, 
   const TensorStore sens = TensorStore::open(sensitivity);
   const std::map<std::string, double> traces = hutchinson_traces(sens, sensitivity);
   std::vector<std::unique_ptr<Quantizer>> quants;
-  for (const auto& s : specs) quants.push_back(make_candidate_quantizer(s));
+  for (const auto& s : specs) quants.push_back(make_quantizer(s));
 
   std::vector<TensorCandidates> out;
   const std::size_t total = static_cast<std::size_t>(cfg.num_layers) * 7;
@@ -154,6 +115,13 @@ std::vector<TensorCandidates> evaluate_candidates(const std::string& model_dir, 
   return out;
 }
 
+bool export_allows(ExportKind kind, const CandidateSpec& spec, int64_t cols) {
+  if (kind == ExportKind::kMpq || spec.is_source()) return true;
+  const unsigned bit = kind == ExportKind::kModelOpt ? kExportModelOpt : kExportCompressedTensors;
+  if (!(spec.info->exports & bit)) return false;
+  return !(spec.info->layout == FormatId::kNvfp4 && cols % kNvfp4BlockSize != 0);
+}
+
 double LatencyTable::lookup(int64_t rows, int64_t cols, const std::string& candidate) const {
   for (const auto& [r, c, name, us] : entries)
     if (r == rows && c == cols && name == candidate) return us;
@@ -185,7 +153,7 @@ LatencyTable read_latency_table(const std::string& path) {
 }
 
 std::map<std::string, PlanEntry> read_plan(const std::string& path, std::string* sensitivity,
-                                           std::string* sensitivity_sha256) {
+                                           std::string* sensitivity_sha256, std::string* target_export) {
   std::ifstream in(path);
   if (!in) throw_input(path, "cannot open");
   nlohmann::json j;
@@ -205,16 +173,28 @@ std::map<std::string, PlanEntry> read_plan(const std::string& path, std::string*
       throw_input(path, "tensors." + module + ".candidate: missing or not a string");
     CandidateSpec spec;
     try {
-      spec = parse_candidate(e["candidate"].get<std::string>());
+      spec = parse_format_label(e["candidate"].get<std::string>());
     } catch (const Error& err) {
       throw_input(path, "tensors." + module + ".candidate: " + err.what());
     }
     PlanEntry pe;
     pe.candidate = spec.label;
     pe.format = spec.format;
-    pe.quantizer = make_candidate_quantizer(spec);
-    pe.params = candidate_params_json(spec);
+    pe.quantizer = make_quantizer(spec);
+    pe.params = format_params_json(spec);
     out[module] = std::move(pe);
+  }
+  if (target_export) {
+    *target_export = "mpq";
+    if (j.contains("export")) {
+      if (!j["export"].is_string()) throw_input(path, "export: expected a string");
+      *target_export = j["export"].get<std::string>();
+      try {
+        parse_export(*target_export);
+      } catch (const Error& e) {
+        throw_input(path, std::string("export: ") + e.what());
+      }
+    }
   }
   if (sensitivity) *sensitivity = j.value("sensitivity_file", "");
   if (sensitivity_sha256) *sensitivity_sha256 = j.contains("inputs_sha256") ? j["inputs_sha256"].value("sensitivity", "") : "";
@@ -248,13 +228,18 @@ IlpProblem build_problem(const std::vector<TensorCandidates>& tensors, const std
                                           : "sensitivity file: no Hutchinson trace for '" + t.module +
                                                 "' (run mpq-sensitivity --kind hutchinson; needed by --cost hawq)");
       const double lat = opt.latency ? opt.latency->lookup(t.rows, t.cols, specs[c].label) : 0.0;
-      cs.push_back({cc.bytes, omega, lat});
+      cs.push_back({cc.bytes, omega, lat, export_allows(opt.target_export, specs[c], t.cols)});
     }
     index[t.module] = static_cast<int>(p.tensors.size());
     p.tensors.push_back(std::move(cs));
   }
-  // Ties: per layer prefix, the modules whose last name component is listed.
-  for (const auto& tie : opt.ties) {
+  // Ties: per layer prefix, the modules whose last name component is listed; an engine
+  // export adds its fused layers.
+  std::vector<std::string> ties = opt.ties;
+  if (opt.target_export != ExportKind::kMpq)
+    for (const char* fused : {"q_proj,k_proj,v_proj", "gate_proj,up_proj"})
+      if (std::find(ties.begin(), ties.end(), fused) == ties.end()) ties.push_back(fused);
+  for (const auto& tie : ties) {
     std::vector<std::string> names;
     std::stringstream ss(tie);
     for (std::string s; std::getline(ss, s, ',');)
@@ -285,6 +270,7 @@ nlohmann::json make_plan(const std::vector<TensorCandidates>& tensors, const std
                          {"cost", opt.cost},
                          {"candidates", labels},
                          {"ties", opt.ties},
+                         {"export", export_name(opt.target_export)},
                          {"inputs_sha256", inputs}};
   plan["budget"] = {{"max_bytes", std::isfinite(opt.max_bytes) ? nlohmann::json(opt.max_bytes) : nlohmann::json()},
                     {"target_bpw", std::isfinite(opt.max_bytes) ? nlohmann::json(8.0 * opt.max_bytes / n) : nlohmann::json()},
@@ -302,7 +288,7 @@ nlohmann::json make_plan(const std::vector<TensorCandidates>& tensors, const std
   for (std::size_t t = 0; t < tensors.size(); ++t) {
     const CandidateSpec& s = specs[static_cast<std::size_t>(sol.choice[t])];
     const CandidateCost& cc = tensors[t].costs[static_cast<std::size_t>(sol.choice[t])];
-    const nlohmann::json params = candidate_params_json(s);
+    const nlohmann::json params = format_params_json(s);
     tj[tensors[t].module] = {{"candidate", s.label},
                              {"format", s.format == "source" ? tensors[t].source_dtype : s.format},
                              {"params", params},

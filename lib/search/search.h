@@ -29,27 +29,9 @@
 
 namespace mpq {
 
-/// One candidate: a label (its name in --formats, plans and reports), the mpq-pack format
-/// and its parameters. format "source" keeps the tensor in its source dtype.
-struct CandidateSpec {
-  std::string label;
-  std::string format;
-  QuantizerParams params;  ///< squeezellm / uniform
-  FgmpParams fgmp;         ///< fgmp: a per-tensor FP8 fraction (no global threshold)
-};
-
-/// Parses a candidate label: "source", "fp8", "nvfp4", "squeezellm-<b>bit" (b = 2, 3, 4;
-/// Fisher-weighted k-means LUT, no sparse part), "squeezellm-<b>bit-sparse" (plus the
-/// default 0.45% outlier + 0.05% sensitive CSR part), "uniform-<b>bit" (min-max RTN grid),
-/// "fgmp-<p>" (FGMP with p percent of the tensor's blocks in FP8, Fisher selection and
-/// Fisher-weighted clipping; p an integer 0..100). Throws Error(kUsage) listing the forms.
-CandidateSpec parse_candidate(const std::string& label);
-
-/// The quantizer of a candidate (nullptr for "source").
-std::unique_ptr<Quantizer> make_candidate_quantizer(const CandidateSpec& spec);
-
-/// The candidate's parameters as recorded in a plan ({} for fp8/nvfp4/source).
-nlohmann::json candidate_params_json(const CandidateSpec& spec);
+/// One candidate: a format label of the one grammar (parse_format_label, lib/quant/quantizer.h),
+/// "source" keeping the tensor in its source dtype.
+using CandidateSpec = FormatSpec;
 
 /// The default candidate labels (every format mpq packs, at its usual settings).
 std::vector<std::string> default_candidate_labels();
@@ -105,7 +87,17 @@ struct SearchOptions {
   /// layer, the modules ending in those names take one candidate.
   std::vector<std::string> ties;
   const LatencyTable* latency = nullptr;
+  /// Target engine export (lib/pack/export.h), kMpq = none: only candidates the export can
+  /// express for the tensor are allowed (FormatInfo::exports; NVFP4 only where in_features %
+  /// 16 == 0), and the engine's fused layers (q/k/v, gate/up) are tied. Recorded in the plan;
+  /// mpq-pack --plan packs with it unless --export says otherwise.
+  ExportKind target_export = ExportKind::kMpq;
 };
+
+/// Whether engine export `kind` can store a tensor with `cols` inputs in candidate `spec`
+/// (always for kMpq and "source"; otherwise the format's export bit, and for NVFP4
+/// cols % 16 == 0, which vLLM requires).
+bool export_allows(ExportKind kind, const CandidateSpec& spec, int64_t cols);
 
 /// The ILP of `tensors` under `opt` (candidates with a NaN cost of the chosen form make it
 /// throw Error(kInput) naming the missing sensitivity, "<module>.fisher" or its trace).
@@ -120,12 +112,14 @@ nlohmann::json make_plan(const std::vector<TensorCandidates>& tensors,
                          const IlpSolution& sol, double solve_seconds, const nlohmann::json& inputs);
 
 /// Reads a plan file written by make_plan() into mpq-pack's per-module entries (quantizers
-/// built with make_candidate_quantizer() from each entry's candidate label). When
+/// built with make_quantizer() from each entry's candidate label). When
 /// `sensitivity` is not null it receives the plan's "sensitivity_file" (empty if none).
 /// Throws Error(kInput) naming the file and field for a malformed plan, a solver status
 /// other than "optimal", or an unknown candidate.
+/// `target_export`, when not null, receives the plan's "export" ("mpq" when absent).
 std::map<std::string, PlanEntry> read_plan(const std::string& path, std::string* sensitivity = nullptr,
-                                           std::string* sensitivity_sha256 = nullptr);
+                                           std::string* sensitivity_sha256 = nullptr,
+                                           std::string* target_export = nullptr);
 
 /// Linear weights of all tensors (sum of rows * cols).
 int64_t total_linear_params(const std::vector<TensorCandidates>& tensors);

@@ -3,6 +3,7 @@
 #include <omp.h>
 
 #include <cstdio>
+#include <set>
 
 #include "kernels/cpu/cpu_features.h"  // cpu_isa(), for the report
 #include "lib/eval/perplexity.h"
@@ -22,7 +23,7 @@ int main(int argc, char** argv) {
                "non-overlapping windows; optional KL divergence vs a base model and "
                "regression gates.",
                "mpq-eval"};
-  std::string model_dir, text_file, token_file, json_out, base_dir, act_name = "none", device = "cpu",
+  std::string model_dir, text_file, token_file, json_out, base_dir, act_name = "auto", device = "cpu",
               kernels_name = "fast";
   int64_t ctx = 512, max_tokens = 0;
   int threads = 0;
@@ -39,10 +40,13 @@ int main(int argc, char** argv) {
   app.add_option("--json", json_out, "Write the results as JSON to this file");
   app.add_option("--base", base_dir, "Base model folder: also report mean KL(base || model)");
   app.add_option("--act", act_name,
-                 "Activation quantization of every linear input (emulated, per-token scales): none, fp8, "
-                 "nvfp4, or fgmp (per 16-element block, needs the checkpoint's --act-calib thresholds); "
-                 "the --base model always runs unquantized activations")
-      ->check(CLI::IsMember({"none", "fp8", "nvfp4", "fgmp"}))
+                 "Activation quantization of every linear input (emulated): auto (what the checkpoint's "
+                 "quantization_config declares an engine does: static W4A4 NVFP4 / W8A8 FP8 with its "
+                 "input_scale, FP8 per-token, or nothing for weight-only and dense models), none, fp8, "
+                 "nvfp4 (per-token scales, or the checkpoint's static scale made for that mode), or fgmp "
+                 "(per 16-element block, needs the checkpoint's --act-calib thresholds); the --base model "
+                 "always runs unquantized activations")
+      ->check(CLI::IsMember({"auto", "none", "fp8", "nvfp4", "fgmp"}))
       ->capture_default_str();
   app.add_option("--device", device,
                  "cpu, or cuda: the whole forward pass on CUDA device 0 with the packed weights "
@@ -73,7 +77,7 @@ int main(int argc, char** argv) {
       throw Error(ExitCode::kUsage, "one of --text or --tokens is required");
     if (threads > 0) omp_set_num_threads(threads);
     const bool cuda = device == "cuda";
-    if (cuda && act_name != "none")
+    if (cuda && act_name != "none" && act_name != "auto")
       throw Error(ExitCode::kUsage, "--act " + act_name + " needs --device cpu (the CUDA runtime runs fp32 activations)");
     if (cuda && token_by_token) throw Error(ExitCode::kUsage, "--token-by-token needs --device cpu");
     if (cuda) {
@@ -91,8 +95,23 @@ int main(int argc, char** argv) {
     load_opt.cpu_kernels = !cuda;
     const KernelMode kernel_mode = parse_kernel_mode(kernels_name);
     LlamaModel model = LlamaModel::load(model_dir, load_opt);
-    model.set_act_quant(parse_act_mode(act_name), model_dir);
     model.set_kernel_mode(kernel_mode);
+    ActQuantMode act_mode = parse_act_mode(act_name);
+    std::string act_declared = "none";  // what auto resolved to, per linear: "none", "fp8", "nvfp4" or "mixed"
+    if (act_mode == ActQuantMode::kDeclared) {
+      std::set<std::string> modes;
+      for (const LlamaLayer& L : model.weights().layers)
+        for (const Linear& lin : L.linear)
+          modes.insert(std::string(act_mode_name(lin.declared_act)) + (lin.input_dynamic ? " per-token" : ""));
+      modes.erase("none");
+      act_declared = modes.empty() ? "none" : modes.size() == 1 ? *modes.begin() : "mixed";
+      if (modes.empty()) act_mode = ActQuantMode::kNone;
+      if (cuda && !modes.empty())
+        throw Error(ExitCode::kUsage, "--device cuda: the checkpoint declares " + act_declared +
+                                          " activations, which the CUDA runtime does not emulate (it runs fp32 "
+                                          "activations); use --device cpu, or --act none for weights only");
+    }
+    model.set_act_quant(act_mode, model_dir);
     std::vector<int32_t> ids;
     if (!token_file.empty()) {
       ids = read_token_file(token_file);
@@ -177,7 +196,8 @@ int main(int argc, char** argv) {
     }
     const ActBlockCounts act = model.act_block_counts();
     if (model.act_quant() != ActQuantMode::kNone)
-      std::printf("activations  %s: %lld NVFP4 + %lld FP8 blocks (FP4 fraction %.4f)\n", act_name.c_str(),
+      std::printf("activations  %s: %lld NVFP4 + %lld FP8 blocks (FP4 fraction %.4f)\n",
+                  act_mode == ActQuantMode::kDeclared ? ("declared " + act_declared).c_str() : act_name.c_str(),
                   static_cast<long long>(act.fp4), static_cast<long long>(act.fp8), act.fp4_fraction());
     std::printf("throughput   %.1f tokens/s (%.2f s)\n", r.tokens_per_second, r.seconds);
 
@@ -203,6 +223,7 @@ int main(int argc, char** argv) {
     j["linear_formats"] = formats;
     j["window_nll"] = r.window_nll;
     j["act"] = act_name;
+    j["act_declared"] = act_declared;
     j["kernels"] = cuda ? "cuda" : kernels_name;
     j["token_by_token"] = token_by_token;
     j["kernel_paths"] = paths;

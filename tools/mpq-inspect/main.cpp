@@ -2,9 +2,11 @@
 // format, bytes and bits per weight, and totals. See docs/cli.md.
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 
 #include "formats/hf_config.h"
 #include "formats/packed_checkpoint.h"
+#include "lib/pack/export.h"
 #include "formats/safetensors.h"
 #include "lib/model/llama.h"
 #include "tools/common.h"
@@ -91,6 +93,37 @@ int main(int argc, char** argv) {
       std::printf("\nmetadata of %s:\n", fname.c_str());
       for (const auto& [k, v] : f->metadata())
         std::printf("  %-22s %s\n", k.c_str(), v.size() > 160 ? (v.substr(0, 157) + "...").c_str() : v.c_str());
+    }
+    if (is_model) {
+      // Which engines load the folder, by their loading rules (lib/pack/export.h).
+      std::printf("\nengines:\n");
+      nlohmann::json engines = nlohmann::json::array();
+      for (const EngineVerdict& v : engine_compatibility(path)) {
+        std::printf("  %-10s %-8s %s\n", v.engine.c_str(), v.loads ? "loads" : "refuses", v.reason.c_str());
+        for (const std::string& n : v.notes) std::printf("  %-10s note: %s\n", "", n.c_str());
+        engines.push_back({{"engine", v.engine}, {"loads", v.loads}, {"reason", v.reason}, {"notes", v.notes}});
+      }
+      j["engines"] = engines;
+      // The export record mpq-pack left: modules kept in the source dtype and why.
+      const fs::path man = fs::path(path) / "mpq_manifest.json";
+      if (fs::exists(man)) {
+        std::ifstream f(man);
+        nlohmann::json m;
+        try {
+          m = nlohmann::json::parse(f);
+        } catch (const nlohmann::json::exception& e) {
+          throw_input(man.string(), std::string("not JSON: ") + e.what());
+        }
+        if (m.contains("export") && m["export"].is_object()) {
+          j["export"] = m["export"];
+          const auto& ex = m["export"];
+          if (ex.contains("kind") && ex["kind"].is_string())
+            std::printf("\nexport: %s\n", ex["kind"].get<std::string>().c_str());
+          if (ex.contains("notes") && ex["notes"].is_array())
+            for (const auto& n : ex["notes"])
+              if (n.is_string()) std::printf("  note: %s\n", n.get<std::string>().c_str());
+        }
+      }
     }
     if (!json_out.empty()) tool::write_json(json_out, j);
     return 0;

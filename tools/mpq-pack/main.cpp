@@ -14,13 +14,10 @@
 
 int main(int argc, char** argv) {
   using namespace mpq;
-  std::string formats_help = "Format:";
-  std::vector<std::string> names;
-  for (const FormatInfo& f : format_table()) {
-    formats_help += std::string("\n  ") + f.name + " (~" + std::to_string(f.nominal_bpw).substr(0, 4) +
+  std::string formats_help = "Format label (" + format_label_forms().substr(std::string("source | ").size()) + "):";
+  for (const FormatInfo& f : format_table())
+    formats_help += std::string("\n  ") + f.label_forms + " (~" + std::to_string(f.nominal_bpw).substr(0, 4) +
                     " bpw): " + f.description;
-    names.push_back(f.name);
-  }
   CLI::App app{"Quantize the linear projections (q/k/v/o/gate/up/down) of a Llama-family model "
                "and write a packed Hugging Face folder (ModelOpt tensor names).",
                "mpq-pack"};
@@ -30,7 +27,8 @@ int main(int argc, char** argv) {
   bool quiet = false;
   app.add_option("--model", model_dir, "Input model folder (config.json, *.safetensors, tokenizer)")->required();
   std::string plan_path;
-  auto* format_opt = app.add_option("--format", opt.format, formats_help)->check(CLI::IsMember(names));
+  std::string format_label;
+  auto* format_opt = app.add_option("--format", format_label, formats_help);
   app.add_option("--plan", plan_path,
                  "Instead of --format: a mixed-precision plan from mpq-search (one format per module); "
                  "its sensitivity file weights the squeezellm/fgmp entries unless --sensitivity is given")
@@ -87,6 +85,27 @@ int main(int argc, char** argv) {
   app.add_option("--act-seq-len", opt.act.seq_len, "FGMP activations: tokens per window")
       ->check(CLI::Range(2, 1 << 20))
       ->capture_default_str();
+  std::string export_kind = "auto", act_scheme = "none";
+  app.add_option("--export", export_kind,
+                 "Checkpoint contract: modelopt (vLLM/TensorRT-LLM ModelOpt loaders: fp8, nvfp4, mixed), "
+                 "compressed-tensors (llm-compressor's format, vLLM), mpq (mpq-native, every format; engines "
+                 "refuse it by name), or auto: the first of modelopt, compressed-tensors, mpq that can express "
+                 "the pack")
+      ->check(CLI::IsMember({"auto", "mpq", "modelopt", "compressed-tensors"}))
+      ->capture_default_str();
+  app.add_option("--activations", act_scheme,
+                 "Engine exports: what the engine does with activations: none (weight-only: W4A16_NVFP4, FP8 "
+                 "W8A16), static (calibrated per-tensor input scales, needs --calib: W4A4 NVFP4, W8A8 FP8), "
+                 "dynamic (FP8 per-token scales at run time)")
+      ->check(CLI::IsMember({"none", "static", "dynamic"}))
+      ->capture_default_str();
+  app.add_option("--calib", opt.calib.text, "--activations static: calibration text (.txt) or ids (.i32)");
+  app.add_option("--calib-samples", opt.calib.samples, "--activations static: calibration windows")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--calib-seq-len", opt.calib.seq_len, "--activations static: tokens per window")
+      ->check(CLI::Range(2, 1 << 20))
+      ->capture_default_str();
   app.add_option("--exclude", opt.exclude, "Regex over module names to keep unquantized (repeatable)");
   app.add_flag("--force", opt.force, "Replace an existing non-empty output folder");
   app.add_option("--threads", threads, "OpenMP threads (0 = all cores)")->check(CLI::NonNegativeNumber);
@@ -95,10 +114,28 @@ int main(int argc, char** argv) {
 
   return tool::run(app, argc, argv, [&]() -> int {
     if (threads > 0) omp_set_num_threads(threads);
-    if (opt.format.empty() && plan_path.empty()) throw Error(ExitCode::kUsage, "give --format or --plan");
+    if (format_label.empty() && plan_path.empty()) throw Error(ExitCode::kUsage, "give --format or --plan");
+    if (!format_label.empty()) {  // the one label grammar; --bits / --fp8-fraction refine the bare names
+      const FormatSpec spec = parse_format_label(format_label);
+      if (spec.is_source()) throw Error(ExitCode::kUsage, "--format source: nothing to pack");
+      opt.format = spec.format;
+      if (format_label != spec.format) {
+        for (const char* flag : {"--bits", "--outlier-pct", "--sensitive-pct", "--fp8-fraction"})
+          if (app.count(flag) > 0)
+            throw Error(ExitCode::kUsage, std::string(flag) + " refines a bare --format name; '" + format_label +
+                                              "' already sets it");
+        opt.params = spec.params;
+        opt.fgmp.fp8_fraction = spec.fgmp.fp8_fraction;
+      }
+    }
+    opt.act_scheme = parse_act_scheme(act_scheme);
+    for (const char* flag : {"--calib", "--calib-samples", "--calib-seq-len"})
+      if (opt.act_scheme != ActScheme::kStatic && app.count(flag) > 0)
+        throw Error(ExitCode::kUsage, std::string(flag) + " applies to --activations static only");
     if (!plan_path.empty()) {
-      std::string plan_sens, plan_sha;
-      opt.plan = read_plan(plan_path, &plan_sens, &plan_sha);
+      std::string plan_sens, plan_sha, plan_export;
+      opt.plan = read_plan(plan_path, &plan_sens, &plan_sha, &plan_export);
+      if (app.count("--export") == 0 && plan_export != "mpq") export_kind = plan_export;  // the plan's target
       opt.plan_file = plan_path;
       opt.format = "plan";
       if (opt.sensitivity.empty()) opt.sensitivity = plan_sens;
@@ -106,6 +143,7 @@ int main(int argc, char** argv) {
         throw_input(opt.sensitivity, "sha256 differs from the plan's inputs_sha256.sensitivity (" + plan_path +
                                          "): not the file the plan was searched with");
     }
+    opt.export_kind = parse_export(export_kind);
     const bool planned = opt.format == "plan";
     const bool squeeze = opt.format == "squeezellm" || opt.format == "uniform";
     const bool fgmp = opt.format == "fgmp";
@@ -141,8 +179,10 @@ int main(int argc, char** argv) {
     const PackReport r = pack_model(model_dir, out_dir, opt, [&](std::size_t i, std::size_t n, const std::string& name) {
       if (!quiet) std::fprintf(stderr, "[%zu/%zu] %s\n", i, n, name.c_str());
     });
+    for (const std::string& n : r.notes) std::fprintf(stderr, "mpq-pack: note: %s\n", n.c_str());
     std::printf("wrote        %s\n", out_dir.c_str());
     std::printf("format       %s\n", opt.format.c_str());
+    std::printf("export       %s (activations %s)\n", export_name(r.export_kind), act_scheme.c_str());
     if (squeeze)
       std::printf("params       bits %d, outlier %g%%, sensitive %g%%, fisher %s\n", opt.params.bits,
                   opt.format == "uniform" ? 0.0 : opt.params.outlier_pct,

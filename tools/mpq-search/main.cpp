@@ -54,6 +54,13 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--tie", opt.ties, "Comma list of module names that take one format within a layer, "
                                     "e.g. 'q_proj,k_proj,v_proj' (repeatable)");
+  std::string target_export = "mpq";
+  app.add_option("--export", target_export,
+                 "Engine the plan must be servable by: modelopt or compressed-tensors (only the formats that "
+                 "export expresses, per tensor; q/k/v and gate/up tied as the engine fuses them), or mpq (no "
+                 "restriction). Recorded in the plan; mpq-pack --plan packs with it")
+      ->check(CLI::IsMember({"mpq", "modelopt", "compressed-tensors"}))
+      ->capture_default_str();
   app.add_option("--latency-table", latency_path, "Per-shape, per-candidate latency table (JSON, microseconds)");
   app.add_option("--max-latency-us", max_latency, "Latency budget: sum of the chosen latencies (needs --latency-table)");
   app.add_option("--out", out_path, "Plan file to write (JSON)");
@@ -69,8 +76,17 @@ int main(int argc, char** argv) {
     if (!out_path.empty() && std::isnan(target_bpw) && std::isnan(max_bytes))
       throw Error(ExitCode::kUsage, "--out needs a budget: --target-bpw or --max-bytes");
     std::vector<CandidateSpec> specs;
-    for (const auto& l : formats.empty() ? default_candidate_labels() : split_commas(formats))
-      specs.push_back(parse_candidate(l));
+    opt.target_export = parse_export(target_export);
+    for (const auto& l : formats.empty() ? default_candidate_labels() : split_commas(formats)) {
+      CandidateSpec s = parse_format_label(l);
+      if (opt.target_export != ExportKind::kMpq && !s.is_source() && !(s.info->exports & (opt.target_export == ExportKind::kModelOpt ? kExportModelOpt : kExportCompressedTensors))) {
+        if (!formats.empty())
+          throw Error(ExitCode::kUsage, "--formats " + l + ": --export " + target_export + " cannot express " +
+                                            s.format + " (" + s.info->export_note + ")");
+        continue;  // the default menu: only what the engine loads
+      }
+      specs.push_back(s);
+    }
     LatencyTable lat;
     if (!latency_path.empty()) {
       lat = read_latency_table(latency_path);
