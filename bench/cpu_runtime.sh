@@ -94,8 +94,8 @@ prefill() {
   local labels=(f32 f32-nvfp4 f32-fp8 f32-sq4)
   for round in $(seq 1 "$ROUNDS"); do
     for l in "${labels[@]}"; do
-      "$T/mpq-eval" --model "$R-${l#f32-}" --tokens "$WORK/ids.i32" --ctx 512 --max-tokens 2048 --threads "$THREADS" -q \
-        --json "$OUT/cpu_prefill_${l}_r$round.json" >/dev/null 2>&1 || true
+      "$T/mpq-eval" --model "$R-$l" --tokens "$WORK/ids.i32" --ctx 512 --max-tokens 2048 --threads "$THREADS" -q \
+        --json "$OUT/cpu_prefill_${l}_r$round.json" >/dev/null
     done
   done
   python3 - "$OUT" "$ROUNDS" "${labels[@]}" <<'PY'
