@@ -339,46 +339,12 @@ inline void thread_slice(int64_t n, int64_t* j0, int64_t* j1) {
   *j1 = n * (t + 1) / nt;
 }
 
-// Sum of a[0 .. n) read as S equal streams in lockstep (64 floats = 4 cache lines of each
-// per step) into 8 independent 8-float accumulators, so the loop is bound by the loads, not
-// by the add latency. One stream per core is held back by the prefetchers (~11 GB/s on the
-// machine in docs/results.md); a GEMV reads several rows at once, so S = 8 is its reference.
-__attribute__((target("avx2"), noinline)) float read_sum_avx2(const float* a, int64_t n,
-                                                              int S) {
-  __m256 s[8];
-  for (__m256& v : s) v = _mm256_setzero_ps();
-  const int64_t part = n / S / 64 * 64;
-  for (int64_t j = 0; j < part; j += 64)
-    for (int st = 0; st < S; ++st) {
-      const float* p = a + st * part + j;
-      for (int u = 0; u < 8; ++u) s[u] = _mm256_add_ps(s[u], _mm256_loadu_ps(p + 8 * u));
-    }
-  for (int u = 1; u < 8; ++u) s[0] = _mm256_add_ps(s[0], s[u]);
-  alignas(32) float t[8];
-  _mm256_store_ps(t, s[0]);
-  float r = t[0] + t[1] + t[2] + t[3] + t[4] + t[5] + t[6] + t[7];
-  for (int64_t j = part * S; j < n; ++j) r += a[j];
-  return r;
-}
-
-float read_sum_scalar(const float* a, int64_t n) {
-  float s[8] = {};
-  int64_t j = 0;
-  for (; j + 8 <= n; j += 8)
-    for (int u = 0; u < 8; ++u) s[u] += a[j + u];
-  float r = 0.0f;
-  for (float v : s) r += v;
-  for (; j < n; ++j) r += a[j];
-  return r;
-}
-
 // Arg: streams per thread. Read bandwidth: 1 GiB of floats (10x the 105 MiB L3 of the
 // machine in docs/results.md), each OpenMP thread summing its slice.
 void BM_ReadBandwidth(benchmark::State& state) {
   const int streams = static_cast<int>(state.range(0));
   const int64_t n = kBandwidthBytes / 4;
   std::unique_ptr<float[]> a(new float[static_cast<std::size_t>(n)]);
-  const bool avx2 = __builtin_cpu_supports("avx2");
 #pragma omp parallel
   {
     int64_t j0, j1;
@@ -391,8 +357,7 @@ void BM_ReadBandwidth(benchmark::State& state) {
     {
       int64_t j0, j1;
       thread_slice(n, &j0, &j1);
-      s += avx2 ? read_sum_avx2(a.get() + j0, j1 - j0, streams)
-                : read_sum_scalar(a.get() + j0, j1 - j0);
+      s += mpq::bench::read_sum(a.get() + j0, j1 - j0, streams);
     }
     benchmark::DoNotOptimize(s);
   }

@@ -136,8 +136,10 @@ TEST(BenchFormats, LabelsAndCandidates) {
   EXPECT_EQ(bench::candidate_label("f32", "f16"), "");
   EXPECT_EQ(bench::candidate_label("f32", "f32"), "source");
   EXPECT_EQ(bench::candidate_label("fgmp-10", "f16"), "fgmp-10");
-  EXPECT_FALSE(bench::unsupported_reason(bench::parse_format("fp8"), bench::Device::kCpu).empty());
+  EXPECT_TRUE(bench::unsupported_reason(bench::parse_format("fp8"), bench::Device::kCpu).empty());  // runtime kernels
+  EXPECT_TRUE(bench::unsupported_reason(bench::parse_format("nvfp4"), bench::Device::kCpu).empty());
   EXPECT_TRUE(bench::unsupported_reason(bench::parse_format("fp8"), bench::Device::kCuda).empty());
+  EXPECT_FALSE(bench::unsupported_reason(bench::parse_format("f32"), bench::Device::kCuda).empty());
   EXPECT_EQ(bench::parse_shape("4096x11008").cols, 11008);
   EXPECT_THROW(bench::parse_shape("4096*11008"), Error);
   EXPECT_THROW(bench::parse_shape("0x5"), Error);
@@ -150,6 +152,7 @@ std::size_t expected_bytes(const std::string& f, int64_t R, int64_t C) {
   const auto rc = static_cast<std::size_t>(R * C);
   if (f == "f16") return 2 * rc;
   if (f == "f32") return 4 * rc;
+  if (f == "fp8") return rc + 4;  // E4M3 codes + the fp32 tensor scale
   if (f.rfind("squeezellm-", 0) == 0 || f.rfind("uniform-", 0) == 0) {
     const int b = f[f.find('-') + 1] - '0';
     std::size_t n = static_cast<std::size_t>(R * b * ((C + 7) / 8) + R * (2 << b) + 4 * (R + 1));
@@ -183,12 +186,10 @@ TEST(BenchTool, CpuRunWritesJsonAndLatencyTable) {
   EXPECT_EQ(j["device_kind"], "cpu");
   EXPECT_EQ(j["threads"], 2);
   EXPECT_GT(j["copy_bandwidth_gbps"].get<double>(), 0.0);
-  ASSERT_EQ(j["skipped"].size(), 1u);
-  EXPECT_EQ(j["skipped"][0]["format"], "fp8");
-  EXPECT_NE(j["skipped"][0]["reason"].get<std::string>().find("no CPU kernel"), std::string::npos);
+  EXPECT_EQ(j["skipped"].size(), 0u);  // every format has a CPU kernel
 
-  // f16 is measured though not asked for: 2 shapes x 6 formats x 2 batches.
-  const std::vector<std::string> formats{"f16", "f32", "squeezellm-3bit", "squeezellm-3bit-sparse", "uniform-4bit", "fgmp-30"};
+  // f16 is measured though not asked for: 2 shapes x 7 formats x 2 batches.
+  const std::vector<std::string> formats{"f16", "f32", "squeezellm-3bit", "squeezellm-3bit-sparse", "uniform-4bit", "fgmp-30", "fp8"};
   ASSERT_EQ(j["results"].size(), 2u * formats.size() * 2u);
   std::map<std::tuple<int64_t, int64_t, std::string, int>, double> median;
   for (const auto& m : j["results"]) {
@@ -223,7 +224,7 @@ TEST(BenchTool, CpuRunWritesJsonAndLatencyTable) {
   }
 
   // The latency table: batch 1, one entry per (shape, candidate); f16 stands for "source"
-  // (--source f16 is the default), f32 is no candidate, fp8 was not measured.
+  // (--source f16 is the default), f32 is no candidate.
   const nlohmann::json t = read_json(lat);
   EXPECT_FALSE(t["device"].get<std::string>().empty());
   EXPECT_EQ(t["batch"], 1);
@@ -236,9 +237,9 @@ TEST(BenchTool, CpuRunWritesJsonAndLatencyTable) {
     EXPECT_DOUBLE_EQ(e["us"].get<double>(), median.at({R, C, f, 1}));
   }
   for (auto [R, C] : {std::pair<int64_t, int64_t>{64, 48}, {40, 200}})
-    for (const char* cand : {"source", "squeezellm-3bit", "squeezellm-3bit-sparse", "uniform-4bit", "fgmp-30"})
+    for (const char* cand : {"source", "squeezellm-3bit", "squeezellm-3bit-sparse", "uniform-4bit", "fgmp-30", "fp8"})
       EXPECT_TRUE(seen.count({R, C, cand})) << R << "x" << C << " " << cand;
-  EXPECT_EQ(seen.size(), 10u);
+  EXPECT_EQ(seen.size(), 12u);
 }
 
 TEST(BenchTool, BadFlagsAreUsageErrors) {

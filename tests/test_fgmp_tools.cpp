@@ -173,7 +173,8 @@ TEST(FgmpPack, LoadedWeightsEqualGlobalSelectionAndEvalAgrees) {
   std::memcpy(b.data(), tok.data(), b.size());
   test::write_bytes(ids, b);
   const std::string js = test::scratch_dir("fgmp-rt-json") + "/e.json";
-  const ToolRun e = run(tool("mpq-eval") + " --model " + out + " --tokens " + ids + " --ctx 32 -q --json " + js);
+  // --kernels exact: fp32 products, the fp32 reference computed below.
+  const ToolRun e = run(tool("mpq-eval") + " --model " + out + " --tokens " + ids + " --ctx 32 -q --kernels exact --json " + js);
   ASSERT_EQ(e.rc, 0) << e.out;
   double nll = 0;
   for (int w = 0; w < 3; ++w) {

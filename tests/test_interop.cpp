@@ -54,9 +54,12 @@ ToolRun read_export(const std::string& packed, const std::string& dense) {
   return run_tool(python_with_numpy() + " " + reader() + " " + packed + " " + dense);
 }
 
+// --kernels exact: fp32 products on both sides (the fast CPU kernels round activations and
+// the packed and the dense folder take different kernels).
 nlohmann::json eval_json(const std::string& model, const std::string& input, const std::string& extra,
                          const std::string& json) {
-  const ToolRun r = run_tool(tool_path("mpq-eval") + " --model " + model + " " + input + " -q --json " + json + " " + extra);
+  const ToolRun r = run_tool(tool_path("mpq-eval") + " --model " + model + " " + input + " -q --kernels exact --json " +
+                             json + " " + extra);
   EXPECT_EQ(r.rc, 0) << r.out;
   std::ifstream f(json);
   return f ? nlohmann::json::parse(f) : nlohmann::json::object();

@@ -197,7 +197,8 @@ TEST_P(PackRoundTrip, LoadedWeightsEqualDecodeAndEvalAgrees) {
     }
   const std::string ids = tiny_tokens(test::scratch_dir("rt-ids"));
   const std::string js = test::scratch_dir("rt-json") + "/e.json";
-  const ToolRun e = run(tool("mpq-eval") + " --model " + out + " --tokens " + ids + " --ctx 32 -q --json " + js +
+  // --kernels exact: fp32 products, the fp32 reference computed below.
+  const ToolRun e = run(tool("mpq-eval") + " --model " + out + " --tokens " + ids + " --ctx 32 -q --kernels exact --json " + js +
                     " --base " + m);
   ASSERT_EQ(e.rc, 0) << e.out;
   std::ifstream f(js);

@@ -16,6 +16,7 @@
 #include <nlohmann/json.hpp>
 
 #include "formats/safetensors.h"
+#include "lib/numeric/codecs.h"  // fp32_to_bf16
 
 namespace mpq::test {
 namespace fs = std::filesystem;
@@ -108,7 +109,7 @@ void write_tiny_llama(const std::string& dir, const TinyLlamaSpec& s) {
       {"hidden_act", "silu"},
       {"bos_token_id", 1},
       {"eos_token_id", 2},
-      {"torch_dtype", "float32"}};
+      {"torch_dtype", s.bf16 ? "bfloat16" : "float32"}};
   write_text((fs::path(dir) / "config.json").string(), c.dump(2));
 
   std::mt19937_64 rng(s.seed);
@@ -119,7 +120,14 @@ void write_tiny_llama(const std::string& dir, const TinyLlamaSpec& s) {
     for (auto d : shape) n *= d;
     std::vector<float> v(static_cast<std::size_t>(n));
     for (auto& x : v) x = mean + normal(rng);
-    w.add_f32(name, shape, v);
+    if (!s.bf16) return w.add_f32(name, shape, v);
+    std::vector<uint8_t> b(v.size() * 2);
+    for (std::size_t i = 0; i < v.size(); ++i) {
+      const uint16_t h = fp32_to_bf16(v[i]);
+      b[2 * i] = static_cast<uint8_t>(h & 0xFF);
+      b[2 * i + 1] = static_cast<uint8_t>(h >> 8);
+    }
+    w.add(name, DType::BF16, shape, std::move(b));
   };
   const int64_t H = s.hidden, I = s.intermediate, q = s.heads * hd, kv = s.kv_heads * hd;
   rand_tensor("model.embed_tokens.weight", {s.vocab, H});

@@ -98,9 +98,11 @@ struct TinyLlamaSpec {
   float rope_theta = 10000.0f;
   uint64_t seed = 1;
   float weight_std = 0.08f;
+  bool bf16 = false;  ///< store every tensor as BF16 (the fp32 draw rounded) instead of F32
 };
 
-/// Writes config.json and model.safetensors (F32, HF names) of a random Llama to `dir`.
+/// Writes config.json and model.safetensors (F32, or BF16 with spec.bf16; HF names) of a
+/// random Llama to `dir`.
 /// No tokenizer: tests feed token ids.
 void write_tiny_llama(const std::string& dir, const TinyLlamaSpec& spec);
 

@@ -38,18 +38,6 @@ std::string shape_name(const LayerShape& s) {
   return std::to_string(s.rows) + "x" + std::to_string(s.cols);
 }
 
-// "model name" of /proc/cpuinfo, or "cpu".
-std::string cpu_model() {
-  std::ifstream in("/proc/cpuinfo");
-  std::string line;
-  while (std::getline(in, line))
-    if (line.rfind("model name", 0) == 0) {
-      const auto p = line.find(':');
-      if (p != std::string::npos) return line.substr(line.find_first_not_of(' ', p + 1));
-    }
-  return "cpu";
-}
-
 double elapsed_s(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
@@ -68,7 +56,7 @@ struct CpuWeight {
   std::size_t bytes = 0;
   std::vector<std::vector<uint16_t>> f16;
   std::vector<std::vector<float>> f32;
-  std::vector<std::shared_ptr<const PackedLinear>> packed;
+  std::vector<std::shared_ptr<const CpuLinear>> packed;  // the runtime kernels (lib/model/cpu_linear.h)
   int copies() const {
     return static_cast<int>(!f16.empty() ? f16.size() : !f32.empty() ? f32.size() : packed.size());
   }
@@ -80,9 +68,7 @@ void cpu_product(const CpuWeight& w, int c, const LayerShape& s, const float* X,
   const auto cc = static_cast<std::size_t>(c);
   if (!w.f16.empty()) return f16_gemm(w.f16[cc].data(), X, batch, s.rows, s.cols, Y);
   if (!w.f32.empty()) return f32_gemm(w.f32[cc].data(), X, batch, s.rows, s.cols, Y);
-  const PackedLinear& p = *w.packed[cc];
-  if (p.is_fgmp()) return batch == 1 ? fgmp_gemv(p.fgmp, X, Y) : fgmp_gemm(p.fgmp, X, batch, Y);
-  return batch == 1 ? lut_gemv(p.view, X, Y) : lut_gemm(p.view, X, batch, Y);
+  w.packed[cc]->matmul(X, batch, Y, KernelMode::kFast);
 }
 
 // Physical memory available now (bytes), or max when unknown.
@@ -111,15 +97,24 @@ CpuWeight prepare_cpu(const FormatSpec& spec, const LayerShape& s, const std::ve
     const PackedTensor p = encode_format(spec, w.data(), fisher.data(), s.rows, s.cols);
     out.bytes = p.bytes();
     const int copies = rotation_copies(out.bytes, opt.rotate_bytes, cap);
-    for (int c = 0; c < copies; ++c) out.packed.push_back(make_packed_linear(p));
-    out.kernel = spec.format == "fgmp"
-                     ? (fgmp_cpu_has_avx512() ? "avx512" : fgmp_cpu_has_avx2() ? "avx2" : "scalar")
-                     : lut_cpu_path();
+    for (int c = 0; c < copies; ++c) out.packed.push_back(make_cpu_linear(p));
+    out.kernel = out.packed[0]->path(1, KernelMode::kFast);
   }
   return out;
 }
 
 }  // namespace
+
+std::string cpu_model_name() {
+  std::ifstream in("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(in, line))
+    if (line.rfind("model name", 0) == 0) {
+      const auto p = line.find(':');
+      if (p != std::string::npos) return line.substr(line.find_first_not_of(' ', p + 1));
+    }
+  return "cpu";
+}
 
 std::vector<LayerShape> default_shapes() {
   return {{4096, 4096, "llama2-7b q/k/v/o"},
@@ -169,8 +164,6 @@ std::vector<std::string> default_formats(Device device) {
 }
 
 std::string unsupported_reason(const FormatSpec& spec, Device device) {
-  if (device == Device::kCpu && (spec.format == "fp8" || spec.format == "nvfp4"))
-    return "no CPU kernel: the CPU runtime decodes " + spec.format + " to fp32 at load";
   if (device == Device::kCuda && spec.format == "f32") return "no CUDA kernel for dense fp32 weights";
   return "";
 }
@@ -284,7 +277,7 @@ Report run_cpu(const Options& opt0) {
   };
   Report rep;
   rep.device_kind = "cpu";
-  rep.device_name = cpu_model();
+  rep.device_name = cpu_model_name();
   rep.threads = omp_get_max_threads();
   getloadavg(rep.load_average_start, 3);
   const std::vector<FormatSpec> specs = resolve_formats(opt, &rep.skipped);

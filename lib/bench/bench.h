@@ -98,6 +98,9 @@ struct Stats {
   int reps = 0;
 };
 
+/// The "model name" line of /proc/cpuinfo, or "cpu".
+std::string cpu_model_name();
+
 /// Stats of `us` (>= 1 value). Throws Error(kUsage) when empty.
 Stats summarize_us(std::vector<double> us);
 

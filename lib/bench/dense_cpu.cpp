@@ -168,4 +168,71 @@ double cpu_copy_bandwidth_gbps(std::size_t bytes, int reps) {
   return 2.0 * static_cast<double>(bytes) / med / 1e9;
 }
 
+namespace {
+
+__attribute__((target("avx2"), noinline)) float read_sum_avx2(const float* a, int64_t n, int S) {
+  __m256 s[8];
+  for (__m256& v : s) v = _mm256_setzero_ps();
+  const int64_t part = n / S / 64 * 64;
+  for (int64_t j = 0; j < part; j += 64)
+    for (int st = 0; st < S; ++st) {
+      const float* p = a + st * part + j;
+      for (int u = 0; u < 8; ++u) s[u] = _mm256_add_ps(s[u], _mm256_loadu_ps(p + 8 * u));
+    }
+  for (int u = 1; u < 8; ++u) s[0] = _mm256_add_ps(s[0], s[u]);
+  alignas(32) float t[8];
+  _mm256_store_ps(t, s[0]);
+  float r = t[0] + t[1] + t[2] + t[3] + t[4] + t[5] + t[6] + t[7];
+  for (int64_t j = part * S; j < n; ++j) r += a[j];
+  return r;
+}
+
+float read_sum_scalar(const float* a, int64_t n) {
+  float s[8] = {};
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8)
+    for (int u = 0; u < 8; ++u) s[u] += a[j + u];
+  float r = 0.0f;
+  for (float v : s) r += v;
+  for (; j < n; ++j) r += a[j];
+  return r;
+}
+
+}  // namespace
+
+float read_sum(const float* a, int64_t n, int streams) {
+  static const bool avx2 = __builtin_cpu_supports("avx2");
+  return avx2 ? read_sum_avx2(a, n, std::max(1, streams)) : read_sum_scalar(a, n);
+}
+
+double cpu_read_bandwidth_gbps(std::size_t bytes, int reps, int streams) {
+  if (bytes < 4 || reps < 1) throw Error(ExitCode::kUsage, "read bandwidth: needs bytes >= 4 and reps >= 1");
+  const int64_t n = static_cast<int64_t>(bytes / 4);
+  std::unique_ptr<float[]> a(new float[static_cast<std::size_t>(n)]);
+#pragma omp parallel
+  {
+    int64_t j0, j1;
+    thread_slice(n, &j0, &j1);
+    for (int64_t j = j0; j < j1; ++j) a[j] = static_cast<float>(j & 1023) * 1e-3f;
+  }
+  std::vector<double> secs;
+  volatile float sink = 0.0f;
+  for (int i = 0; i <= reps; ++i) {  // i = 0: warm-up
+    const auto t0 = std::chrono::steady_clock::now();
+    float s = 0.0f;
+#pragma omp parallel reduction(+ : s)
+    {
+      int64_t j0, j1;
+      thread_slice(n, &j0, &j1);
+      s += read_sum(a.get() + j0, j1 - j0, streams);
+    }
+    if (i > 0) secs.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    sink = sink + s;
+  }
+  std::sort(secs.begin(), secs.end());
+  const std::size_t m = secs.size() / 2;
+  const double med = secs.size() % 2 ? secs[m] : 0.5 * (secs[m - 1] + secs[m]);
+  return static_cast<double>(n) * 4.0 / med / 1e9;
+}
+
 }  // namespace mpq::bench

@@ -40,4 +40,16 @@ void parallel_memcpy(void* dst, const void* src, std::size_t n);
 /// (kernels/cuda/gemv.h). Throws Error(kUsage) for bytes == 0 or reps < 1.
 double cpu_copy_bandwidth_gbps(std::size_t bytes, int reps);
 
+/// Sum of a[0 .. n) read as `streams` (>= 1) equal parts in lockstep (4 cache lines of each
+/// per step) into 8 independent accumulators, so the loop is bound by the loads, not by the
+/// add latency (AVX2 when the CPU has it, else scalar). One stream per core is held back by
+/// the prefetchers; a GEMV reads several rows at once, so 8 streams is its reference.
+float read_sum(const float* a, int64_t n, int streams);
+
+/// Multi-threaded read bandwidth, GB/s (1e9 bytes/s): median of `reps` calls in which each
+/// OpenMP thread sums its contiguous slice of a `bytes` buffer with read_sum(..., streams)
+/// (first touched by the same split, one untimed warm-up). Use a buffer several times the
+/// last-level cache. Throws Error(kUsage) for bytes < 4 or reps < 1.
+double cpu_read_bandwidth_gbps(std::size_t bytes, int reps, int streams = 8);
+
 }  // namespace mpq::bench

@@ -20,15 +20,6 @@ double log_sum_exp(const float* row, int64_t n) {
   return mx + std::log(s);
 }
 
-// Weights of the model (embedding, LM head, linears), for window_threads().
-int64_t parameter_count(const LlamaModel& m) {
-  const auto& w = m.weights();
-  int64_t n = w.embed.size() + w.lm_head.size();
-  for (const auto& L : w.layers)
-    for (const auto& l : L.linear) n += l.numel();
-  return n;
-}
-
 }  // namespace
 
 double sum_next_token_nll(const MatrixRM& logits, const int32_t* ids) {
@@ -64,7 +55,7 @@ PerplexityResult evaluate_perplexity(const LlamaModel& model, const std::vector<
   const WindowForward forward = [&model](const int32_t* tok, int64_t T) { return model.forward(tok, T); };
   WindowForward base;
   if (opt.base) base = [b = opt.base](const int32_t* tok, int64_t T) { return b->forward(tok, T); };
-  return evaluate_perplexity(forward, ids, opt, base, window_threads(parameter_count(model)) > 1, progress);
+  return evaluate_perplexity(forward, ids, opt, base, window_threads(model.parameter_count()) > 1, progress);
 }
 
 PerplexityResult evaluate_perplexity(const WindowForward& model, const std::vector<int32_t>& ids,

@@ -34,9 +34,16 @@ MatrixRM load_matrix(const TensorStore& store, const std::string& name, int64_t 
   return Eigen::Map<const MatrixRM>(v.data(), rows, cols);
 }
 
-// In-place RMSNorm of every row of x: x / sqrt(mean(x^2) + eps) * g.
+// Element-wise work on more values than this runs on all threads (when not nested in a
+// caller's parallel region, e.g. mpq-eval's parallel windows of small models).
+constexpr int64_t kParallelElementwise = int64_t{1} << 16;
+
+inline bool par_elementwise(int64_t n) { return n >= kParallelElementwise && !omp_in_parallel(); }
+
+// RMSNorm of every row of x: x / sqrt(mean(x^2) + eps) * g.
 MatrixRM rms_norm(const MatrixRM& x, const Eigen::VectorXf& g, double eps) {
   MatrixRM y(x.rows(), x.cols());
+#pragma omp parallel for schedule(static) if (par_elementwise(x.size()))
   for (Eigen::Index t = 0; t < x.rows(); ++t) {
     const double ms = x.row(t).cast<double>().squaredNorm() / static_cast<double>(x.cols());
     const float inv = static_cast<float>(1.0 / std::sqrt(ms + eps));
@@ -67,10 +74,12 @@ void load_act_calibration(const TensorStore& store, const std::string& name, Lin
   if (std::isnan(l.input_fgmp_threshold)) throw_input(t.file, "tensor '" + tn + "': NaN");
 }
 
-// y = x W^T + b: Eigen (BLAS) on the fp32 w, or the LUT kernel straight from the packed
-// form. x is row-major [T, cols], so it is lut_gemm's X as is. With an activation mode, x
-// is fake-quantized first (a copy) and its blocks added to `counts`.
-MatrixRM apply_linear(const MatrixRM& x_in, const Linear& l, ActQuantMode act_mode, ActBlockCounts& counts) {
+// y = x W^T + b: the runtime kernel (cpu_kernels loads), Eigen (BLAS) on the fp32 w, or the
+// LUT / FGMP kernel straight from the packed form. x is row-major [T, cols], so it is
+// lut_gemm's X as is. With an activation mode, x is fake-quantized first (a copy) and its
+// blocks added to `counts`.
+MatrixRM apply_linear(const MatrixRM& x_in, const Linear& l, ActQuantMode act_mode, KernelMode mode,
+                      ActBlockCounts& counts) {
   // kDeclared: this linear's declared scheme. The checkpoint's static input scale is used
   // when the mode is the one it was calibrated for (and is not per-token dynamic).
   const ActQuantMode act = act_mode == ActQuantMode::kDeclared ? l.declared_act : act_mode;
@@ -84,7 +93,11 @@ MatrixRM apply_linear(const MatrixRM& x_in, const Linear& l, ActQuantMode act_mo
   }
   const MatrixRM& x = act != ActQuantMode::kNone ? xq : x_in;
   MatrixRM y;
-  if (l.packed) {
+  if (l.kernel) {
+    MPQ_ASSERT(x.cols() == l.cols);
+    y.resize(x.rows(), l.rows);
+    l.kernel->matmul(x.data(), x.rows(), y.data(), mode);
+  } else if (l.packed) {
     MPQ_ASSERT(x.cols() == l.cols);
     y.resize(x.rows(), l.rows);
     if (l.packed->is_fgmp())
@@ -99,10 +112,24 @@ MatrixRM apply_linear(const MatrixRM& x_in, const Linear& l, ActQuantMode act_mo
   return y;
 }
 
+// The bias of `name` when the config has one (load_vector), else empty.
+bool has_bias(const LlamaConfig& c, int i) { return (i < 3 && c.qkv_bias) || (i == 3 && c.o_bias); }
+
+// A dense [rows, cols] tensor in place as a CpuLinear, its shape checked against the config.
+std::shared_ptr<const CpuLinear> dense_kernel(const std::shared_ptr<const TensorStore>& store, const std::string& name,
+                                              int64_t rows, int64_t cols) {
+  const TensorView& t = store->get(name);
+  if (t.shape != std::vector<int64_t>{rows, cols})
+    throw_input(t.file, "tensor '" + name + "': shape " + shape_str(t.shape) + " disagrees with config.json " +
+                            shape_str({rows, cols}));
+  return make_dense_cpu_linear(t, store);
+}
+
 // Rotate-half RoPE on every head of x [T, n_heads * d], in place.
 void apply_rope(MatrixRM& x, int64_t n_heads, int64_t d, const std::vector<float>& cos_t,
                 const std::vector<float>& sin_t) {
   const int64_t half = d / 2;
+#pragma omp parallel for schedule(static) if (par_elementwise(x.size()))
   for (Eigen::Index t = 0; t < x.rows(); ++t) {
     const float* c = &cos_t[static_cast<std::size_t>(t * half)];
     const float* s = &sin_t[static_cast<std::size_t>(t * half)];
@@ -257,50 +284,93 @@ LlamaModel::LlamaModel(LlamaConfig config, LlamaWeights weights)
 
 LlamaModel LlamaModel::load(const std::string& dir, const LoadOptions& opt) {
   LlamaConfig c = load_llama_config(dir);
-  const TensorStore store = TensorStore::open(dir);
-  check_config_against_tensors(c, store);  // before anything is allocated by the config's sizes
+  const auto store = std::make_shared<const TensorStore>(TensorStore::open(dir));
+  check_config_against_tensors(c, *store);  // before anything is allocated by the config's sizes
+  const bool kernels = opt.cpu_kernels && !opt.expand_packed;
   const int64_t H = c.hidden_size, V = c.vocab_size;
   LlamaWeights w;
-  w.embed = load_matrix(store, "model.embed_tokens.weight", V, H);
+  if (kernels)
+    w.embed_kernel = dense_kernel(store, "model.embed_tokens.weight", V, H);
+  else
+    w.embed = load_matrix(*store, "model.embed_tokens.weight", V, H);
   w.layers.resize(static_cast<std::size_t>(c.num_layers));
   for (int64_t l = 0; l < c.num_layers; ++l) {
     const std::string p = "model.layers." + std::to_string(l) + ".";
     LlamaLayer& L = w.layers[static_cast<std::size_t>(l)];
-    L.input_norm = load_vector(store, p + "input_layernorm.weight", H);
-    L.post_attn_norm = load_vector(store, p + "post_attention_layernorm.weight", H);
+    L.input_norm = load_vector(*store, p + "input_layernorm.weight", H);
+    L.post_attn_norm = load_vector(*store, p + "post_attention_layernorm.weight", H);
     for (int i = 0; i < 7; ++i) {
       const auto [rows, cols] = linear_shape(c, i);
       const std::string name = p + kLinearNames[i];
       Linear& lin = L.linear[i];
       lin.rows = rows;
       lin.cols = cols;
-      const std::string fmt = opt.expand_packed ? "" : detect_linear_format(store, name);
-      if (fmt == "squeezellm" || fmt == "fgmp") {
-        // Kept packed: the forward pass runs the LUT / FGMP kernels on it, w stays empty.
+      const std::string fmt = opt.expand_packed ? "" : detect_linear_format(*store, name);
+      const bool dense = fmt == "f32" || fmt == "f16" || fmt == "bf16";
+      if (kernels && dense) {
+        // Read in place from the mapped file: no copy.
         lin.format = fmt;
-        PackedTensor p = read_packed(store, name, lin.format, rows, cols);
-        lin.stored_bytes = p.bytes();
+        lin.kernel = dense_kernel(store, name + ".weight", rows, cols);
+        lin.stored_bytes = store->get(name + ".weight").nbytes;
+      } else if (kernels || fmt == "squeezellm" || fmt == "fgmp") {
+        // Packed: the CPU runtime form (kernels) or the LUT / FGMP kernels' view; w stays empty.
+        lin.format = fmt;
+        PackedTensor pt = read_packed(*store, name, lin.format, rows, cols);
+        lin.stored_bytes = pt.bytes();
         try {
-          lin.packed = make_packed_linear(std::move(p));
+          if (kernels)
+            lin.kernel = make_cpu_linear(std::move(pt));
+          else
+            lin.packed = make_packed_linear(std::move(pt));
         } catch (const Error& e) {
-          const std::string part = name + (fmt == "fgmp" ? ".weight_block_map" : ".qweight");
-          throw_input(store.get(part).file, "module '" + name + "': " + e.what());
+          const std::string part = name + (fmt == "fgmp" ? ".weight_block_map" : fmt == "squeezellm" ? ".qweight" : ".weight");
+          throw_input(store->get(part).file, "module '" + name + "': " + e.what());
         }
       } else {
         const std::vector<float> v =
-            read_linear_f32(store, name, rows, cols, &lin.format, &lin.stored_bytes);
+            read_linear_f32(*store, name, rows, cols, &lin.format, &lin.stored_bytes);
         lin.w = Eigen::Map<const MatrixRM>(v.data(), rows, cols);
       }
-      const bool biased = (i < 3 && c.qkv_bias) || (i == 3 && c.o_bias);
-      if (biased) lin.b = load_vector(store, name + ".bias", rows);
-      load_act_calibration(store, name, lin);
-      lin.input_scale = read_input_scale(store, name);
+      if (has_bias(c, i)) lin.b = load_vector(*store, name + ".bias", rows);
+      load_act_calibration(*store, name, lin);
+      lin.input_scale = read_input_scale(*store, name);
       lin.declared_act = declared_activation(c.quantization_config, name, dir + "/config.json", &lin.input_dynamic);
     }
   }
-  w.final_norm = load_vector(store, "model.norm.weight", H);
-  if (!c.tie_word_embeddings) w.lm_head = load_matrix(store, "lm_head.weight", V, H);
+  w.final_norm = load_vector(*store, "model.norm.weight", H);
+  if (kernels)
+    w.lm_head_kernel = c.tie_word_embeddings ? w.embed_kernel : dense_kernel(store, "lm_head.weight", V, H);
+  else if (!c.tie_word_embeddings)
+    w.lm_head = load_matrix(*store, "lm_head.weight", V, H);
   return LlamaModel(std::move(c), std::move(w));
+}
+
+KvCache::KvCache(const LlamaConfig& c, int64_t capacity) : cap_(capacity) {
+  if (capacity < 1) throw Error(ExitCode::kUsage, "KV cache capacity " + std::to_string(capacity) + " < 1");
+  const int64_t kv = c.num_kv_heads * c.head_dim;
+  k_.assign(static_cast<std::size_t>(c.num_layers), MatrixRM(capacity, kv));
+  v_.assign(static_cast<std::size_t>(c.num_layers), MatrixRM(capacity, kv));
+}
+
+int64_t LlamaModel::parameter_count() const {
+  const LlamaConfig& c = config_;
+  int64_t n = c.vocab_size * c.hidden_size * (c.tie_word_embeddings ? 1 : 2);
+  for (const LlamaLayer& L : weights_.layers)
+    for (const Linear& l : L.linear) n += l.numel();
+  return n;
+}
+
+std::size_t LlamaModel::decode_weight_bytes() const {
+  const LlamaConfig& c = config_;
+  std::size_t n = 0;
+  for (const LlamaLayer& L : weights_.layers)
+    for (const Linear& l : L.linear)
+      n += l.kernel ? l.kernel->weight_bytes() : l.packed ? l.stored_bytes : static_cast<std::size_t>(l.numel()) * 4;
+  if (weights_.lm_head_kernel)
+    n += weights_.lm_head_kernel->weight_bytes();
+  else
+    n += static_cast<std::size_t>(c.vocab_size * c.hidden_size) * 4;
+  return n;
 }
 
 void LlamaModel::set_act_quant(ActQuantMode mode, const std::string& source) {
@@ -327,55 +397,83 @@ void LlamaModel::set_act_quant(ActQuantMode mode, const std::string& source) {
   act_counts_.reset();
 }
 
-MatrixRM LlamaModel::forward(const int32_t* tokens, int64_t T) const {
+MatrixRM LlamaModel::forward(const int32_t* tokens, int64_t T) const { return forward_impl(tokens, T, nullptr, false); }
+
+MatrixRM LlamaModel::forward(const int32_t* tokens, int64_t T, KvCache& cache, bool last_only) const {
+  return forward_impl(tokens, T, &cache, last_only);
+}
+
+MatrixRM LlamaModel::forward_impl(const int32_t* tokens, int64_t T, KvCache* cache, bool last_only) const {
   const LlamaConfig& c = config_;
   const int64_t H = c.hidden_size, d = c.head_dim, nh = c.num_heads, nkv = c.num_kv_heads;
   const int64_t group = nh / nkv, half = d / 2;
+  const int64_t p0 = cache ? cache->len_ : 0;  // position of tokens[0]
+  if (cache) {
+    if (static_cast<int64_t>(cache->k_.size()) != c.num_layers || cache->k_[0].cols() != nkv * d)
+      throw Error(ExitCode::kUsage, "KV cache shape does not match the model");
+    if (p0 + T > cache->cap_)
+      throw Error(ExitCode::kUsage, "KV cache full: " + std::to_string(p0) + " + " + std::to_string(T) +
+                                        " positions exceed its capacity " + std::to_string(cache->cap_));
+  }
   MatrixRM h(T, H);
   for (int64_t t = 0; t < T; ++t) {
     if (tokens[t] < 0 || tokens[t] >= c.vocab_size)
       throw Error(ExitCode::kInput, "token id " + std::to_string(tokens[t]) + " at position " +
                                         std::to_string(t) + " outside the vocabulary [0, " +
                                         std::to_string(c.vocab_size) + ")");
-    h.row(t) = weights_.embed.row(tokens[t]);
+    if (weights_.embed_kernel)
+      weights_.embed_kernel->decode_rows(tokens[t], 1, h.row(t).data(), H);
+    else
+      h.row(t) = weights_.embed.row(tokens[t]);
   }
-  // cos/sin tables [T, d/2], angles computed in float64 then rounded.
+  // cos/sin tables [T, d/2] of positions p0 .. p0+T-1, angles computed in float64 then rounded.
   std::vector<float> cos_t(static_cast<std::size_t>(T * half)), sin_t(cos_t.size());
   for (int64_t t = 0; t < T; ++t)
     for (int64_t i = 0; i < half; ++i) {
-      const double a = static_cast<double>(t) * inv_freq_[static_cast<std::size_t>(i)];
+      const double a = static_cast<double>(p0 + t) * inv_freq_[static_cast<std::size_t>(i)];
       cos_t[static_cast<std::size_t>(t * half + i)] = static_cast<float>(std::cos(a));
       sin_t[static_cast<std::size_t>(t * half + i)] = static_cast<float>(std::sin(a));
     }
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(d)));
-  const int64_t window = c.sliding_window > 0 ? c.sliding_window : T;
+  const int64_t S = p0 + T;  // keys visible to the last query
+  const int64_t window = c.sliding_window > 0 ? c.sliding_window : S;
   ActBlockCounts counts;
-  auto apply_linear = [&](const MatrixRM& x, const Linear& l) { return mpq::apply_linear(x, l, act_mode_, counts); };
+  auto apply_linear = [&](const MatrixRM& x, const Linear& l) {
+    return mpq::apply_linear(x, l, act_mode_, kernel_mode_, counts);
+  };
 
-  for (const LlamaLayer& L : weights_.layers) {
+  for (std::size_t li = 0; li < weights_.layers.size(); ++li) {
+    const LlamaLayer& L = weights_.layers[li];
     const MatrixRM n = rms_norm(h, L.input_norm, c.rms_norm_eps);
     MatrixRM q = apply_linear(n, L.linear[0]);
     MatrixRM k = apply_linear(n, L.linear[1]);
-    const MatrixRM v = apply_linear(n, L.linear[2]);
+    MatrixRM v = apply_linear(n, L.linear[2]);
     apply_rope(q, nh, d, cos_t, sin_t);
     apply_rope(k, nkv, d, cos_t, sin_t);
+    // Keys / values of positions [0, S): the cache's rows (after appending), or this call's.
+    if (cache) {
+      cache->k_[li].middleRows(p0, T) = k;
+      cache->v_[li].middleRows(p0, T) = v;
+    }
+    const auto K = cache ? cache->k_[li].topRows(S) : k.topRows(S);
+    const auto Vv = cache ? cache->v_[li].topRows(S) : v.topRows(S);
     MatrixRM attn(T, nh * d);
-    // Causal attention in query chunks: chunk [a, b) only sees keys [lo(a), b), so the
-    // masked upper triangle is never computed.
+    // Causal attention in query chunks: chunk [a, b) (positions p0 + a .. p0 + b - 1) only
+    // sees keys [lo(a), p0 + b), so the masked upper triangle is never computed.
     constexpr int64_t kChunk = 64;
     const int64_t chunks = (T + kChunk - 1) / kChunk;
     // Threads only pay off with enough work per fork (tiny models run windows in parallel).
-    const bool par_heads = T * T * d * nh >= kParallelAttentionWork;
+    const bool par_heads = T * S * d * nh >= kParallelAttentionWork;
 #pragma omp parallel for collapse(2) schedule(dynamic, 1) if (par_heads)
     for (int64_t hd = 0; hd < nh; ++hd) {
       for (int64_t ch = 0; ch < chunks; ++ch) {
         const int64_t g = hd / group, a = ch * kChunk, b = std::min(T, a + kChunk);
-        const int64_t k0 = std::max<int64_t>(0, a - window + 1), nk = b - k0;
+        const int64_t k0 = std::max<int64_t>(0, p0 + a - window + 1), nk = p0 + b - k0;
         MatrixRM s(b - a, nk);
-        s.noalias() = (q.block(a, hd * d, b - a, d) * scale) * k.block(k0, g * d, nk, d).transpose();
+        s.noalias() = (q.block(a, hd * d, b - a, d) * scale) * K.block(k0, g * d, nk, d).transpose();
         for (int64_t i = a; i < b; ++i) {
-          // Visible keys of query i: [max(k0, i - window + 1), i].
-          const int64_t lo = std::max(k0, i - window + 1) - k0, hi = i - k0 + 1;
+          // Visible keys of query i (position p0 + i): [max(k0, p0 + i - window + 1), p0 + i].
+          const int64_t lo = std::max(k0, p0 + i - window + 1) - k0, hi = p0 + i - k0 + 1;
           auto row = s.row(i - a);
           auto vis = row.segment(lo, hi - lo).array();
           vis = (vis - vis.maxCoeff()).exp();
@@ -383,7 +481,7 @@ MatrixRM LlamaModel::forward(const int32_t* tokens, int64_t T) const {
           row.head(lo).setZero();
           row.tail(nk - hi).setZero();
         }
-        attn.block(a, hd * d, b - a, d).noalias() = s * v.block(k0, g * d, nk, d);
+        attn.block(a, hd * d, b - a, d).noalias() = s * Vv.block(k0, g * d, nk, d);
       }
     }
     h += apply_linear(attn, L.linear[3]);
@@ -391,13 +489,22 @@ MatrixRM LlamaModel::forward(const int32_t* tokens, int64_t T) const {
     const MatrixRM m = rms_norm(h, L.post_attn_norm, c.rms_norm_eps);
     MatrixRM gate = apply_linear(m, L.linear[4]);
     const MatrixRM up = apply_linear(m, L.linear[5]);
-    gate = gate.unaryExpr([](float x) { return x / (1.0f + std::exp(-x)); }).cwiseProduct(up);
+    // SwiGLU: silu(gate) * up, row by row.
+#pragma omp parallel for schedule(static) if (par_elementwise(gate.size()))
+    for (Eigen::Index t = 0; t < gate.rows(); ++t)
+      gate.row(t) = gate.row(t).unaryExpr([](float x) { return x / (1.0f + std::exp(-x)); }).cwiseProduct(up.row(t));
     h += apply_linear(gate, L.linear[6]);
   }
-  const MatrixRM n = rms_norm(h, weights_.final_norm, c.rms_norm_eps);
-  const MatrixRM& head = c.tie_word_embeddings ? weights_.embed : weights_.lm_head;
-  MatrixRM logits(T, c.vocab_size);
-  logits.noalias() = n * head.transpose();
+  if (cache) cache->len_ = S;
+  const MatrixRM hl = last_only ? MatrixRM(h.bottomRows(1)) : MatrixRM();
+  const MatrixRM n = rms_norm(last_only ? hl : h, weights_.final_norm, c.rms_norm_eps);
+  MatrixRM logits(n.rows(), c.vocab_size);
+  if (weights_.lm_head_kernel) {
+    weights_.lm_head_kernel->matmul(n.data(), n.rows(), logits.data(), kernel_mode_);
+  } else {
+    const MatrixRM& head = c.tie_word_embeddings ? weights_.embed : weights_.lm_head;
+    logits.noalias() = n * head.transpose();
+  }
   if (act_mode_ != ActQuantMode::kNone) act_counts_.add(counts);
   return logits;
 }

@@ -23,6 +23,7 @@
 #include "formats/hf_config.h"
 #include "kernels/cpu/fgmp_gemv.h"
 #include "kernels/cpu/lut_gemv.h"
+#include "lib/model/cpu_linear.h"
 #include "lib/quant/act_quant.h"
 #include "lib/quant/quantizer.h"
 
@@ -55,7 +56,9 @@ std::shared_ptr<const PackedLinear> make_packed_linear(PackedTensor t);
 /// One linear layer y = x W^T + b, logical shape [rows, cols] = [out, in]; b is empty or
 /// [out]. Dense and decoded layers hold w, fp32 [rows, cols], and packed is null. Packed
 /// squeezellm and fgmp layers (LlamaModel::load without expand_packed) hold packed and leave
-/// w EMPTY: the forward pass runs lut_gemm / fgmp_gemm on the packed form. `format` is where the values came
+/// w EMPTY: the forward pass runs lut_gemm / fgmp_gemm on the packed form. With
+/// LoadOptions::cpu_kernels every layer holds `kernel` instead (w empty, packed null): its
+/// stored or repacked form behind lib/model/cpu_linear.h. `format` is where the values came
 /// from ("f32", "f16", "bf16", "fp8", "nvfp4", "fgmp", "squeezellm"), `stored_bytes` the bytes its
 /// on-disk form takes (for bits-per-weight accounting).
 struct Linear {
@@ -66,6 +69,7 @@ struct Linear {
   int64_t rows = 0;  ///< out_features (always set, also when w is empty)
   int64_t cols = 0;  ///< in_features (always set, also when w is empty)
   std::shared_ptr<const PackedLinear> packed;  ///< set for squeezellm/fgmp kept packed; then w is empty
+  std::shared_ptr<const CpuLinear> kernel;     ///< set by LoadOptions::cpu_kernels; then w is empty
   /// FGMP activation calibration (mpq-pack --act-calib; docs/formats.md): the input
   /// channels' act_fisher, fp32 [cols], >= 0, empty when the checkpoint has none, and the
   /// block-score threshold (FP8 when score > threshold; +-inf allowed, NaN when absent).
@@ -102,6 +106,9 @@ struct LlamaWeights {
   std::vector<LlamaLayer> layers;
   Eigen::VectorXf final_norm;      ///< [H]
   MatrixRM lm_head;                ///< [V, H]; empty when tied to embed
+  /// LoadOptions::cpu_kernels: the embedding and the LM head, [V, H] each, in their stored
+  /// dtype (read in place); then embed and lm_head are empty. A tied model shares one object.
+  std::shared_ptr<const CpuLinear> embed_kernel, lm_head_kernel;
 };
 
 /// Expected [out, in] shape of linear `index` (see kLinearNames) for a config.
@@ -136,6 +143,31 @@ struct LoadOptions {
   /// Decode squeezellm linears to fp32 w at load (the expanded reference) instead of keeping
   /// them packed for the LUT kernels. Needed by anything that reads Linear::w.
   bool expand_packed = false;
+  /// Keep every linear, the embedding and the LM head in their stored form and run them
+  /// through the CPU kernels (lib/model/cpu_linear.h): dense F32/F16/BF16 tensors are read in
+  /// place from the mapped files, nvfp4 and squeezellm are repacked for their int8 kernels,
+  /// fp8 and fgmp kept as stored. No fp32 copy of the model is made, so Linear::w,
+  /// LlamaWeights::embed and lm_head stay empty (gradients, to_params() and the CUDA upload
+  /// need the default form). Ignored with expand_packed.
+  bool cpu_kernels = false;
+};
+
+/// Keys and values of every layer for one sequence, positions [0, length()), fp32
+/// [capacity, kv_heads * head_dim] per layer (after RoPE), filled by LlamaModel::forward
+/// with a cache. Memory: 2 * layers * capacity * kv_heads * head_dim * 4 bytes.
+class KvCache {
+ public:
+  /// Throws Error(kUsage) for capacity < 1.
+  KvCache(const LlamaConfig& c, int64_t capacity);
+  int64_t length() const { return len_; }
+  int64_t capacity() const { return cap_; }
+  /// Forgets every position (the memory stays allocated).
+  void clear() { len_ = 0; }
+
+ private:
+  friend class LlamaModel;
+  std::vector<MatrixRM> k_, v_;
+  int64_t len_ = 0, cap_ = 0;
 };
 
 /// A loaded Llama-family model.
@@ -144,8 +176,8 @@ class LlamaModel {
   /// Loads `<dir>/config.json` and its safetensors (single or sharded). Quantized linears in
   /// mpq/ModelOpt layouts (nvfp4, fp8) and fgmp linears are decoded to fp32 at load time; squeezellm linears
   /// are kept packed (Linear::packed, w empty) and run through the CPU LUT kernels, unless
-  /// opt.expand_packed asks for fp32 w.
-  /// Throws Error(kInput) naming the file and tensor for a missing tensor, a shape that
+  /// opt.expand_packed asks for fp32 w; with opt.cpu_kernels every weight keeps its stored form
+  /// (LoadOptions). Throws Error(kInput) naming the file and tensor for a missing tensor, a shape that
   /// disagrees with config.json, or an unsupported dtype/layout.
   static LlamaModel load(const std::string& dir, const LoadOptions& opt = {});
   LlamaModel(LlamaConfig config, LlamaWeights weights);
@@ -161,6 +193,26 @@ class LlamaModel {
   /// several threads at once.
   MatrixRM forward(const int32_t* tokens, int64_t T) const;
 
+  /// The same graph for `tokens` continuing the sequence in `cache`: positions
+  /// cache.length() .. cache.length() + T - 1, attention over the cached keys and the new
+  /// ones; the cache grows by T. Returns logits [T, vocab], or [1, vocab] for the last token
+  /// only when last_only (a prefill). forward(tokens, T) equals this on an empty cache.
+  /// Throws Error(kInput) for a token id outside the vocabulary and Error(kUsage) when the
+  /// cache cannot hold T more positions or belongs to another shape.
+  MatrixRM forward(const int32_t* tokens, int64_t T, KvCache& cache, bool last_only = false) const;
+
+  /// How CpuLinear layers (cpu_kernels loads) multiply: KernelMode::kFast (default) or
+  /// kExact (fp32 products of the exactly decoded weights).
+  void set_kernel_mode(KernelMode mode) { kernel_mode_ = mode; }
+  KernelMode kernel_mode() const { return kernel_mode_; }
+
+  /// Weights of the model: embedding, LM head (unless tied) and the seven linears of every
+  /// layer (from the config; packed layers count their logical shape).
+  int64_t parameter_count() const;
+  /// Bytes of weights one decode step reads: every linear in its runtime form (kernel
+  /// weight_bytes(), or stored_bytes / 4 bytes per fp32 weight otherwise) and the LM head.
+  std::size_t decode_weight_bytes() const;
+
   /// Activation quantization of every linear input in forward() (lib/quant/act_quant.h):
   /// kNone (default, the fp32 path unchanged), kFp8, kNvfp4, or kFgmp, which needs every
   /// linear's input_act_fisher and input_fgmp_threshold: otherwise throws Error(kInput)
@@ -175,7 +227,10 @@ class LlamaModel {
   LlamaWeights weights_;
   std::vector<double> inv_freq_;  ///< [head_dim / 2]
   ActQuantMode act_mode_ = ActQuantMode::kNone;
+  KernelMode kernel_mode_ = KernelMode::kFast;
   mutable ActBlockCounter act_counts_;
+
+  MatrixRM forward_impl(const int32_t* tokens, int64_t T, KvCache* cache, bool last_only) const;
 };
 
 /// RoPE inverse frequencies [head_dim/2] for a config, rope_scaling applied (float64).

@@ -6,7 +6,9 @@
 #include <set>
 
 #include "formats/hf_config.h"
+#include "kernels/cpu/cpu_features.h"  // cpu_isa(), for the report
 #include "lib/eval/perplexity.h"
+#include "lib/model/generate.h"  // forward_token_by_token
 #include "lib/model/llama.h"
 #include "lib/model/tokenizer.h"
 #include "tools/common.h"
@@ -22,11 +24,12 @@ int main(int argc, char** argv) {
                "non-overlapping windows; optional KL divergence vs a base model and "
                "regression gates.",
                "mpq-eval"};
-  std::string model_dir, text_file, token_file, json_out, base_dir, act_name = "auto", device = "cpu";
+  std::string model_dir, text_file, token_file, json_out, base_dir, act_name = "auto", device = "cpu",
+              kernels_name = "fast";
   int64_t ctx = 512, max_tokens = 0;
   int threads = 0;
   double max_ppl = 0, baseline_ppl = 0, max_increase_pct = -1;
-  bool quiet = false;
+  bool quiet = false, token_by_token = false;
   app.add_option("--model", model_dir, "Model folder (config.json, *.safetensors, tokenizer.model)")
       ->required();
   auto* text_opt = app.add_option("--text", text_file, "Text file: BOS + whole-file tokenization");
@@ -55,6 +58,15 @@ int main(int argc, char** argv) {
                  "(--base runs there too; --act must be none)")
       ->check(CLI::IsMember({"cpu", "cuda"}))
       ->capture_default_str();
+  app.add_option("--kernels", kernels_name,
+                 "CPU: fast (int8 activations in the NVFP4 / SqueezeLLM GEMVs, bf16 activations and weights "
+                 "in window products on AMX / AVX512_BF16) or exact (fp32 products of the exactly decoded "
+                 "weights); --base runs the same mode")
+      ->check(CLI::IsMember({"fast", "exact"}))
+      ->capture_default_str();
+  app.add_flag("--token-by-token", token_by_token,
+               "CPU: score each window one token at a time through the KV cache (the decode path: single-token "
+               "products) instead of one window product; --base stays windowed");
   app.add_option("--threads", threads, "OpenMP threads (0 = all cores)")->check(CLI::NonNegativeNumber);
   app.add_option("--max-ppl", max_ppl, "Gate: exit 5 if ppl > X");
   auto* gate_base = app.add_option("--baseline-ppl", baseline_ppl, "Gate: baseline ppl for --max-increase-pct");
@@ -72,6 +84,7 @@ int main(int argc, char** argv) {
     const bool cuda = device == "cuda";
     if (cuda && act_name != "none" && act_name != "auto")
       throw Error(ExitCode::kUsage, "--act " + act_name + " needs --device cpu (the CUDA runtime runs fp32 activations)");
+    if (cuda && token_by_token) throw Error(ExitCode::kUsage, "--token-by-token needs --device cpu");
     if (cuda) {
 #ifdef MPQ_HAVE_CUDA
       if (cuda::device_count() == 0)
@@ -95,7 +108,13 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "mpq-eval: warning: --ctx %lld exceeds max_position_embeddings %lld: positions past %lld "
                            "are outside the trained context (recorded in the JSON)\n",
                    static_cast<long long>(ctx), static_cast<long long>(max_pos), static_cast<long long>(max_pos));
-    LlamaModel model = LlamaModel::load(model_dir);
+    // The CPU runs every weight in its stored form through its kernels (no fp32 copy); the
+    // CUDA upload reads the default (fp32 / packed view) form.
+    LoadOptions load_opt;
+    load_opt.cpu_kernels = !cuda;
+    const KernelMode kernel_mode = parse_kernel_mode(kernels_name);
+    LlamaModel model = LlamaModel::load(model_dir, load_opt);
+    model.set_kernel_mode(kernel_mode);
     ActQuantMode act_mode = parse_act_mode(act_name);
     std::string act_declared = "none";  // what auto resolved to, per linear: "none", "fp8", "nvfp4" or "mixed"
     if (act_mode == ActQuantMode::kDeclared) {
@@ -124,7 +143,8 @@ int main(int argc, char** argv) {
     opt.ctx = ctx;
     opt.max_tokens = max_tokens;
     if (!base_dir.empty()) {
-      base.emplace(LlamaModel::load(base_dir));
+      base.emplace(LlamaModel::load(base_dir, load_opt));
+      base->set_kernel_mode(kernel_mode);
       if (base->config().vocab_size != model.config().vocab_size)
         throw_input(base_dir, "vocab_size " + std::to_string(base->config().vocab_size) +
                                   " differs from the model's " + std::to_string(model.config().vocab_size));
@@ -142,7 +162,12 @@ int main(int argc, char** argv) {
     };
     PerplexityResult r;
     std::string device_name = "cpu";
-    if (!cuda) {
+    if (!cuda && token_by_token) {
+      const WindowForward f = [&model](const int32_t* tok, int64_t T) { return forward_token_by_token(model, tok, T); };
+      WindowForward b;
+      if (base) b = [&base](const int32_t* tok, int64_t T) { return base->forward(tok, T); };
+      r = evaluate_perplexity(f, ids, opt, b, window_threads(model.parameter_count()) > 1, progress);
+    } else if (!cuda) {
       r = evaluate_perplexity(model, ids, opt, progress);
     } else {
 #ifdef MPQ_HAVE_CUDA
@@ -164,11 +189,13 @@ int main(int argc, char** argv) {
     std::size_t linear_bytes = 0;
     int64_t linear_params = 0;
     std::map<std::string, int64_t> formats;
+    std::map<std::string, std::string> paths;  // format -> kernel path of a ctx-token window
     for (const auto& L : model.weights().layers)
       for (const auto& l : L.linear) {
         linear_bytes += l.stored_bytes;
         linear_params += l.numel();
         formats[l.format] += 1;
+        if (l.kernel) paths[l.format] = l.kernel->path(ctx, kernel_mode);
       }
     const double linear_bpw = 8.0 * static_cast<double>(linear_bytes) / static_cast<double>(linear_params);
 
@@ -181,6 +208,11 @@ int main(int argc, char** argv) {
     std::printf("perplexity   %.4f\n", r.ppl);
     if (r.mean_kl) std::printf("mean KL      %.6f nats (vs %s)\n", *r.mean_kl, base_dir.c_str());
     std::printf("linear bpw   %.4f\n", linear_bpw);
+    if (!cuda) {
+      std::string p;
+      for (const auto& [f, path] : paths) p += (p.empty() ? "" : ", ") + f + ": " + path;
+      std::printf("kernels      %s (%s; cpu %s)\n", kernels_name.c_str(), p.c_str(), cpu_isa_name(cpu_isa()));
+    }
     const ActBlockCounts act = model.act_block_counts();
     if (model.act_quant() != ActQuantMode::kNone)
       std::printf("activations  %s: %lld NVFP4 + %lld FP8 blocks (FP4 fraction %.4f)\n",
@@ -213,6 +245,10 @@ int main(int argc, char** argv) {
     j["window_nll"] = r.window_nll;
     j["act"] = act_name;
     j["act_declared"] = act_declared;
+    j["kernels"] = cuda ? "cuda" : kernels_name;
+    j["token_by_token"] = token_by_token;
+    j["kernel_paths"] = paths;
+    j["cpu_isa"] = cpu_isa_name(cpu_isa());
     if (model.act_quant() != ActQuantMode::kNone) {
       j["act_fp4_blocks"] = act.fp4;
       j["act_fp8_blocks"] = act.fp8;

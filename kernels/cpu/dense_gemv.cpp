@@ -1,0 +1,221 @@
+// FP8 / bf16 / fp16 GEMV and decoders (kernels/cpu/dense_gemv.h).
+#include "kernels/cpu/dense_gemv.h"
+
+#include <omp.h>  // omp_in_parallel
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <string>
+
+#include "kernels/cpu/cpu_features.h"
+#include "kernels/cpu/simd.h"
+#include "lib/common/error.h"
+#include "lib/numeric/codecs.h"
+
+namespace mpq {
+namespace {
+
+constexpr int64_t kRowBlock = 4;
+constexpr int64_t kParallelMinWeights = int64_t{1} << 16;
+
+inline std::size_t elem_bytes(DenseKind k) { return k == DenseKind::kFp8 ? 1 : 2; }
+
+// Unscaled fp32 value of element i (fp8: e4m3).
+inline float elem(const DenseWeightView& w, int64_t i) {
+  switch (w.kind) {
+    case DenseKind::kFp8: return e4m3_to_fp32(static_cast<const uint8_t*>(w.data)[i]);
+    case DenseKind::kBf16: return bf16_to_fp32(static_cast<const uint16_t*>(w.data)[i]);
+    default: return fp16_to_fp32(static_cast<const uint16_t*>(w.data)[i]);
+  }
+}
+
+// The factor the unscaled sums are multiplied with (fp8 paths sum e4m3 / 256 in vector code).
+inline float row_factor(const DenseWeightView& w, bool div256) {
+  return w.kind == DenseKind::kFp8 && div256 ? w.scale * 256.0f : w.scale;
+}
+
+template <typename Body>
+void for_row_blocks(const DenseWeightView& w, Body body) {
+  const int64_t nblk = (w.rows + kRowBlock - 1) / kRowBlock;
+  const bool par = w.rows * w.cols >= kParallelMinWeights && nblk > 1 && !omp_in_parallel();
+#pragma omp parallel for schedule(static) if (par)
+  for (int64_t b = 0; b < nblk; ++b) body(b * kRowBlock, std::min(kRowBlock, w.rows - b * kRowBlock));
+}
+
+template <DenseKind K>
+MPQ_TARGET_AVX512 inline __m512 load16(const void* base, int64_t i, __mmask16 m) {
+  if constexpr (K == DenseKind::kFp8) {
+    const __m128i b = _mm_maskz_loadu_epi8(m, static_cast<const uint8_t*>(base) + i);
+    const __m256i h = _mm256_cvtepi8_epi16(b);
+    return _mm512_cvtph_ps(_mm256_and_si256(_mm256_slli_epi16(h, 7), _mm256_set1_epi16(static_cast<short>(0xBF80))));
+  } else if constexpr (K == DenseKind::kBf16) {
+    const __m256i h = _mm256_maskz_loadu_epi16(m, static_cast<const uint16_t*>(base) + i);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+  } else {
+    return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, static_cast<const uint16_t*>(base) + i));
+  }
+}
+
+// N rows (1..4) of the block at r0: N is a template parameter so the accumulators stay in
+// registers.
+template <DenseKind K, int N>
+MPQ_TARGET_AVX512 void avx512_rows_n(const DenseWeightView& w, int64_t r0, const float* x, float* y) {
+  const int64_t C = w.cols;
+  const int64_t eb = static_cast<int64_t>(elem_bytes(K));
+  const uint8_t* base = static_cast<const uint8_t*>(w.data) + r0 * C * eb;
+  __m512 acc[N];
+  for (int i = 0; i < N; ++i) acc[i] = _mm512_setzero_ps();
+  int64_t k = 0;
+  for (; k + 16 <= C; k += 16) {
+    const __m512 xv = _mm512_loadu_ps(x + k);
+    for (int i = 0; i < N; ++i) {
+      const uint8_t* row = base + i * C * eb;
+      _mm_prefetch(reinterpret_cast<const char*>(row + k * eb) + 1024, _MM_HINT_T0);
+      acc[i] = _mm512_fmadd_ps(load16<K>(row, k, 0xFFFF), xv, acc[i]);
+    }
+  }
+  if (k < C) {
+    const __mmask16 m = static_cast<__mmask16>((1u << (C - k)) - 1);
+    const __m512 xv = _mm512_maskz_loadu_ps(m, x + k);
+    for (int i = 0; i < N; ++i) acc[i] = _mm512_fmadd_ps(load16<K>(base + i * C * eb, k, m), xv, acc[i]);
+  }
+  const float f = row_factor(w, true);
+  for (int i = 0; i < N; ++i) y[r0 + i] = _mm512_reduce_add_ps(acc[i]) * f;
+}
+
+template <DenseKind K>
+void avx512_rows(const DenseWeightView& w, int64_t r0, int64_t n, const float* x, float* y) {
+  switch (n) {
+    case 4: return avx512_rows_n<K, 4>(w, r0, x, y);
+    case 3: return avx512_rows_n<K, 3>(w, r0, x, y);
+    case 2: return avx512_rows_n<K, 2>(w, r0, x, y);
+    default: return avx512_rows_n<K, 1>(w, r0, x, y);
+  }
+}
+
+template <DenseKind K>
+MPQ_TARGET_AVX2 inline __m256 load8(const void* base, int64_t i) {
+  if constexpr (K == DenseKind::kFp8) {
+    const __m128i h = _mm_cvtepi8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(static_cast<const uint8_t*>(base) + i)));
+    return _mm256_cvtph_ps(_mm_and_si128(_mm_slli_epi16(h, 7), _mm_set1_epi16(static_cast<short>(0xBF80))));
+  } else if constexpr (K == DenseKind::kBf16) {
+    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(base) + i));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+  } else {
+    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(base) + i)));
+  }
+}
+
+MPQ_TARGET_AVX2 inline float hsum8(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+template <DenseKind K, int N>
+MPQ_TARGET_AVX2 void avx2_rows_n(const DenseWeightView& w, int64_t r0, const float* x, float* y) {
+  const int64_t C = w.cols, C8 = C / 8 * 8;
+  const int64_t eb = static_cast<int64_t>(elem_bytes(K));
+  const uint8_t* base = static_cast<const uint8_t*>(w.data) + r0 * C * eb;
+  __m256 acc[N];
+  for (int i = 0; i < N; ++i) acc[i] = _mm256_setzero_ps();
+  for (int64_t k = 0; k < C8; k += 8) {
+    const __m256 xv = _mm256_loadu_ps(x + k);
+    for (int i = 0; i < N; ++i) acc[i] = _mm256_fmadd_ps(load8<K>(base + i * C * eb, k), xv, acc[i]);
+  }
+  for (int i = 0; i < N; ++i) {
+    float s = hsum8(acc[i]);
+    if (K == DenseKind::kFp8) s *= 256.0f;  // the vector sums are in units of e4m3 / 256
+    for (int64_t k = C8; k < C; ++k) s += elem(w, (r0 + i) * C + k) * x[k];
+    y[r0 + i] = s * w.scale;
+  }
+}
+
+template <DenseKind K>
+void avx2_rows(const DenseWeightView& w, int64_t r0, int64_t n, const float* x, float* y) {
+  switch (n) {
+    case 4: return avx2_rows_n<K, 4>(w, r0, x, y);
+    case 3: return avx2_rows_n<K, 3>(w, r0, x, y);
+    case 2: return avx2_rows_n<K, 2>(w, r0, x, y);
+    default: return avx2_rows_n<K, 1>(w, r0, x, y);
+  }
+}
+
+}  // namespace
+
+void dense_check(const DenseWeightView& w, const std::string& where) {
+  if (w.rows < 0 || w.cols < 0) throw_input(where, "negative shape");
+  if (!std::isfinite(w.scale)) throw_input(where, "weight_scale is not finite");
+  if (w.kind != DenseKind::kFp8) return;
+  const uint8_t* b = static_cast<const uint8_t*>(w.data);
+  const int64_t n = w.rows * w.cols;
+  for (int64_t i = 0; i < n; ++i)
+    if ((b[i] & 0x7F) == 0x7F)
+      throw_input(where, "FP8 weight[" + std::to_string(i / w.cols) + ", " + std::to_string(i % w.cols) +
+                             "] is the E4M3 NaN code");
+}
+
+void dense_gemv_scalar(const DenseWeightView& w, const float* x, float* y) {
+  for_row_blocks(w, [&](int64_t r0, int64_t n) {
+    for (int64_t i = 0; i < n; ++i) {
+      float s0 = 0.0f, s1 = 0.0f;
+      const int64_t base = (r0 + i) * w.cols;
+      int64_t k = 0;
+      for (; k + 2 <= w.cols; k += 2) {
+        s0 += elem(w, base + k) * x[k];
+        s1 += elem(w, base + k + 1) * x[k + 1];
+      }
+      if (k < w.cols) s0 += elem(w, base + k) * x[k];
+      y[r0 + i] = (s0 + s1) * w.scale;
+    }
+  });
+}
+
+void dense_gemv_avx2(const DenseWeightView& w, const float* x, float* y) {
+  for_row_blocks(w, [&](int64_t r0, int64_t n) {
+    switch (w.kind) {
+      case DenseKind::kFp8: avx2_rows<DenseKind::kFp8>(w, r0, n, x, y); break;
+      case DenseKind::kBf16: avx2_rows<DenseKind::kBf16>(w, r0, n, x, y); break;
+      default: avx2_rows<DenseKind::kF16>(w, r0, n, x, y); break;
+    }
+  });
+}
+
+void dense_gemv_avx512(const DenseWeightView& w, const float* x, float* y) {
+  for_row_blocks(w, [&](int64_t r0, int64_t n) {
+    switch (w.kind) {
+      case DenseKind::kFp8: avx512_rows<DenseKind::kFp8>(w, r0, n, x, y); break;
+      case DenseKind::kBf16: avx512_rows<DenseKind::kBf16>(w, r0, n, x, y); break;
+      default: avx512_rows<DenseKind::kF16>(w, r0, n, x, y); break;
+    }
+  });
+}
+
+void dense_gemv(const DenseWeightView& w, const float* x, float* y) {
+  const CpuIsa isa = cpu_isa();
+  if (isa >= CpuIsa::kAvx512)
+    dense_gemv_avx512(w, x, y);
+  else if (isa >= CpuIsa::kAvx2)
+    dense_gemv_avx2(w, x, y);
+  else
+    dense_gemv_scalar(w, x, y);
+}
+
+void dense_decode_rows(const DenseWeightView& w, int64_t r0, int64_t n, float* out, int64_t ld, bool with_scale) {
+  MPQ_ASSERT(r0 >= 0 && n >= 0 && r0 + n <= w.rows && ld >= w.cols);
+  const bool scaled = with_scale && w.scale != 1.0f;
+  for (int64_t j = 0; j < n; ++j) {
+    float* o = out + j * ld;
+    const int64_t base = (r0 + j) * w.cols;
+    for (int64_t c = 0; c < w.cols; ++c) o[c] = scaled ? elem(w, base + c) * w.scale : elem(w, base + c);
+    std::fill(o + w.cols, o + ld, 0.0f);
+  }
+}
+
+void dense_row_f32(const DenseWeightView& w, int64_t r, float* out) {
+  dense_decode_rows(w, r, 1, out, w.cols, true);
+}
+
+}  // namespace mpq

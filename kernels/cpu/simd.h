@@ -1,0 +1,24 @@
+// Shared by the kernels/cpu sources that use intrinsics: the intrinsics header and the
+// function target attributes of each path (cpu_features.h says when each may run).
+//
+// GCC 12 reports false -Wuninitialized / -Wmaybe-uninitialized warnings inside its AVX-512
+// headers (the self-initialized __Y of _mm512_undefined_*, GCC bug 105593): silenced for the
+// headers only.
+#pragma once
+
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <immintrin.h>
+#pragma GCC diagnostic pop
+
+/// CpuIsa::kAvx2: AVX2 + FMA + F16C.
+#define MPQ_TARGET_AVX2 __attribute__((target("avx2,fma,f16c")))
+/// CpuIsa::kAvx512: AVX-512 F/BW/VL/VBMI/VNNI (+ AVX2, FMA, F16C).
+#define MPQ_TARGET_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vbmi,avx512vnni,avx2,fma,f16c")))
+/// CpuIsa::kAvx512Bf16: the above + AVX512_BF16.
+#define MPQ_TARGET_AVX512BF16 \
+  __attribute__((target("avx512f,avx512bw,avx512vl,avx512vbmi,avx512vnni,avx512bf16,avx2,fma,f16c")))
+/// CpuIsa::kAmx: the above + AMX-TILE + AMX-BF16.
+#define MPQ_TARGET_AMX \
+  __attribute__((target("avx512f,avx512bw,avx512vl,avx512vbmi,avx512vnni,avx512bf16,amx-tile,amx-bf16,avx2,fma,f16c")))
