@@ -138,10 +138,28 @@ TEST(Quant, FormatTable) {
   }
 }
 
+TEST(Quant, GptqSuffixOfTheLabelGrammar) {
+  const FormatSpec a = parse_format_label("int4-g32+gptq");
+  EXPECT_TRUE(a.gptq);
+  EXPECT_FALSE(a.four_over_six);
+  EXPECT_EQ(a.format, "int");
+  EXPECT_EQ(a.params.group_size, 32);
+  EXPECT_EQ(a.label, "int4-g32+gptq");
+  const FormatSpec b = parse_format_label("nvfp4+gptq-4o6");
+  EXPECT_TRUE(b.gptq && b.four_over_six);
+  EXPECT_EQ(b.format, "nvfp4");
+  EXPECT_FALSE(parse_format_label("nvfp4").gptq);
+  expect_error([] { parse_format_label("fp8+gptq-4o6"); }, ExitCode::kUsage);
+  expect_error([] { parse_format_label("source+gptq"); }, ExitCode::kUsage);
+  expect_error([] { parse_format_label("nvfp4+gptqq"); }, ExitCode::kUsage);
+  expect_error([] { parse_format_label("+gptq"); }, ExitCode::kUsage);
+}
+
 TEST(Quant, UnknownFormatIsUsageError) {
   const std::string msg = expect_error([] { quantizer_for("int5"); }, ExitCode::kUsage);
   EXPECT_EQ(msg, "unknown format 'int5' (expected source | fp8 | nvfp4 | squeezellm[-<2|3|4>bit][-sparse] | "
-                 "uniform[-<2|3|4>bit] | fgmp[-<0..100>] | int<2|3|4|8>[-g<16|32|64|128>])");
+                 "uniform[-<2|3|4>bit] | fgmp[-<0..100>] | int<2|3|4|8>[-g<16|32|64|128>], each optionally "
+                 "followed by +gptq; nvfp4 also +gptq-4o6)");
   // A valid label that is not a row name is refused by the name-based lookup.
   expect_error([] { quantizer_for("int3"); }, ExitCode::kUsage);
 }

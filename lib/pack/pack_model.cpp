@@ -139,8 +139,12 @@ PackReport pack_model(const std::string& model_dir, const std::string& out_dir, 
       throw Error(ExitCode::kUsage, "--exclude '" + e + "': bad regular expression: " + err.what());
     }
   }
-  if (opt.method == PackMethod::kGptq && opt.calib.text.empty())
-    throw Error(ExitCode::kUsage, "--method gptq needs --calib TEXT (the layer Hessians come from calibration windows)");
+  bool plan_gptq = false;  // a plan entry "+gptq": the sequential pass runs for the whole plan
+  for (const auto& [m, e] : opt.plan) plan_gptq = plan_gptq || e.gptq;
+  const bool use_gptq = opt.method == PackMethod::kGptq || plan_gptq;
+  if (use_gptq && opt.calib.text.empty())
+    throw Error(ExitCode::kUsage, std::string(plan_gptq ? "a plan with +gptq candidates" : "--method gptq") +
+                                      " needs --calib TEXT (the layer Hessians come from calibration windows)");
   if (opt.four_over_six && opt.method != PackMethod::kGptq)
     throw Error(ExitCode::kUsage, "--four-over-six is a choice of the GPTQ grid: give --method gptq");
   if (opt.act_scheme == ActScheme::kStatic && opt.calib.text.empty())
@@ -290,7 +294,7 @@ PackReport pack_model(const std::string& model_dir, const std::string& out_dir, 
   }
   // GPTQ: the sequential pass quantizes layer by layer as the writer reaches each layer.
   std::unique_ptr<GptqSequentialPass> gptq;
-  if (opt.method == PackMethod::kGptq) {
+  if (use_gptq) {
     check_llama_checkpoint(cfg, store);
     GptqLinearFn fn = [&](const std::string& module, const std::vector<double>& h,
                           std::vector<float>& deq) -> std::optional<PackedTensor> {
@@ -301,10 +305,17 @@ PackReport pack_model(const std::string& model_dir, const std::string& out_dir, 
       std::vector<float> w, fisher;
       load_linear(store.get(name), module, rows, cols, w, fisher);
       const Quantizer& q = planned ? *opt.plan.at(module).quantizer : *quant_ptr;
-      GptqGridInput in{module, w.data(), sens ? fisher.data() : nullptr, rows, cols};
       auto sh = shared_amax.find(module);
+      if (planned && !opt.plan.at(module).gptq) {  // an RTN entry of a plan: its values feed the later layers
+        PackedTensor p = sh != shared_amax.end() ? q.encode_with_amax(module, w.data(), rows, cols, sh->second)
+                                                 : q.encode_weighted(module, w.data(), sens ? fisher.data() : nullptr, rows, cols);
+        deq.resize(w.size());
+        q.decode(p, deq.data());
+        return p;
+      }
+      GptqGridInput in{module, w.data(), sens ? fisher.data() : nullptr, rows, cols};
       if (sh != shared_amax.end()) in.tensor_amax = sh->second;
-      in.four_over_six = opt.four_over_six;
+      in.four_over_six = planned ? opt.plan.at(module).four_over_six : opt.four_over_six;
       if (fgmp) in.fgmp_fp8_blocks = fgmp_sel.fp8_blocks.at(name);
       std::unique_ptr<GptqGrid> grid = make_gptq_grid(q, in);
       deq = gptq_quantize(module, w.data(), rows, cols, h.data(), *grid, opt.gptq);
@@ -481,7 +492,7 @@ PackReport pack_model(const std::string& model_dir, const std::string& out_dir, 
   rep.export_kind = xp.kind;
   rep.notes = xp.notes;
   if (planned) rep.manifest["plan"] = {{"file", fs::absolute(opt.plan_file).string()}, {"sha256", sha256_file(opt.plan_file)}};
-  rep.manifest["method"] = {{"name", pack_method_name(opt.method)}};
+  rep.manifest["method"] = {{"name", plan_gptq ? "plan" : pack_method_name(opt.method)}};
   if (gptq) {
     rep.manifest["method"].update({{"damp", opt.gptq.damp},
                                    {"block", opt.gptq.block},

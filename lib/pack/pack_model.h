@@ -60,6 +60,8 @@ struct PlanEntry {
   std::string format;                          ///< a format_table() name, or "source" (kept as stored)
   std::shared_ptr<const Quantizer> quantizer;  ///< null for "source"
   nlohmann::json params;                       ///< recorded per module in quantization_config
+  bool gptq = false;                           ///< candidate "+gptq": compensated (needs PackOptions::calib)
+  bool four_over_six = false;                  ///< candidate "+gptq-4o6"
 };
 
 struct PackOptions {

@@ -39,18 +39,22 @@ class Fp8Grid final : public GptqGrid {
  public:
   explicit Fp8Grid(const GptqGridInput& in) : in_(in), amax_(tensor_amax(in)), s_(fp8_tensor_scale(amax_)), q_(static_cast<std::size_t>(in.rows * in.cols)) {}
   double quantize(int64_t r, int64_t c, double w) override {
-    const float v = e4m3_to_fp32(fp32_to_e4m3(static_cast<float>(w) / s_)) * s_;
-    q_[static_cast<std::size_t>(r * in_.cols + c)] = v;
-    return v;
+    const uint8_t code = fp32_to_e4m3(static_cast<float>(w) / s_);
+    q_[static_cast<std::size_t>(r * in_.cols + c)] = code;
+    return static_cast<double>(e4m3_to_fp32(code) * s_);
   }
-  PackedTensor encode() override {  // the values are on the grid: re-encoding them is exact
-    return quantizer_for("fp8").encode_with_amax(in_.name, q_.data(), in_.rows, in_.cols, amax_);
+  PackedTensor encode() override {  // the recorded codes and the scale (the values may reach 448 s > amax by an ulp)
+    const Fp8Quantizer q;
+    PackedTensor out = packed_from_layout("fp8", in_.rows, in_.cols, q.layout(in_.rows, in_.cols));
+    out.parts[0].bytes.assign(q_.begin(), q_.end());
+    store_f32_le(s_, out.parts[1].bytes.data());
+    return out;
   }
 
  private:
   GptqGridInput in_;
   float amax_, s_;
-  std::vector<float> q_;
+  std::vector<uint8_t> q_;  // E4M3 codes
 };
 
 // ---- nvfp4 ------------------------------------------------------------------------------

@@ -228,17 +228,37 @@ std::string format_label_forms() {
 }
 
 FormatSpec parse_format_label(const std::string& label) {
+  // "<label>+gptq" / "<label>+gptq-4o6": the method suffix, then the format's own label.
+  std::string base = label;
+  bool gptq = false, four_over_six = false;
+  for (const char* suffix : {"+gptq-4o6", "+gptq"}) {
+    const std::string sfx = suffix;
+    if (base.size() > sfx.size() && base.compare(base.size() - sfx.size(), sfx.size(), sfx) == 0) {
+      base.resize(base.size() - sfx.size());
+      gptq = true;
+      four_over_six = sfx == "+gptq-4o6";
+      break;
+    }
+  }
   FormatSpec s;
   s.label = label;
-  s.format = label;
-  if (label == "source") return s;
+  s.format = base;
+  s.gptq = gptq;
+  s.four_over_six = four_over_six;
+  if (base == "source") {
+    if (gptq) throw Error(ExitCode::kUsage, "format '" + label + "': source keeps the weights as stored (no +gptq)");
+    return s;
+  }
   for (const FormatInfo& f : format_table())
-    if (f.parse(label, &s)) {
+    if (f.parse(base, &s)) {
       s.info = &f;
       s.format = f.name;
+      if (four_over_six && f.layout != FormatId::kNvfp4)
+        throw Error(ExitCode::kUsage, "format '" + label + "': +gptq-4o6 (Four Over Six block scales) is for nvfp4 only");
       return s;
     }
-  throw Error(ExitCode::kUsage, "unknown format '" + label + "' (expected " + format_label_forms() + ")");
+  throw Error(ExitCode::kUsage, "unknown format '" + label + "' (expected " + format_label_forms() +
+                                    ", each optionally followed by +gptq; nvfp4 also +gptq-4o6)");
 }
 
 std::unique_ptr<Quantizer> make_quantizer(const FormatSpec& spec) {

@@ -106,6 +106,10 @@ struct FormatSpec {
   const FormatInfo* info = nullptr;
   QuantizerParams params;         ///< squeezellm / uniform / int (bits; group_size)
   FgmpParams fgmp;                ///< fgmp: a per-tensor FP8 fraction (no global threshold)
+  /// Label suffix "+gptq": rounded under GPTQ error compensation (lib/quant/gptq.h) instead
+  /// of on its own; "+gptq-4o6" (nvfp4 only) also with Four Over Six block scales.
+  bool gptq = false;
+  bool four_over_six = false;
   bool is_source() const { return info == nullptr; }
 };
 

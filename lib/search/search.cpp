@@ -16,6 +16,10 @@
 #include "lib/common/error.h"
 #include "lib/common/shape.h"
 #include "lib/model/llama.h"
+#include "calibration/gptq_calibration.h"
+#include "lib/model/llama_grad.h"
+#include "lib/quant/gptq.h"
+#include "lib/quant/gptq_grids.h"
 #include "lib/quant/nvfp4.h"
 
 namespace mpq {
@@ -25,15 +29,25 @@ constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 
 }  // namespace
 
+double candidate_omega(const CandidateCost& cc, const std::string& cost) {
+  return cost == "fisher" ? cc.omega_fisher : cost == "kfac" ? cc.omega_kfac : cc.omega_hawq;
+}
+
 std::vector<std::string> default_candidate_labels() {
   return {"squeezellm-2bit", "squeezellm-2bit-sparse", "squeezellm-3bit", "squeezellm-3bit-sparse",
           "squeezellm-4bit", "squeezellm-4bit-sparse", "nvfp4",           "fgmp-10",
-          "fgmp-30",         "fgmp-50",                "fp8",             "source"};
+          "fgmp-30",         "fgmp-50",                "fp8",             "int2-g16",
+          "int3",            "int3-g32",               "int3-g16",        "int4",
+          "int4-g32",        "int4-g16",               "int8",            "source"};
 }
 
 std::vector<TensorCandidates> evaluate_candidates(const std::string& model_dir, const std::string& sensitivity,
                                                   const std::vector<CandidateSpec>& specs,
-                                                  const SearchProgress& progress) {
+                                                  const SearchProgress& progress, const CalibWindowOptions* calib) {
+  const bool calibrated = calib && !calib->text.empty();
+  for (const CandidateSpec& s : specs)
+    if (s.gptq && !calibrated)
+      throw Error(ExitCode::kUsage, "candidate '" + s.label + "' needs --calib (GPTQ compensates with the layer Hessians)");
   const LlamaConfig cfg = load_llama_config(model_dir);
   if (!cfg.quantization_config.is_null())
     throw_input(model_dir + "/config.json", "quantization_config: the input is already quantized; search on the original weights");
@@ -43,6 +57,19 @@ std::vector<TensorCandidates> evaluate_candidates(const std::string& model_dir, 
   const std::map<std::string, double> traces = read_hutchinson_traces(sens);
   std::vector<std::unique_ptr<Quantizer>> quants;
   for (const auto& s : specs) quants.push_back(make_quantizer(s));
+  // Layer input Hessians of the original model, one layer at a time (the pass keeps every
+  // weight: its function only records H).
+  std::map<std::string, std::vector<double>> layer_h;
+  std::unique_ptr<GptqSequentialPass> pass;
+  if (calibrated) {
+    check_llama_checkpoint(cfg, store);
+    pass = std::make_unique<GptqSequentialPass>(
+        cfg, store, read_calibration_ids(model_dir, calib->text, cfg.vocab_size), *calib,
+        [&](const std::string& module, const std::vector<double>& h, std::vector<float>&) -> std::optional<PackedTensor> {
+          layer_h[module] = h;
+          return std::nullopt;
+        });
+  }
 
   std::vector<TensorCandidates> out;
   const std::size_t total = static_cast<std::size_t>(cfg.num_layers) * 7;
@@ -66,16 +93,43 @@ std::vector<TensorCandidates> evaluate_candidates(const std::string& model_dir, 
       if (const TensorView* f = find_sensitivity_tensor(sens, fname, {rows, cols})) fisher = to_f32(*f);
       auto tr = traces.find(tc.module);
       const double trace_per_param = tr == traces.end() ? kNaN : tr->second / static_cast<double>(rows * cols);
+      std::vector<double> H;  // cols x cols, 2/N sum x x^T
+      std::vector<double> row_s;  // K-FAC output factor s_i
+      if (pass) {
+        (void)pass->take(tc.module);
+        H = std::move(layer_h.at(tc.module));
+        layer_h.erase(tc.module);
+        if (!fisher.empty()) {
+          double ex2 = 0;  // sum_j E[x_j^2]
+          for (int64_t j = 0; j < cols; ++j) ex2 += 0.5 * H[static_cast<std::size_t>(j * cols + j)];
+          row_s.assign(static_cast<std::size_t>(rows), 0.0);
+          for (int64_t r = 0; r < rows; ++r) {
+            double f = 0;
+            for (int64_t j = 0; j < cols; ++j) f += fisher[static_cast<std::size_t>(r * cols + j)];
+            row_s[static_cast<std::size_t>(r)] = ex2 > 0 ? f / ex2 : 0.0;
+          }
+        }
+      }
       std::vector<float> q(w.size());
       for (std::size_t c = 0; c < specs.size(); ++c) {
         CandidateCost cc;
+        cc.omega_kfac = cc.output_mse = pass ? 0.0 : kNaN;
         if (!quants[c]) {
           cc.bytes = static_cast<double>(t.nbytes);
         } else {
-          const PackedTensor p =
-              quants[c]->encode_weighted(tc.module, w.data(), fisher.empty() ? nullptr : fisher.data(), rows, cols);
+          const float* fp = fisher.empty() ? nullptr : fisher.data();
+          PackedTensor p;
+          if (specs[c].gptq) {
+            GptqGridInput in{tc.module, w.data(), fp, rows, cols};
+            in.four_over_six = specs[c].four_over_six;
+            std::unique_ptr<GptqGrid> grid = make_gptq_grid(*quants[c], in);
+            q = gptq_quantize(tc.module, w.data(), rows, cols, H.data(), *grid, GptqOptions{});
+            p = grid->encode();
+          } else {
+            p = quants[c]->encode_weighted(tc.module, w.data(), fp, rows, cols);
+            quants[c]->decode(p, q.data());
+          }
           cc.bytes = static_cast<double>(p.bytes());
-          quants[c]->decode(p, q.data());
           double err = 0, werr = 0;
           for (std::size_t k = 0; k < w.size(); ++k) {
             const double d = static_cast<double>(q[k]) - static_cast<double>(w[k]);
@@ -84,6 +138,21 @@ std::vector<TensorCandidates> evaluate_candidates(const std::string& model_dir, 
           }
           cc.omega_fisher = fisher.empty() ? kNaN : 0.5 * werr;
           cc.omega_hawq = trace_per_param * err;
+          if (pass) {
+            // Per row: d_i (H/2) d_i^T = E[(d_i x)^2]; float64 GEMM of the error with H.
+            Eigen::Map<const Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>> Hm(H.data(), cols, cols);
+            Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> D(rows, cols);
+            for (int64_t k = 0; k < rows * cols; ++k)
+              D.data()[k] = static_cast<double>(q[static_cast<std::size_t>(k)]) - static_cast<double>(w[static_cast<std::size_t>(k)]);
+            const Eigen::VectorXd per_row = ((D * Hm).cwiseProduct(D)).rowwise().sum() * 0.5;
+            double kf = 0, mse = 0;
+            for (int64_t r = 0; r < rows; ++r) {
+              mse += per_row(r);
+              if (!row_s.empty()) kf += row_s[static_cast<std::size_t>(r)] * per_row(r);
+            }
+            cc.output_mse = mse;
+            cc.omega_kfac = row_s.empty() ? kNaN : 0.5 * kf;
+          }
         }
         tc.costs.push_back(cc);
       }
@@ -145,6 +214,8 @@ std::map<std::string, PlanEntry> read_plan(const std::string& path, std::string*
     pe.format = spec.format;
     pe.quantizer = make_quantizer(spec);
     pe.params = format_params_json(spec);
+    pe.gptq = spec.gptq;
+    pe.four_over_six = spec.four_over_six;
     out[module] = std::move(pe);
   }
   if (target_export) {
@@ -171,8 +242,8 @@ int64_t total_linear_params(const std::vector<TensorCandidates>& tensors) {
 
 IlpProblem build_problem(const std::vector<TensorCandidates>& tensors, const std::vector<CandidateSpec>& specs,
                          const SearchOptions& opt) {
-  if (opt.cost != "fisher" && opt.cost != "hawq")
-    throw Error(ExitCode::kUsage, "--cost '" + opt.cost + "': expected fisher or hawq");
+  if (opt.cost != "fisher" && opt.cost != "hawq" && opt.cost != "kfac")
+    throw Error(ExitCode::kUsage, "--cost '" + opt.cost + "': expected fisher, hawq or kfac");
   if (std::isfinite(opt.max_latency_us) && !opt.latency)
     throw Error(ExitCode::kUsage, "--max-latency-us needs --latency-table");
   IlpProblem p;
@@ -183,12 +254,14 @@ IlpProblem build_problem(const std::vector<TensorCandidates>& tensors, const std
     std::vector<IlpCandidate> cs;
     for (std::size_t c = 0; c < specs.size(); ++c) {
       const CandidateCost& cc = t.costs[c];
-      const double omega = opt.cost == "fisher" ? cc.omega_fisher : cc.omega_hawq;
+      const double omega = candidate_omega(cc, opt.cost);
       if (std::isnan(omega))
-        throw Error(ExitCode::kInput, opt.cost == "fisher"
-                                          ? "sensitivity file: '" + t.module + ".fisher' missing (needed by --cost fisher)"
-                                          : "sensitivity file: no Hutchinson trace for '" + t.module +
-                                                "' (run mpq-sensitivity --kind hutchinson; needed by --cost hawq)");
+        throw Error(ExitCode::kInput,
+                    opt.cost == "fisher" ? "sensitivity file: '" + t.module + ".fisher' missing (needed by --cost fisher)"
+                    : opt.cost == "kfac"
+                        ? "--cost kfac needs --calib and the sensitivity file's '" + t.module + ".fisher'"
+                        : "sensitivity file: no Hutchinson trace for '" + t.module +
+                              "' (run mpq-sensitivity --kind hutchinson; needed by --cost hawq)");
       const double lat = opt.latency ? opt.latency->lookup(t.rows, t.cols, specs[c].label) : 0.0;
       cs.push_back({cc.bytes, omega, lat, export_allows(opt.target_export, specs[c], t.cols)});
     }
@@ -256,7 +329,7 @@ nlohmann::json make_plan(const std::vector<TensorCandidates>& tensors, const std
                              {"params", params},
                              {"shape", {tensors[t].rows, tensors[t].cols}},
                              {"bytes", cc.bytes},
-                             {"omega", opt.cost == "fisher" ? cc.omega_fisher : cc.omega_hawq}};
+                             {"omega", candidate_omega(cc, opt.cost)}};
     ++counts[s.label];
   }
   plan["tensors"] = tj;

@@ -8,6 +8,15 @@
 //   HAWQ form (HAWQ-V3, Yao et al. 2021, eq. 8 with HAWQ-V2's trace):
 //                 Omega = (Tr(H) / n) * ||Q(W) - W||^2,  Tr(H) the Hutchinson trace of the
 //                 loss Hessian block of W (sensitivity metadata "traces"), n = out * in.
+//   K-FAC form (with calibration windows; Martens & Grosse 2015's Kronecker factorization
+//   of the Fisher, F_ij ~ s_i E[x_j^2], applied to the layer's error as GPTQ sees it):
+//                 Omega = 1/2 sum_i s_i (Q(W)-W)_i E[x x^T] (Q(W)-W)_i^T,
+//                 s_i = sum_j F_ij / sum_j E[x_j^2], E[x x^T] = H / 2 from the original
+//                 model's calibration windows (H = 2/N sum x x^T, the GPTQ Hessian). Unlike
+//                 the diagonal forms it sees the input correlations that GPTQ exploits; for
+//                 a diagonal E[x x^T] and an exactly factored F it equals the Fisher form.
+//   "+gptq" candidates are scored with Q(W) = GPTQ on that H (per tensor, from the original
+//   model's inputs: a predictor of mpq-pack's sequential pass, not the same numbers).
 // The source dtype ("source" candidate) has Omega = 0 and the source's bytes.
 #pragma once
 
@@ -41,7 +50,12 @@ struct CandidateCost {
   double bytes = 0;         ///< exact stored bytes (PackedTensor::bytes(), every part)
   double omega_fisher = 0;  ///< Fisher-form Omega (NaN without "<module>.fisher")
   double omega_hawq = 0;    ///< HAWQ-form Omega (NaN without a Hutchinson trace)
+  double omega_kfac = 0;    ///< K-FAC-form Omega (NaN without calibration windows or Fisher)
+  double output_mse = 0;    ///< mean over tokens of ||(Q(W)-W) x||^2 (NaN without calibration)
 };
+
+/// The Omega of `cc` under cost form `cost` ("fisher", "hawq", "kfac").
+double candidate_omega(const CandidateCost& cc, const std::string& cost);
 
 /// One quantizable linear and the costs of every candidate (indexed like the specs).
 struct TensorCandidates {
@@ -59,10 +73,14 @@ using SearchProgress = std::function<void(std::size_t, std::size_t, const std::s
 /// mpq-sensitivity file (formats/sensitivity_file.h); its Fisher also weights the squeezellm
 /// k-means. Throws Error(kInput) naming file and tensor for a missing/misshaped tensor,
 /// NaN weights, or a sensitivity file without "<module>.fisher" [out, in] F32.
+/// With `calib` (text non-empty): the layer input Hessians of the original model over those
+/// windows (calibration/gptq_calibration.h, without quantizing) give omega_kfac and
+/// output_mse, and "+gptq" candidates; without, a "+gptq" spec is Error(kUsage).
 std::vector<TensorCandidates> evaluate_candidates(const std::string& model_dir,
                                                   const std::string& sensitivity,
                                                   const std::vector<CandidateSpec>& specs,
-                                                  const SearchProgress& progress = nullptr);
+                                                  const SearchProgress& progress = nullptr,
+                                                  const CalibWindowOptions* calib = nullptr);
 
 /// Per-shape, per-candidate latency in microseconds (the table mpq-bench writes), JSON:
 /// {"device": "...", "entries": [{"rows": R, "cols": C, "candidate": "nvfp4", "us": 12.5}, ...]}.
@@ -80,7 +98,7 @@ LatencyTable read_latency_table(const std::string& path);
 
 /// What to optimize and under which budgets.
 struct SearchOptions {
-  std::string cost = "fisher";  ///< "fisher" or "hawq"
+  std::string cost = "fisher";  ///< "fisher", "hawq" or "kfac"
   double max_bytes = std::numeric_limits<double>::infinity();       ///< linear bytes budget
   double max_latency_us = std::numeric_limits<double>::infinity();  ///< needs a latency table
   /// Tie specs, each a comma list of module suffixes ("q_proj,k_proj,v_proj"): within a

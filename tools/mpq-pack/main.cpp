@@ -145,12 +145,16 @@ int main(int argc, char** argv) {
     if (threads > 0) omp_set_num_threads(threads);
     opt.layers = parse_layer_range(layers);
     opt.max_shard_bytes = parse_shard_size(shard_size);
+    bool label_gptq = false, label_four_over_six = false;  // --format <label>+gptq[-4o6]
     if (format_label.empty() && plan_path.empty()) throw Error(ExitCode::kUsage, "give --format or --plan");
     if (!format_label.empty()) {  // the one label grammar; --bits / --fp8-fraction refine the bare names
       const FormatSpec spec = parse_format_label(format_label);
+      label_gptq = spec.gptq;
+      label_four_over_six = spec.four_over_six;
       if (spec.is_source()) throw Error(ExitCode::kUsage, "--format source: nothing to pack");
       opt.format = spec.format;
-      if (format_label != spec.format) {
+      const std::string base = spec.gptq ? format_label.substr(0, format_label.rfind('+')) : format_label;
+      if (base != spec.format) {
         for (const char* flag : {"--bits", "--outlier-pct", "--sensitive-pct", "--fp8-fraction"})
           if (app.count(flag) > 0)
             throw Error(ExitCode::kUsage, std::string(flag) + " refines a bare --format name; '" + format_label +
@@ -161,10 +165,17 @@ int main(int argc, char** argv) {
     }
     opt.act_scheme = parse_act_scheme(act_scheme);
     opt.method = parse_pack_method(method);
+    if (label_gptq) {
+      if (app.count("--method") > 0 && opt.method != PackMethod::kGptq)
+        throw Error(ExitCode::kUsage, "--format " + format_label + " with --method " + method);
+      opt.method = PackMethod::kGptq;
+    }
+    if (label_four_over_six) opt.four_over_six = true;
     const bool gptq = opt.method == PackMethod::kGptq;
     for (const char* flag : {"--calib", "--calib-samples", "--calib-seq-len"})
-      if (opt.act_scheme != ActScheme::kStatic && !gptq && app.count(flag) > 0)
-        throw Error(ExitCode::kUsage, std::string(flag) + " applies to --method gptq or --activations static only");
+      if (opt.act_scheme != ActScheme::kStatic && !gptq && plan_path.empty() && app.count(flag) > 0)
+        throw Error(ExitCode::kUsage, std::string(flag) + " applies to --method gptq, a --plan with +gptq candidates "
+                                                          "or --activations static only");
     for (const char* flag : {"--gptq-damp", "--gptq-block", "--gptq-act-order", "--gptq-static-groups", "--four-over-six"})
       if (!gptq && app.count(flag) > 0) throw Error(ExitCode::kUsage, std::string(flag) + " needs --method gptq");
     if (!plan_path.empty()) {
@@ -223,6 +234,9 @@ int main(int argc, char** argv) {
                   static_cast<long long>(opt.gptq.block), opt.gptq.act_order ? ", act order" : "",
                   opt.gptq.static_groups || opt.gptq.act_order ? ", static groups" : "",
                   opt.four_over_six ? ", four over six" : "",
+                  r.manifest["method"]["calibration"]["tokens"].get<long long>(), r.gptq_seconds);
+    else if (r.manifest["method"]["name"] == "plan")
+      std::printf("method       per plan entry (GPTQ for its +gptq candidates), %lld calibration tokens, %.1f s\n",
                   r.manifest["method"]["calibration"]["tokens"].get<long long>(), r.gptq_seconds);
     else
       std::printf("method       rtn\n");

@@ -10,9 +10,11 @@
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+#include <unistd.h>
 
 #include "formats/safetensors.h"
 #include "lib/common/sha256.h"
+#include "lib/search/plan_check.h"
 #include "lib/search/search.h"
 #include "tools/common.h"
 
@@ -49,9 +51,26 @@ int main(int argc, char** argv) {
   app.add_option("--formats", formats, "Comma list of candidates (default: all): source, fp8, nvfp4, "
                                        "squeezellm-<2|3|4>bit[-sparse], uniform-<2|3|4>bit");
   app.add_option("--cost", opt.cost, "Predicted loss increase: fisher = 1/2 sum F (Q(W)-W)^2, "
-                                     "hawq = Tr(H)/n ||Q(W)-W||^2 (Hutchinson)")
-      ->check(CLI::IsMember({"fisher", "hawq"}))
+                                     "hawq = Tr(H)/n ||Q(W)-W||^2 (Hutchinson), kfac = 1/2 sum_i s_i dW_i E[xx^T] dW_i^T "
+                                     "(needs --calib; the default with it)")
+      ->check(CLI::IsMember({"fisher", "hawq", "kfac"}))
       ->capture_default_str();
+  PlanCheckOptions check;
+  bool no_check = false;
+  std::string check_formats;
+  app.add_option("--calib", check.calib.text,
+                 "Calibration text (.txt) or ids (.i32): layer input Hessians for --cost kfac and +gptq "
+                 "candidates, and the held-in windows of the final check against single formats");
+  app.add_option("--calib-samples", check.calib.samples, "Calibration windows")->check(CLI::PositiveNumber)->capture_default_str();
+  app.add_option("--calib-seq-len", check.calib.seq_len, "Tokens per calibration window")
+      ->check(CLI::Range(2, 1 << 20))
+      ->capture_default_str();
+  app.add_flag("--no-check", no_check,
+               "Skip the final check (pack and score the plan and every single format within the budget by "
+               "KL on the calibration text's first --check-tokens)");
+  app.add_option("--check-tokens", check.tokens, "Held-in tokens the check scores")->check(CLI::PositiveNumber)->capture_default_str();
+  app.add_option("--check-formats", check_formats,
+                 "Comma list of single formats the check compares (default: every candidate within the budget)");
   app.add_option("--tie", opt.ties, "Comma list of module names that take one format within a layer, "
                                     "e.g. 'q_proj,k_proj,v_proj' (repeatable)");
   std::string target_export = "mpq";
@@ -77,7 +96,17 @@ int main(int argc, char** argv) {
       throw Error(ExitCode::kUsage, "--out needs a budget: --target-bpw or --max-bytes");
     std::vector<CandidateSpec> specs;
     opt.target_export = parse_export(target_export);
-    for (const auto& l : formats.empty() ? default_candidate_labels() : split_commas(formats)) {
+    const bool calibrated = !check.calib.text.empty();
+    if (calibrated && app.count("--cost") == 0) opt.cost = "kfac";
+    for (const char* flag : {"--calib-samples", "--calib-seq-len", "--check-tokens", "--check-formats", "--no-check"})
+      if (!calibrated && app.count(flag) > 0) throw Error(ExitCode::kUsage, std::string(flag) + " needs --calib");
+    std::vector<std::string> menu = formats.empty() ? default_candidate_labels() : split_commas(formats);
+    if (formats.empty() && calibrated) {  // every format also with GPTQ
+      const std::vector<std::string> base = menu;
+      for (const std::string& l : base)
+        if (l != "source") menu.push_back(l + (l == "nvfp4" ? "+gptq-4o6" : "+gptq"));
+    }
+    for (const auto& l : menu) {
       CandidateSpec s = parse_format_label(l);
       if (opt.target_export != ExportKind::kMpq && !s.is_source() && !(s.info->exports & export_mask(opt.target_export))) {
         if (!formats.empty())
@@ -95,9 +124,12 @@ int main(int argc, char** argv) {
     if (!std::isnan(max_latency)) opt.max_latency_us = max_latency;
 
     const auto t0 = std::chrono::steady_clock::now();
-    const auto tensors = evaluate_candidates(model_dir, sens_path, specs, [&](std::size_t i, std::size_t n, const std::string& m) {
-      if (!quiet) std::fprintf(stderr, "[%zu/%zu] %s: %zu candidates\n", i, n, m.c_str(), specs.size());
-    });
+    const auto tensors = evaluate_candidates(
+        model_dir, sens_path, specs,
+        [&](std::size_t i, std::size_t n, const std::string& m) {
+          if (!quiet) std::fprintf(stderr, "[%zu/%zu] %s: %zu candidates\n", i, n, m.c_str(), specs.size());
+        },
+        calibrated ? &check.calib : nullptr);
     const double eval_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     const double n = static_cast<double>(total_linear_params(tensors));
 
@@ -125,8 +157,82 @@ int main(int argc, char** argv) {
     if (!out_path.empty()) {
       const double budget = !std::isnan(max_bytes) ? max_bytes : target_bpw * n / 8.0;
       double secs = 0;
-      auto [sol, plan] = solve(budget, &secs);
+      auto solved = solve(budget, &secs);
+      IlpSolution sol = solved.first;
+      nlohmann::json plan = solved.second;
       plan["candidate_evaluation_seconds"] = eval_s;
+      if (calibrated) plan["calibration"] = {{"file", std::filesystem::absolute(check.calib.text).string()},
+                                             {"sha256", sha256_file(check.calib.text)},
+                                             {"samples", check.calib.samples},
+                                             {"seq_len", check.calib.seq_len}};
+      if (calibrated && !no_check && sol.status == "optimal") {
+        // The final check: the plan against every single format within the budget, by KL on
+        // held-in calibration windows, as packed and run. A single format that wins replaces it.
+        tool::write_json(out_path, plan);  // the plan as solved (mpq-pack reads it for the check)
+        std::vector<std::string> singles;
+        const std::vector<std::string> names = check_formats.empty() ? std::vector<std::string>{} : split_commas(check_formats);
+        for (std::size_t c = 0; c < specs.size(); ++c) {
+          if (specs[c].is_source()) continue;
+          if (!names.empty() && std::find(names.begin(), names.end(), specs[c].label) == names.end()) continue;
+          double bytes = 0;
+          bool allowed = true;
+          for (const auto& t : tensors) {
+            bytes += t.costs[c].bytes;
+            allowed = allowed && export_allows(opt.target_export, specs[c], t.cols);
+          }
+          if (bytes <= budget && allowed) singles.push_back(specs[c].label);
+        }
+        check.ctx = check.calib.seq_len;
+        check.sensitivity = sens_path;
+        check.work_dir = out_path + ".check-" + std::to_string(::getpid());
+        const std::vector<PlanCheckEntry> scored =
+            check_plan(model_dir, out_path, singles, check, [&](std::size_t i, std::size_t k, const std::string& l) {
+              if (!quiet) std::fprintf(stderr, "check %zu/%zu: %s\n", i, k, l.c_str());
+            });
+        std::error_code ec;
+        std::filesystem::remove_all(check.work_dir, ec);
+        std::size_t best = 0;
+        for (std::size_t k = 1; k < scored.size(); ++k)
+          if (scored[k].kl < scored[best].kl) best = k;
+        nlohmann::json rows = nlohmann::json::array();
+        for (const PlanCheckEntry& e : scored)
+          rows.push_back({{"label", e.label}, {"bytes", e.bytes}, {"bpw", e.bpw}, {"kl", e.kl}, {"ppl", e.ppl}});
+        nlohmann::json rec = {{"method", "mean KL(base || packed) on held-in calibration windows"},
+                              {"tokens", check.tokens},
+                              {"ctx", check.ctx},
+                              {"entries", rows},
+                              {"winner", scored[best].label}};
+        if (best != 0) {
+          // A single format won: the plan is that format for every tensor.
+          const std::string label = scored[best].label;
+          std::size_t c = 0;
+          while (specs[c].label != label) ++c;
+          IlpSolution single = sol;
+          single.choice.assign(tensors.size(), static_cast<int>(c));
+          single.bytes = 0;
+          single.cost = 0;
+          for (const auto& t : tensors) {
+            single.bytes += t.costs[c].bytes;
+            single.cost += candidate_omega(t.costs[c], opt.cost);
+          }
+          SearchOptions o = opt;
+          o.max_bytes = budget;
+          nlohmann::json replaced = make_plan(tensors, specs, o, single, secs, inputs);
+          for (const char* k : {"model", "sensitivity_file", "candidate_evaluation_seconds", "calibration"})
+            if (plan.contains(k)) replaced[k] = plan[k];
+          rec["why"] = "single format " + label + " scored KL " + std::to_string(scored[best].kl) +
+                       " below the solved plan's " + std::to_string(scored[0].kl) + ": the plan is " + label;
+          rec["solved_plan_counts"] = plan["totals"]["candidate_counts"];
+          plan = replaced;
+          sol = single;
+        } else {
+          rec["why"] = "the solved plan scored the lowest KL";
+        }
+        plan["check"] = rec;
+        for (const PlanCheckEntry& e : scored)
+          std::printf("check        %-28s %.4f bpw  KL %.6f  ppl %.4f%s\n", e.label.c_str(), e.bpw, e.kl, e.ppl,
+                      e.label == rec["winner"].get<std::string>() ? "  <- plan" : "");
+      }
       tool::write_json(out_path, plan);
       std::printf("wrote        %s\n", out_path.c_str());
       std::printf("status       %s (GLPK, %lld variables, %.3f s)\n", sol.status.c_str(),
