@@ -83,6 +83,10 @@ std::vector<Export> exports(std::string calib) {
       {"ct-nvfp4-static", "--format nvfp4 --export compressed-tensors --activations static --calib " + calib, true},
       {"modelopt-fp8-static", "--format fp8 --export modelopt --activations static --calib " + calib, true},
       {"ct-fp8-static", "--format fp8 --export compressed-tensors --activations static --calib " + calib, true},
+      // GPTQ changes the codes, never the contract: Four Over Six's global scale and the
+      // shared fused-layer scale read back the same under the engines' rules.
+      {"modelopt-nvfp4-gptq-4o6", "--format nvfp4+gptq-4o6 --export modelopt --calib " + calib, false},
+      {"ct-fp8-gptq", "--format fp8+gptq --export compressed-tensors --calib " + calib, false},
   };
 }
 

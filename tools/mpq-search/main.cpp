@@ -194,9 +194,25 @@ int main(int argc, char** argv) {
         std::size_t best = 0;
         for (std::size_t k = 1; k < scored.size(); ++k)
           if (scored[k].kl < scored[best].kl) best = k;
+        // Each entry's predicted Omega under every cost form the inputs allow, next to its
+        // measured KL (docs/results.md: rank correlation of prediction and measurement).
+        auto predicted = [&](const std::string& label, const std::string& form) {
+          double sum = 0;
+          for (std::size_t t = 0; t < tensors.size(); ++t) {
+            std::size_t c = 0;
+            if (label == "plan") c = static_cast<std::size_t>(sol.choice[t]);
+            else
+              while (specs[c].label != label) ++c;
+            sum += candidate_omega(tensors[t].costs[c], form);
+          }
+          return std::isnan(sum) ? nlohmann::json() : nlohmann::json(sum);
+        };
         nlohmann::json rows = nlohmann::json::array();
         for (const PlanCheckEntry& e : scored)
-          rows.push_back({{"label", e.label}, {"bytes", e.bytes}, {"bpw", e.bpw}, {"kl", e.kl}, {"ppl", e.ppl}});
+          rows.push_back({{"label", e.label}, {"bytes", e.bytes}, {"bpw", e.bpw}, {"kl", e.kl}, {"ppl", e.ppl},
+                          {"predicted", {{"fisher", predicted(e.label, "fisher")},
+                                         {"kfac", predicted(e.label, "kfac")},
+                                         {"hawq", predicted(e.label, "hawq")}}}});
         nlohmann::json rec = {{"method", "mean KL(base || packed) on held-in calibration windows"},
                               {"tokens", check.tokens},
                               {"ctx", check.ctx},
