@@ -7,6 +7,7 @@
 
 #include "formats/packed_checkpoint.h"
 #include "lib/common/error.h"
+#include "lib/model/cpu_linear.h"
 #include "lib/model/llama.h"
 #include "lib/numeric/codecs.h"
 #include "lib/quant/intg.h"
@@ -133,6 +134,58 @@ TEST(IntFormat, PackedFolderLoadsToTheDecodedWeights) {
     }
   const test::ToolRun insp = test::run_tool(test::tool_path("mpq-inspect") + " " + out);
   EXPECT_NE(insp.out.find("quant_method 'mpq'"), std::string::npos) << insp.out;  // mpq-native
+}
+
+}  // namespace
+}  // namespace mpq
+
+namespace mpq {
+namespace {
+
+// The CPU runtime's int kernels (kernels/cpu/int_gemv.h) against the format's decoder and a
+// float64 product, on odd shapes, every bit width and group size.
+TEST(IntFormat, CpuKernelsMatchTheDecoderOnOddShapes) {
+  uint64_t seed = 40;
+  for (const char* label : {"int2-g16", "int3", "int3-g32", "int4", "int4-g128", "int8-g64", "int3-g16"})
+    for (const auto& [R, C] : {std::pair<int64_t, int64_t>{5, 37}, {17, 100}, {3, 171}, {33, 256}, {1, 1}}) {
+      SCOPED_TRACE(std::string(label) + " " + std::to_string(R) + "x" + std::to_string(C));
+      const std::vector<float> w = test::random_normal(R * C, ++seed, 0.05f);
+      const std::unique_ptr<Quantizer> q = make_quantizer(parse_format_label(label));
+      const PackedTensor p = q->encode("w", w.data(), R, C);
+      std::vector<float> ref(w.size());
+      q->decode(p, ref.data());
+      const std::shared_ptr<const CpuLinear> lin = make_cpu_linear(p);
+      EXPECT_EQ(lin->format(), "int");
+      EXPECT_EQ(lin->weight_bytes(), p.bytes());
+      std::vector<float> rows(static_cast<std::size_t>(R * (C + 3)), -1.0f);
+      lin->decode_rows(0, R, rows.data(), C + 3);
+      for (int64_t r = 0; r < R; ++r)
+        for (int64_t c = 0; c < C + 3; ++c)
+          ASSERT_EQ(rows[static_cast<std::size_t>(r * (C + 3) + c)], c < C ? ref[static_cast<std::size_t>(r * C + c)] : 0.0f);
+      const std::vector<float> x = test::random_normal(C, ++seed, 1.0f);
+      for (KernelMode mode : {KernelMode::kFast, KernelMode::kExact}) {
+        std::vector<float> y(static_cast<std::size_t>(R));
+        lin->matmul(x.data(), 1, y.data(), mode);
+        for (int64_t r = 0; r < R; ++r) {
+          double want = 0, mag = 0;
+          for (int64_t c = 0; c < C; ++c) {
+            want += static_cast<double>(ref[static_cast<std::size_t>(r * C + c)]) * x[static_cast<std::size_t>(c)];
+            mag += std::fabs(static_cast<double>(ref[static_cast<std::size_t>(r * C + c)]) * x[static_cast<std::size_t>(c)]);
+          }
+          EXPECT_NEAR(y[static_cast<std::size_t>(r)], want, 1e-5 * mag + 1e-7) << kernel_mode_name(mode) << " row " << r;
+        }
+      }
+    }
+  // A zero above 2^b - 1 is refused at load, naming the part.
+  PackedTensor bad = make_quantizer(parse_format_label("int4"))->encode("w", test::random_normal(8 * 16, 3).data(), 8, 16);
+  bad.part_mut("zeros").bytes[3] = 16;
+  try {
+    make_cpu_linear(bad);
+    FAIL() << "accepted a zero of 16 in an int4 tensor";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ExitCode::kInput);
+    EXPECT_NE(std::string(e.what()).find("part 'zeros' holds 16"), std::string::npos) << e.what();
+  }
 }
 
 }  // namespace

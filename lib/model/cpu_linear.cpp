@@ -5,17 +5,21 @@
 
 #include <Eigen/Core>
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <vector>
 
 #include "kernels/cpu/cpu_features.h"
 #include "kernels/cpu/dense_gemv.h"
 #include "kernels/cpu/fgmp_gemv.h"
+#include "kernels/cpu/int_gemv.h"
 #include "kernels/cpu/lut_vnni.h"
 #include "kernels/cpu/nvfp4_gemv.h"
 #include "kernels/cpu/panel_gemm.h"
 #include "lib/common/error.h"
+#include "lib/numeric/codecs.h"
 #include "lib/quant/fgmp.h"
+#include "lib/quant/intg.h"
 #include "lib/quant/squeezellm.h"
 
 namespace mpq {
@@ -153,6 +157,47 @@ class FgmpLinear final : public CpuLinear {
  private:
   PackedTensor p_;
   FgmpWeightView v_;
+};
+
+// int<b>[-g<G>]: products from the packed codes (kernels/cpu/int_gemv.h); window products
+// decode rows (exactly) into the panel path.
+class IntLinear final : public CpuLinear {
+ public:
+  explicit IntLinear(PackedTensor p) : CpuLinear("int", p.rows, p.cols), p_(std::move(p)) {
+    int bits = 0;
+    int64_t g = 0;
+    int_tensor_geometry(p_, &bits, &g);  // throws Error(kInput) for a malformed tensor
+    v_.rows = p_.rows;
+    v_.cols = p_.cols;
+    v_.bits = bits;
+    v_.group = g;
+    v_.groups = p_.part("scales").shape[1];
+    v_.row_bytes = p_.part("qweight").shape[1];
+    v_.qweight = p_.part("qweight").bytes.data();
+    v_.scales = reinterpret_cast<const uint16_t*>(p_.part("scales").bytes.data());
+    v_.zeros = p_.part("zeros").bytes.data();
+    const std::string what = "int tensor [" + std::to_string(p_.rows) + " x " + std::to_string(p_.cols) + "]";
+    for (int64_t i = 0; i < v_.rows * v_.groups; ++i) {  // the decoder's checks, without decoding
+      if (!std::isfinite(fp16_to_fp32(v_.scales[i])))
+        throw Error(ExitCode::kInput, what + ": part 'scales' holds a non-finite value at flat index " + std::to_string(i));
+      if (v_.zeros[i] > (1 << bits) - 1)
+        throw Error(ExitCode::kInput, what + ": part 'zeros' holds " + std::to_string(v_.zeros[i]) + " at flat index " +
+                                          std::to_string(i) + ", above 2^" + std::to_string(bits) + " - 1");
+    }
+  }
+  std::size_t weight_bytes() const override { return v_.bytes(); }
+  void decode_rows(int64_t r0, int64_t n, float* out, int64_t ld) const override {
+    MPQ_ASSERT(r0 >= 0 && n >= 0 && r0 + n <= rows() && ld >= cols());
+    int_decode_rows(v_, r0, n, out, ld);
+  }
+
+ protected:
+  void gemv_fast(const float* x, float* y) const override { int_gemv(v_, x, y); }
+  std::string gemv_fast_name() const override { return "int-fp32"; }
+
+ private:
+  PackedTensor p_;
+  IntWeightView v_;
 };
 
 // fp32 weights: Eigen (OpenBLAS) in every mode.
@@ -304,14 +349,7 @@ std::shared_ptr<const CpuLinear> make_cpu_linear(PackedTensor p) {
     case FormatId::kSqueezeLLM: return std::make_shared<const LutLinear>(p);
     case FormatId::kFgmp: return std::make_shared<const FgmpLinear>(std::move(p));
     case FormatId::kFp8: return make_fp8_linear(std::move(p));
-    case FormatId::kInt: {
-      // No packed int kernel yet: decoded once to fp32 at load (4 bytes per weight; exact,
-      // the format's own decoder), then the fp32 path.
-      auto w = std::make_shared<std::vector<float>>(static_cast<std::size_t>(p.rows * p.cols));
-      info->decoder().decode(p, w->data());
-      const float* data = w->data();
-      return std::make_shared<const F32Linear>(data, p.rows, p.cols, std::move(w));
-    }
+    case FormatId::kInt: return std::make_shared<const IntLinear>(std::move(p));
   }
   throw Error(ExitCode::kUsage, "no CPU kernel for packed format '" + p.format + "'");
 }
