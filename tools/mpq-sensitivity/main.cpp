@@ -87,6 +87,7 @@ int main(int argc, char** argv) {
       throw_input(config_path, "quantization_config: the model is quantized; sensitivities are computed on the "
                                "original model");
     const TensorStore store = TensorStore::open(model_dir);
+    check_config_against_tensors(config, store);  // config sizes vs the tensors, before any loop over them
     for (int64_t l = 0; l < config.num_layers; ++l)
       for (const char* lin : kLinearNames) {
         const std::string prefix = "model.layers." + std::to_string(l) + "." + lin;
