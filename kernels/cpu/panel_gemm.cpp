@@ -41,18 +41,22 @@ MPQ_TARGET_AVX512 inline __m256i rne_bf16x16(__m512 v) {
   return _mm512_cvtepi32_epi16(out);
 }
 
-MPQ_TARGET_AVX512 void x_to_bf16_avx512(const float* X, int64_t T, int64_t cols, int64_t Tp, int64_t kp,
-                                        uint16_t* Xb, bool par) {
-#pragma omp parallel for schedule(static) if (par)
-  for (int64_t t = 0; t < Tp; ++t) {
-    uint16_t* o = Xb + (t / 16) * (kp / 32) * 512 + (t % 16) * 32;  // A-tile layout (panel_gemm.h)
-    for (int64_t c = 0; c < kp; c += 16) {
-      const int64_t left = t < T ? cols - c : 0;
-      const __mmask16 m = left >= 16 ? 0xFFFF : left <= 0 ? 0 : static_cast<__mmask16>((1u << left) - 1);
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + (c / 32) * 512 + c % 32),
-                          rne_bf16x16(_mm512_maskz_loadu_ps(m, X + t * cols + c)));
-    }
+// One row t of the A tiles. (A separate function: Clang outlines an OpenMP region into a
+// function without the enclosing target attribute, so no vector value may cross it.)
+MPQ_TARGET_AVX512 void x_row_to_bf16_avx512(const float* X, int64_t T, int64_t cols, int64_t kp, uint16_t* Xb,
+                                            int64_t t) {
+  uint16_t* o = Xb + (t / 16) * (kp / 32) * 512 + (t % 16) * 32;  // A-tile layout (panel_gemm.h)
+  for (int64_t c = 0; c < kp; c += 16) {
+    const int64_t left = t < T ? cols - c : 0;
+    const __mmask16 m = left >= 16 ? 0xFFFF : left <= 0 ? 0 : static_cast<__mmask16>((1u << left) - 1);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + (c / 32) * 512 + c % 32),
+                        rne_bf16x16(_mm512_maskz_loadu_ps(m, X + t * cols + c)));
   }
+}
+
+void x_to_bf16_avx512(const float* X, int64_t T, int64_t cols, int64_t Tp, int64_t kp, uint16_t* Xb, bool par) {
+#pragma omp parallel for schedule(static) if (par)
+  for (int64_t t = 0; t < Tp; ++t) x_row_to_bf16_avx512(X, T, cols, kp, Xb, t);
 }
 
 // 16 x 16 transpose of 32-bit elements held in r[0..15] (row i = r[i]).
