@@ -358,8 +358,17 @@ std::shared_ptr<const CpuLinear> make_dense_cpu_linear(const TensorView& t, std:
   if (t.shape.size() != 2)
     throw_input(t.file, "tensor '" + t.name + "': " + std::to_string(t.shape.size()) + "-D, expected a matrix");
   const int64_t rows = t.shape[0], cols = t.shape[1];
-  if (t.dtype == DType::F32)
-    return std::make_shared<const F32Linear>(reinterpret_cast<const float*>(t.data), rows, cols, std::move(keepalive));
+  // safetensors does not align tensor data (a packed folder's f32 tensor may follow an odd
+  // number of U8 bytes): a misaligned matrix is copied once into aligned memory.
+  const auto aligned = [&](std::size_t a) { return reinterpret_cast<std::uintptr_t>(t.data) % a == 0; };
+  if (t.dtype == DType::F32) {
+    if (aligned(alignof(float)))
+      return std::make_shared<const F32Linear>(reinterpret_cast<const float*>(t.data), rows, cols, std::move(keepalive));
+    auto copy = std::make_shared<std::vector<float>>(static_cast<std::size_t>(rows * cols));
+    std::memcpy(copy->data(), t.data, copy->size() * sizeof(float));
+    const float* w = copy->data();
+    return std::make_shared<const F32Linear>(w, rows, cols, std::move(copy));
+  }
   if (t.dtype != DType::BF16 && t.dtype != DType::F16)
     throw_input(t.file, "tensor '" + t.name + "': dtype " + dtype_name(t.dtype) + ", expected F32, F16 or BF16");
   DenseWeightView v;
@@ -367,7 +376,9 @@ std::shared_ptr<const CpuLinear> make_dense_cpu_linear(const TensorView& t, std:
   v.rows = rows;
   v.cols = cols;
   v.data = t.data;
-  return std::make_shared<const DenseLinear>(t.dtype == DType::BF16 ? "bf16" : "f16", v, std::vector<uint8_t>{},
+  std::vector<uint8_t> owned;
+  if (!aligned(alignof(uint16_t))) owned.assign(t.data, t.data + t.nbytes);  // vector storage is aligned
+  return std::make_shared<const DenseLinear>(t.dtype == DType::BF16 ? "bf16" : "f16", v, std::move(owned),
                                              std::move(keepalive));
 }
 
