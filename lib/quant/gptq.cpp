@@ -39,18 +39,35 @@ std::vector<float> gptq_quantize(const std::string& name, const float* w, int64_
   std::iota(perm.begin(), perm.end(), 0);
   if (opt.act_order)
     std::stable_sort(perm.begin(), perm.end(), [&](int64_t a, int64_t b) { return H(a, a) > H(b, b); });
-  MatD Hp(C, C), Wp(R, C);
-  for (int64_t i = 0; i < C; ++i) {
-    Wp.col(i) = W.col(perm[static_cast<std::size_t>(i)]);
-    for (int64_t j = 0; j < C; ++j) Hp(i, j) = H(perm[static_cast<std::size_t>(i)], perm[static_cast<std::size_t>(j)]);
+  // Memory: at most two C x C float64 matrices at a time (the permuted H factored in place,
+  // then H^-1 factored in place, U kept): 1.9 GB for Llama-2-7B's down_proj (C = 11008).
+  MatD Wp(R, C);
+  for (int64_t i = 0; i < C; ++i) Wp.col(i) = W.col(perm[static_cast<std::size_t>(i)]);
+  MatD Hp;
+  if (opt.act_order) {
+    Hp.resize(C, C);
+    for (int64_t i = 0; i < C; ++i)
+      for (int64_t j = 0; j < C; ++j) Hp(i, j) = H(perm[static_cast<std::size_t>(i)], perm[static_cast<std::size_t>(j)]);
+    H = MatD();
+  } else {
+    Hp = std::move(H);
   }
+  W = MatD();
   // U = upper Cholesky factor of H^-1 (H^-1 = U^T U).
-  Eigen::LLT<MatD> llt(Hp);
-  if (llt.info() != Eigen::Success) throw Error(ExitCode::kInput, name + ": damped Hessian is not positive definite");
-  const MatD Hinv = llt.solve(MatD::Identity(C, C));
-  Eigen::LLT<MatD> llt2(Hinv);
-  if (llt2.info() != Eigen::Success) throw Error(ExitCode::kInput, name + ": inverse Hessian is not positive definite");
-  const MatD U = llt2.matrixU();
+  MatD Hinv = MatD::Identity(C, C);
+  {
+    Eigen::LLT<Eigen::Ref<MatD>> llt(Hp);  // factors Hp in place
+    if (llt.info() != Eigen::Success) throw Error(ExitCode::kInput, name + ": damped Hessian is not positive definite");
+    llt.solveInPlace(Hinv);
+  }
+  Hp = MatD();
+  MatD U;
+  {
+    Eigen::LLT<Eigen::Ref<MatD>> llt2(Hinv);  // factors H^-1 in place
+    if (llt2.info() != Eigen::Success) throw Error(ExitCode::kInput, name + ": inverse Hessian is not positive definite");
+    U = llt2.matrixU();
+  }
+  Hinv = MatD();
 
   const int64_t G = grid.group_cols();
   const bool static_groups = G > 0 && (opt.static_groups || opt.act_order);
