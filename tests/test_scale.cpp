@@ -485,8 +485,9 @@ TEST(Stories260K, SensitivityTracesMatchThePassBeforeStreaming) {
     for (const auto& [module, want] : golden["traces"].items())
       for (const char* field : {"fisher_sum", "hessian_trace", "act_fisher_sum"}) {
         const double g = traces[module][field].get<double>(), w = want[field].get<double>();
-        // The same operations in the same order: equal on this build; 1e-6 for other BLAS kernels.
-        EXPECT_NEAR(g, w, 1e-6 * std::abs(w)) << module << " " << field << " threads " << threads;
+        // The same operations in the same order: equal on this build; 1e-5 for other GEMM
+        // kernels (the sanitizer build runs Eigen's own, without OpenBLAS: up to 2e-6 there).
+        EXPECT_NEAR(g, w, 1e-5 * std::abs(w)) << module << " " << field << " threads " << threads;
       }
   }
 }
