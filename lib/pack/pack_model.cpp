@@ -292,6 +292,18 @@ PackReport pack_model(const std::string& model_dir, const std::string& out_dir, 
     }
     shard_meta["mpq_logical_shapes"] = shapes_meta.dump();
   }
+  // A linear rounded on its own (RTN and the formats' own fits): fgmp at its selected FP8 block
+  // count, fused-layer shards at the group's shared amax, the rest with their Fisher.
+  auto encode_rtn = [&](const std::string& module, const std::string& name, const std::vector<float>& w,
+                        const std::vector<float>& fisher, int64_t rows, int64_t cols) -> PackedTensor {
+    const Quantizer& q = planned ? *opt.plan.at(module).quantizer : *quant_ptr;
+    const float* f = sens ? fisher.data() : nullptr;
+    if (fgmp) return static_cast<const FgmpQuantizer&>(q).encode_count(module, w.data(), f, rows, cols, fgmp_sel.fp8_blocks.at(name));
+    auto sh = shared_amax.find(module);
+    return sh != shared_amax.end() ? q.encode_with_amax(module, w.data(), rows, cols, sh->second)
+                                   : q.encode_weighted(module, w.data(), f, rows, cols);
+  };
+
   // GPTQ: the sequential pass quantizes layer by layer as the writer reaches each layer.
   std::unique_ptr<GptqSequentialPass> gptq;
   if (use_gptq) {
@@ -307,8 +319,7 @@ PackReport pack_model(const std::string& model_dir, const std::string& out_dir, 
       const Quantizer& q = planned ? *opt.plan.at(module).quantizer : *quant_ptr;
       auto sh = shared_amax.find(module);
       if (planned && !opt.plan.at(module).gptq) {  // an RTN entry of a plan: its values feed the later layers
-        PackedTensor p = sh != shared_amax.end() ? q.encode_with_amax(module, w.data(), rows, cols, sh->second)
-                                                 : q.encode_weighted(module, w.data(), sens ? fisher.data() : nullptr, rows, cols);
+        PackedTensor p = encode_rtn(module, name, w, fisher, rows, cols);
         deq.resize(w.size());
         q.decode(p, deq.data());
         return p;
@@ -341,17 +352,15 @@ PackReport pack_model(const std::string& model_dir, const std::string& out_dir, 
     if (it != linears.end()) {
       const auto [rows, cols] = it->second;  // shape checked above
       const std::string module = module_of(name);
-      std::vector<float> w, fisher;
-      load_linear(t, module, rows, cols, w, fisher);
-      const float* f = sens ? fisher.data() : nullptr;
-      const Quantizer& q = planned ? *opt.plan.at(module).quantizer : *quant_ptr;
       auto sh = shared_amax.find(module);
-      const PackedTensor p =
-          gptq ? *gptq->take(module)
-          : fgmp ? static_cast<const FgmpQuantizer&>(q).encode_count(module, w.data(), f, rows, cols,
-                                                                   fgmp_sel.fp8_blocks.at(name))
-          : sh != shared_amax.end() ? q.encode_with_amax(module, w.data(), rows, cols, sh->second)
-                                    : q.encode_weighted(module, w.data(), f, rows, cols);
+      PackedTensor p;
+      if (gptq) {
+        p = *gptq->take(module);  // the pass loaded and checked the weights itself
+      } else {
+        std::vector<float> w, fisher;
+        load_linear(t, module, rows, cols, w, fisher);
+        p = encode_rtn(module, name, w, fisher, rows, cols);
+      }
       std::size_t bytes = 0;
       const float in_amax = xp.act == ActScheme::kStatic ? input_amax.amax.at(module) : 0.0f;
       for (PackedPart& part : export_parts(xp, p, in_amax)) {
