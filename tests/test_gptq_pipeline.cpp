@@ -5,6 +5,7 @@
 // check (the plan is the lowest-KL entry; a single format that wins replaces it).
 #include <gtest/gtest.h>
 
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -49,6 +50,13 @@ class GramObserver final : public LinearInputObserver {
   MatRM<double> g_;
   int64_t n_ = 0;
 };
+
+// int32 little-endian ids, the .i32 calibration input.
+void write_ids(const std::string& path, const std::vector<int32_t>& ids) {
+  std::vector<uint8_t> b(ids.size() * 4);
+  std::memcpy(b.data(), ids.data(), b.size());
+  test::write_bytes(path, b);
+}
 
 TEST(GptqPass, HessiansAreThoseOfTheModelWithEarlierLinearsQuantized) {
   const std::string m = test::scratch_dir("gptq-pass") + "/model";
@@ -120,11 +128,7 @@ TEST(GptqPack, PacksWhatThePassComputedAndBeatsRtnOnTheCalibrationLoss) {
   spec.hidden = 64;
   spec.intermediate = 128;
   test::write_tiny_llama(m, spec);
-  const std::vector<int32_t> ids = test::random_tokens(6000, spec.vocab, 9);
-  {
-    std::ofstream f(dir + "/calib.i32", std::ios::binary);
-    f.write(reinterpret_cast<const char*>(ids.data()), static_cast<std::streamsize>(ids.size() * 4));
-  }
+  write_ids(dir + "/calib.i32", test::random_tokens(6000, spec.vocab, 9));
   const std::string pack = test::tool_path("mpq-pack") + " -q --model " + m + " --export mpq --format int3-g32 ";
   const std::string calib = " --calib " + dir + "/calib.i32 --calib-samples 16 --calib-seq-len 64";
   ASSERT_EQ(test::run_tool(pack + "--out " + dir + "/rtn").rc, 0);
@@ -168,11 +172,7 @@ TEST(GptqSearch, TheFinalCheckKeepsTheLowestKlAndASingleFormatThatWinsBecomesThe
   spec.layers = 2;
   spec.intermediate = 128;
   test::write_tiny_llama(m, spec);
-  const std::vector<int32_t> ids = test::random_tokens(6000, spec.vocab, 11);
-  {
-    std::ofstream f(dir + "/calib.i32", std::ios::binary);
-    f.write(reinterpret_cast<const char*>(ids.data()), static_cast<std::streamsize>(ids.size() * 4));
-  }
+  write_ids(dir + "/calib.i32", test::random_tokens(6000, spec.vocab, 11));
   const test::ToolRun s = test::run_tool(test::tool_path("mpq-sensitivity") + " -q --model " + m + " --calib " + dir +
                                          "/calib.i32 --samples 8 --seq-len 64 --kind fisher --out " + dir + "/sens.safetensors");
   ASSERT_EQ(s.rc, 0) << s.out;
