@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include "formats/safetensors.h"
+#include "lib/common/blas_runtime.h"
 #include "lib/common/error.h"
 
 namespace mpq::tool {
@@ -19,8 +20,10 @@ namespace mpq::tool {
 /// Parses argv with `app`, runs `body`, and maps failures to the documented exit codes:
 /// CLI11 usage errors -> 2, mpq::Error -> its code, anything else -> 1 (internal).
 /// Errors print one line on stderr: "<tool>: error: <message>". The last stderr line
-/// reports the elapsed time.
+/// reports the elapsed time. First, OpenBLAS's kernel choice is checked (may re-execute the
+/// tool once, lib/common/blas_runtime.h).
 inline int run(CLI::App& app, int argc, char** argv, const std::function<int()>& body) {
+  ensure_blas_core(argv);
   const auto t0 = std::chrono::steady_clock::now();
   const std::string name = app.get_name();
   try {

@@ -11,6 +11,7 @@
 
 #include "kernels/cpu/cpu_features.h"
 #include "lib/bench/dense_cpu.h"
+#include "lib/common/blas_runtime.h"
 #include "lib/common/error.h"
 #include "lib/model/generate.h"
 #include "lib/model/llama.h"
@@ -45,6 +46,7 @@ DecodeReport run_decode_bench(const DecodeOptions& opt) {
   DecodeReport rep;
   rep.device_name = cpu_model_name();
   rep.cpu_isa = cpu_isa_name(cpu_isa());
+  rep.blas_core = blas_core_name();
   rep.threads = omp_get_max_threads();
   getloadavg(rep.load_average_start, 3);
   rep.read_gbps_before = cpu_read_bandwidth_gbps(opt.bandwidth_bytes, 5);
@@ -109,7 +111,7 @@ DecodeReport run_decode_bench(const DecodeOptions& opt) {
 }
 
 std::string decode_table(const DecodeReport& r) {
-  std::string s = "device " + r.device_name + " (" + r.cpu_isa + "), " + std::to_string(r.threads) +
+  std::string s = "device " + r.device_name + " (" + r.cpu_isa + (r.blas_core.empty() ? "" : ", blas " + r.blas_core) + "), " + std::to_string(r.threads) +
                   " threads, read bandwidth " + fmt("%.2f", r.read_gbps) + " GB/s (before " + fmt("%.2f", r.read_gbps_before) +
                   ", after " + fmt("%.2f", r.read_gbps_after) + ")\n";
   char line[512];
@@ -131,6 +133,7 @@ nlohmann::json decode_report_json(const DecodeReport& r, const DecodeOptions& op
   j["mode"] = "decode";
   j["device"] = r.device_name;
   j["cpu_isa"] = r.cpu_isa;
+  j["blas_core"] = r.blas_core;
   j["threads"] = r.threads;
   j["kernels"] = kernel_mode_name(opt.mode);
   j["prompt_tokens"] = opt.prompt_tokens;

@@ -64,6 +64,7 @@ struct DecodeResult {
 struct DecodeReport {
   std::string device_name;
   std::string cpu_isa;
+  std::string blas_core;  ///< OpenBLAS kernel set (lib/common/blas_runtime.h), "" without OpenBLAS
   int threads = 0;
   double read_gbps = 0;
   double read_gbps_before = 0, read_gbps_after = 0;

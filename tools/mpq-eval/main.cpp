@@ -7,6 +7,7 @@
 
 #include "formats/hf_config.h"
 #include "kernels/cpu/cpu_features.h"  // cpu_isa(), for the report
+#include "lib/common/blas_runtime.h"  // blas_core_name(), for the report
 #include "lib/eval/perplexity.h"
 #include "lib/model/generate.h"  // forward_token_by_token
 #include "lib/model/llama.h"
@@ -211,7 +212,8 @@ int main(int argc, char** argv) {
     if (!cuda) {
       std::string p;
       for (const auto& [f, path] : paths) p += (p.empty() ? "" : ", ") + f + ": " + path;
-      std::printf("kernels      %s (%s; cpu %s)\n", kernels_name.c_str(), p.c_str(), cpu_isa_name(cpu_isa()));
+      std::printf("kernels      %s (%s; cpu %s; blas %s)\n", kernels_name.c_str(), p.c_str(), cpu_isa_name(cpu_isa()),
+                  blas_core_name().c_str());
     }
     const ActBlockCounts act = model.act_block_counts();
     if (model.act_quant() != ActQuantMode::kNone)
@@ -249,6 +251,7 @@ int main(int argc, char** argv) {
     j["token_by_token"] = token_by_token;
     j["kernel_paths"] = paths;
     j["cpu_isa"] = cpu_isa_name(cpu_isa());
+    j["blas_core"] = blas_core_name();  // OpenBLAS kernel set of the eigen-fp32 path
     if (model.act_quant() != ActQuantMode::kNone) {
       j["act_fp4_blocks"] = act.fp4;
       j["act_fp8_blocks"] = act.fp8;
