@@ -460,7 +460,7 @@ MatrixRM LlamaModel::forward_impl(const int32_t* tokens, int64_t T, KvCache* cac
     MatrixRM attn(T, nh * d);
     // Causal attention in query chunks: chunk [a, b) (positions p0 + a .. p0 + b - 1) only
     // sees keys [lo(a), p0 + b), so the masked upper triangle is never computed.
-    constexpr int64_t kChunk = 64;
+    constexpr int64_t kChunk = 64, kFewQueries = 4;
     const int64_t chunks = (T + kChunk - 1) / kChunk;
     // Threads only pay off with enough work per fork (tiny models run windows in parallel).
     const bool par_heads = T * S * d * nh >= kParallelAttentionWork;
@@ -470,7 +470,14 @@ MatrixRM LlamaModel::forward_impl(const int32_t* tokens, int64_t T, KvCache* cac
         const int64_t g = hd / group, a = ch * kChunk, b = std::min(T, a + kChunk);
         const int64_t k0 = std::max<int64_t>(0, p0 + a - window + 1), nk = p0 + b - k0;
         MatrixRM s(b - a, nk);
-        s.noalias() = (q.block(a, hd * d, b - a, d) * scale) * K.block(k0, g * d, nk, d).transpose();
+        // A few queries (decode): coefficient-wise products. Through BLAS, OpenBLAS's OpenMP
+        // build forks its own threads for these [1, d] x [d, S] GEMVs once S * d > 9216
+        // (gemv.c's threshold), 2 x heads x layers forks per token: 3-5x slower decode.
+        const bool few = b - a <= kFewQueries;
+        if (few)
+          s.noalias() = (q.block(a, hd * d, b - a, d) * scale).lazyProduct(K.block(k0, g * d, nk, d).transpose());
+        else
+          s.noalias() = (q.block(a, hd * d, b - a, d) * scale) * K.block(k0, g * d, nk, d).transpose();
         for (int64_t i = a; i < b; ++i) {
           // Visible keys of query i (position p0 + i): [max(k0, p0 + i - window + 1), p0 + i].
           const int64_t lo = std::max(k0, p0 + i - window + 1) - k0, hi = p0 + i - k0 + 1;
@@ -481,7 +488,10 @@ MatrixRM LlamaModel::forward_impl(const int32_t* tokens, int64_t T, KvCache* cac
           row.head(lo).setZero();
           row.tail(nk - hi).setZero();
         }
-        attn.block(a, hd * d, b - a, d).noalias() = s * Vv.block(k0, g * d, nk, d);
+        if (few)
+          attn.block(a, hd * d, b - a, d).noalias() = s.lazyProduct(Vv.block(k0, g * d, nk, d));
+        else
+          attn.block(a, hd * d, b - a, d).noalias() = s * Vv.block(k0, g * d, nk, d);
       }
     }
     h += apply_linear(attn, L.linear[3]);
