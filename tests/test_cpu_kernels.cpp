@@ -367,25 +367,32 @@ TEST(DenseKernels, GemvPathsMatchExactProduct) {
             dense[i] = kind == DenseKind::kBf16 ? bf16_to_fp32(h) : fp16_to_fp32(h);
           }
         }
-        v.data = bytes.data();
-        dense_check(v, "t");
-        std::vector<float> out(static_cast<std::size_t>(rows * cols));
-        dense_decode_rows(v, 0, rows, out.data(), cols, true);
-        EXPECT_EQ(out, dense);
-        const std::vector<float> x = random_normal(cols, seed);
-        std::vector<double> want, l1;
-        exact_gemv(dense, rows, cols, x.data(), &want, &l1);
-        std::vector<float> y(static_cast<std::size_t>(rows));
-        const std::string what = std::to_string(static_cast<int>(kind)) + " " + shape_label(rows, cols);
-        dense_gemv_scalar(v, x.data(), y.data());
-        test::expect_close_l1(y, want, l1, "scalar " + what, 1e-7);
-        if (has_avx2()) {
-          dense_gemv_avx2(v, x.data(), y.data());
-          test::expect_close_l1(y, want, l1, "avx2 " + what, 1e-7);
-        }
-        if (has_avx512()) {
-          dense_gemv_avx512(v, x.data(), y.data());
-          test::expect_close_l1(y, want, l1, "avx512 " + what, 1e-7);
+        // At an aligned address and one byte off (safetensors does not align tensor data;
+        // the runtime reads bf16 / f16 in place at any address).
+        for (int off : {0, 1}) {
+          std::vector<uint8_t> store(bytes.size() + 1);
+          std::memcpy(store.data() + off, bytes.data(), bytes.size());
+          v.data = store.data() + off;
+          dense_check(v, "t");
+          std::vector<float> out(static_cast<std::size_t>(rows * cols));
+          dense_decode_rows(v, 0, rows, out.data(), cols, true);
+          EXPECT_EQ(out, dense);
+          const std::vector<float> x = random_normal(cols, seed);
+          std::vector<double> want, l1;
+          exact_gemv(dense, rows, cols, x.data(), &want, &l1);
+          std::vector<float> y(static_cast<std::size_t>(rows));
+          const std::string what = std::to_string(static_cast<int>(kind)) + " " + shape_label(rows, cols) +
+                                   " offset " + std::to_string(off);
+          dense_gemv_scalar(v, x.data(), y.data());
+          test::expect_close_l1(y, want, l1, "scalar " + what, 1e-7);
+          if (has_avx2()) {
+            dense_gemv_avx2(v, x.data(), y.data());
+            test::expect_close_l1(y, want, l1, "avx2 " + what, 1e-7);
+          }
+          if (has_avx512()) {
+            dense_gemv_avx512(v, x.data(), y.data());
+            test::expect_close_l1(y, want, l1, "avx512 " + what, 1e-7);
+          }
         }
       }
 }

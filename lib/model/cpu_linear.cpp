@@ -359,7 +359,9 @@ std::shared_ptr<const CpuLinear> make_dense_cpu_linear(const TensorView& t, std:
     throw_input(t.file, "tensor '" + t.name + "': " + std::to_string(t.shape.size()) + "-D, expected a matrix");
   const int64_t rows = t.shape[0], cols = t.shape[1];
   // safetensors does not align tensor data (a packed folder's f32 tensor may follow an odd
-  // number of U8 bytes): a misaligned matrix is copied once into aligned memory.
+  // number of U8 bytes): a misaligned f32 matrix (Eigen reads it through float*) is copied
+  // once into aligned memory; bf16 / f16 are read in place at any address (the dense
+  // kernels load them unaligned), so a packed 7B folder's misaligned lm_head costs no copy.
   const auto aligned = [&](std::size_t a) { return reinterpret_cast<std::uintptr_t>(t.data) % a == 0; };
   if (t.dtype == DType::F32) {
     if (aligned(alignof(float)))
@@ -376,9 +378,7 @@ std::shared_ptr<const CpuLinear> make_dense_cpu_linear(const TensorView& t, std:
   v.rows = rows;
   v.cols = cols;
   v.data = t.data;
-  std::vector<uint8_t> owned;
-  if (!aligned(alignof(uint16_t))) owned.assign(t.data, t.data + t.nbytes);  // vector storage is aligned
-  return std::make_shared<const DenseLinear>(t.dtype == DType::BF16 ? "bf16" : "f16", v, std::move(owned),
+  return std::make_shared<const DenseLinear>(t.dtype == DType::BF16 ? "bf16" : "f16", v, std::vector<uint8_t>{},
                                              std::move(keepalive));
 }
 

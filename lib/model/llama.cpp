@@ -3,6 +3,7 @@
 #include <omp.h>
 
 #include <cmath>
+#include <limits>
 #include <random>
 #include <string>
 
@@ -458,9 +459,37 @@ MatrixRM LlamaModel::forward_impl(const int32_t* tokens, int64_t T, KvCache* cac
     const auto K = cache ? cache->k_[li].topRows(S) : k.topRows(S);
     const auto Vv = cache ? cache->v_[li].topRows(S) : v.topRows(S);
     MatrixRM attn(T, nh * d);
+    constexpr int64_t kChunk = 64, kFewQueries = 4;
+    if (T <= kFewQueries) {
+      // Decode (a few queries): per head, scores as dot products of contiguous key rows and
+      // the output as a sum of contiguous value rows, not matrix products: Eigen's lazy
+      // products walk V by columns, and through BLAS OpenBLAS's OpenMP build forks its own
+      // threads for every [1, d] x [d, S] GEMV once S * d > 9216 (gemv.c's threshold).
+      const bool par = T * S * d * nh >= kParallelDecodeAttentionWork && !omp_in_parallel();
+#pragma omp parallel for schedule(static) if (par)
+      for (int64_t hd = 0; hd < nh; ++hd) {
+        const int64_t g = hd / group;
+        std::vector<float> p(static_cast<std::size_t>(S));
+        for (int64_t i = 0; i < T; ++i) {
+          const int64_t lo = std::max<int64_t>(0, p0 + i - window + 1), hi = p0 + i + 1;  // visible keys [lo, hi)
+          const auto qi = q.row(i).segment(hd * d, d);
+          float mx = -std::numeric_limits<float>::infinity();
+          for (int64_t j = lo; j < hi; ++j) {
+            const float sc = qi.dot(K.row(j).segment(g * d, d)) * scale;
+            p[static_cast<std::size_t>(j)] = sc;
+            mx = std::max(mx, sc);
+          }
+          float sum = 0.0f;
+          for (int64_t j = lo; j < hi; ++j) sum += (p[static_cast<std::size_t>(j)] = std::exp(p[static_cast<std::size_t>(j)] - mx));
+          auto out = attn.row(i).segment(hd * d, d);
+          out.setZero();
+          const float inv = 1.0f / sum;
+          for (int64_t j = lo; j < hi; ++j) out += (p[static_cast<std::size_t>(j)] * inv) * Vv.row(j).segment(g * d, d);
+        }
+      }
+    } else {
     // Causal attention in query chunks: chunk [a, b) (positions p0 + a .. p0 + b - 1) only
     // sees keys [lo(a), p0 + b), so the masked upper triangle is never computed.
-    constexpr int64_t kChunk = 64, kFewQueries = 4;
     const int64_t chunks = (T + kChunk - 1) / kChunk;
     // Threads only pay off with enough work per fork (tiny models run windows in parallel).
     const bool par_heads = T * S * d * nh >= kParallelAttentionWork;
@@ -470,14 +499,7 @@ MatrixRM LlamaModel::forward_impl(const int32_t* tokens, int64_t T, KvCache* cac
         const int64_t g = hd / group, a = ch * kChunk, b = std::min(T, a + kChunk);
         const int64_t k0 = std::max<int64_t>(0, p0 + a - window + 1), nk = p0 + b - k0;
         MatrixRM s(b - a, nk);
-        // A few queries (decode): coefficient-wise products. Through BLAS, OpenBLAS's OpenMP
-        // build forks its own threads for these [1, d] x [d, S] GEMVs once S * d > 9216
-        // (gemv.c's threshold), 2 x heads x layers forks per token: 3-5x slower decode.
-        const bool few = b - a <= kFewQueries;
-        if (few)
-          s.noalias() = (q.block(a, hd * d, b - a, d) * scale).lazyProduct(K.block(k0, g * d, nk, d).transpose());
-        else
-          s.noalias() = (q.block(a, hd * d, b - a, d) * scale) * K.block(k0, g * d, nk, d).transpose();
+        s.noalias() = (q.block(a, hd * d, b - a, d) * scale) * K.block(k0, g * d, nk, d).transpose();
         for (int64_t i = a; i < b; ++i) {
           // Visible keys of query i (position p0 + i): [max(k0, p0 + i - window + 1), p0 + i].
           const int64_t lo = std::max(k0, p0 + i - window + 1) - k0, hi = p0 + i - k0 + 1;
@@ -488,11 +510,9 @@ MatrixRM LlamaModel::forward_impl(const int32_t* tokens, int64_t T, KvCache* cac
           row.head(lo).setZero();
           row.tail(nk - hi).setZero();
         }
-        if (few)
-          attn.block(a, hd * d, b - a, d).noalias() = s.lazyProduct(Vv.block(k0, g * d, nk, d));
-        else
-          attn.block(a, hd * d, b - a, d).noalias() = s * Vv.block(k0, g * d, nk, d);
+        attn.block(a, hd * d, b - a, d).noalias() = s * Vv.block(k0, g * d, nk, d);
       }
+    }
     }
     h += apply_linear(attn, L.linear[3]);
 

@@ -117,6 +117,8 @@ std::array<int64_t, 2> linear_shape(const LlamaConfig& c, int index);
 /// Multiply-adds of one attention layer (T^2 * head_dim * heads) below which its per-head
 /// loops run on one thread (forward and backward): smaller forks cost more than they save.
 constexpr int64_t kParallelAttentionWork = int64_t{1} << 22;
+/// The same for decode-sized calls (<= 4 queries), whose per-head loop forks once per layer.
+constexpr int64_t kParallelDecodeAttentionWork = int64_t{1} << 17;
 
 /// Threads to run whole windows in parallel (one window per thread) for a model of
 /// `params` weights: all OpenMP threads up to 64M weights, whose GEMMs are too small to
