@@ -17,7 +17,9 @@
 #             LAYERS7B layers, bf16, and its packed forms
 #   decode7b  mpq-bench --decode on those, with the bandwidth bound
 # Environment overrides: BUILD (build), WORK (/tmp/mpq-cpu-runtime), THREADS (2), ROUNDS (2),
-# LAYERS7B (4), DATA (../shared/data), OUT (bench/results: the JSON files).
+# LAYERS7B (4), DATA (../shared/data), OUT (bench/results: the JSON files), PROMPT (128) and
+# GEN (64): decode's prompt and generated tokens (PROMPT=1 GEN=32 is llama-bench's tg32:
+# 32 tokens from an empty context), TAG (""): suffix of the decode JSON names.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -27,6 +29,9 @@ WORK="${WORK:-/tmp/mpq-cpu-runtime}"
 THREADS="${THREADS:-2}"
 ROUNDS="${ROUNDS:-2}"
 LAYERS7B="${LAYERS7B:-4}"
+PROMPT="${PROMPT:-128}"
+GEN="${GEN:-64}"
+TAG="${TAG:-}"
 DATA="${DATA:-../shared/data}"
 OUT="${OUT:-bench/results}"
 T="$BUILD/tools"
@@ -115,7 +120,8 @@ PY
 decode() {
   local R="$WORK/rand"
   "$T/mpq-bench" --decode --model "$R-bf16" --model "$R-bf16-nvfp4" --model "$R-bf16-sq4" --model "$R-bf16-sq3" \
-    --model "$R-bf16-fp8" --model "$R-bf16-fgmp" --model "$R-f32" --threads "$THREADS" --json "$OUT/cpu_decode.json"
+    --model "$R-bf16-fp8" --model "$R-bf16-fgmp" --model "$R-f32" --threads "$THREADS" \
+    --prompt-tokens "$PROMPT" --gen-tokens "$GEN" --json "$OUT/cpu_decode$TAG.json"
 }
 
 models7b() {
@@ -130,7 +136,8 @@ models7b() {
 decode7b() {
   local R="$WORK/llama2-7b-l$LAYERS7B"
   "$T/mpq-bench" --decode --model "$R-bf16" --model "$R-bf16-nvfp4" --model "$R-bf16-sq4" --model "$R-bf16-sq3" \
-    --model "$R-bf16-fp8" --model "$R-bf16-fgmp" --threads "$THREADS" --bandwidth-mb 2048 --json "$OUT/cpu_decode_7b.json"
+    --model "$R-bf16-fp8" --model "$R-bf16-fgmp" --threads "$THREADS" --bandwidth-mb 2048 \
+    --prompt-tokens "$PROMPT" --gen-tokens "$GEN" --json "$OUT/cpu_decode_7b$TAG.json"
 }
 
 case "${1:-all}" in
