@@ -21,20 +21,14 @@ constexpr int64_t kParallelMinWeights = int64_t{1} << 16;
 
 inline std::size_t elem_bytes(DenseKind k) { return k == DenseKind::kFp8 ? 1 : 2; }
 
-// 16-bit element i of data at any address (safetensors does not align tensor data; the
-// vector paths use unaligned loads too).
-inline uint16_t load_u16(const void* data, int64_t i) {
-  uint16_t v;
-  std::memcpy(&v, static_cast<const uint8_t*>(data) + 2 * i, sizeof v);
-  return v;
-}
-
-// Unscaled fp32 value of element i (fp8: e4m3).
+// Unscaled fp32 value of element i (fp8: e4m3). 16-bit elements are read at any address
+// (safetensors does not align tensor data; the vector paths load unaligned too).
 inline float elem(const DenseWeightView& w, int64_t i) {
+  const uint8_t* b = static_cast<const uint8_t*>(w.data);
   switch (w.kind) {
-    case DenseKind::kFp8: return e4m3_to_fp32(static_cast<const uint8_t*>(w.data)[i]);
-    case DenseKind::kBf16: return bf16_to_fp32(load_u16(w.data, i));
-    default: return fp16_to_fp32(load_u16(w.data, i));
+    case DenseKind::kFp8: return e4m3_to_fp32(b[i]);
+    case DenseKind::kBf16: return bf16_to_fp32(load_u16_le(b + 2 * i));
+    default: return fp16_to_fp32(load_u16_le(b + 2 * i));
   }
 }
 

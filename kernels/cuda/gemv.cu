@@ -406,8 +406,6 @@ std::vector<uint8_t> pad_rows(const std::vector<uint8_t>& src, int64_t rows, int
   return out;
 }
 
-uint16_t load_u16(const uint8_t* p) { return static_cast<uint16_t>(p[0] | p[1] << 8); }
-
 }  // namespace
 
 // ---------------------------------------------------------------------------------------
@@ -557,10 +555,10 @@ DeviceLinear DeviceLinear::upload(const PackedTensor& p) {
     const std::string msg = squeezellm_check_sparse(rows, cols, rp.bytes.data(), sc.bytes.data(), sc.dtype, nnz, &field);
     if (!msg.empty()) throw Error(ExitCode::kInput, what + ": part '" + field + "': " + msg);
     for (std::size_t i = 0; i < lt.bytes.size() / 2; ++i)
-      if (!std::isfinite(fp16_to_fp32(load_u16(lt.bytes.data() + 2 * i))))
+      if (!std::isfinite(fp16_to_fp32(load_u16_le(lt.bytes.data() + 2 * i))))
         throw Error(ExitCode::kInput, what + ": part 'lookup_table' holds a non-finite entry at flat index " + std::to_string(i));
     for (std::size_t i = 0; i < sv.bytes.size() / 2; ++i)
-      if (!std::isfinite(fp16_to_fp32(load_u16(sv.bytes.data() + 2 * i))))
+      if (!std::isfinite(fp16_to_fp32(load_u16_le(sv.bytes.data() + 2 * i))))
         throw Error(ExitCode::kInput, what + ": part 'sparse_val' holds a non-finite value at entry " + std::to_string(i));
     m->bits = bits;
     const int64_t units = (cols + 31) / 32;

@@ -44,4 +44,20 @@ uint8_t fp32_to_e2m1(float x);
 /// E2M1 nibble (low 4 bits used) -> fp32.
 float e2m1_to_fp32(uint8_t nibble);
 
+/// Little-endian 16- and 32-bit integers at any address (the element encoding of
+/// safetensors data and of the packed parts; safetensors does not align tensor data).
+inline void store_u16_le(uint16_t v, uint8_t* p) {
+  p[0] = static_cast<uint8_t>(v);
+  p[1] = static_cast<uint8_t>(v >> 8);
+}
+inline uint16_t load_u16_le(const uint8_t* p) { return static_cast<uint16_t>(p[0] | p[1] << 8); }
+inline void store_i32_le(int32_t v, uint8_t* p) {
+  const uint32_t u = static_cast<uint32_t>(v);
+  for (int i = 0; i < 4; ++i) p[i] = static_cast<uint8_t>(u >> (8 * i));
+}
+inline int32_t load_i32_le(const uint8_t* p) {
+  return static_cast<int32_t>(static_cast<uint32_t>(p[0]) | static_cast<uint32_t>(p[1]) << 8 |
+                              static_cast<uint32_t>(p[2]) << 16 | static_cast<uint32_t>(p[3]) << 24);
+}
+
 }  // namespace mpq

@@ -14,6 +14,7 @@
 #include "lib/common/error.h"
 #include "lib/common/shape.h"
 #include "lib/model/llama.h"
+#include "lib/numeric/codecs.h"  // kE2M1Max, kE4M3Max
 #include "lib/quant/nvfp4.h"
 #include "lib/quant/quant_common.h"
 
@@ -21,9 +22,6 @@ namespace mpq {
 namespace fs = std::filesystem;
 
 namespace {
-
-constexpr float kE2M1Max = 6.0f;
-constexpr float kE4M3Max = 448.0f;
 
 std::string module_name(int64_t layer, int i) { return "model.layers." + std::to_string(layer) + "." + kLinearNames[i]; }
 

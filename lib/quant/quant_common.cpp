@@ -77,19 +77,6 @@ const FormatInfo& format_info(const char* format) {
   std::abort();
 }
 
-void store_u16_le(uint16_t v, uint8_t* p) {
-  p[0] = static_cast<uint8_t>(v);
-  p[1] = static_cast<uint8_t>(v >> 8);
-}
-uint16_t load_u16_le(const uint8_t* p) { return static_cast<uint16_t>(p[0] | p[1] << 8); }
-void store_i32_le(int32_t v, uint8_t* p) {
-  const uint32_t u = static_cast<uint32_t>(v);
-  for (int i = 0; i < 4; ++i) p[i] = static_cast<uint8_t>(u >> (8 * i));
-}
-int32_t load_i32_le(const uint8_t* p) {
-  return static_cast<int32_t>(static_cast<uint32_t>(p[0]) | static_cast<uint32_t>(p[1]) << 8 |
-                              static_cast<uint32_t>(p[2]) << 16 | static_cast<uint32_t>(p[3]) << 24);
-}
 
 void store_f32_le(float v, uint8_t* dst) {
   uint32_t u;

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "lib/common/shape.h"
+#include "lib/numeric/codecs.h"  // load_u16_le, store_u16_le, load_i32_le, store_i32_le
 #include "lib/quant/quantizer.h"
 
 namespace mpq {
@@ -53,11 +54,12 @@ uint64_t splitmix64_next(uint64_t& state);
 /// The format_table() row named `format` (Quantizer::info()); aborts if absent (a bug).
 const FormatInfo& format_info(const char* format);
 
-/// Little-endian 16- and 32-bit integers (the packed parts' element encoding).
-void store_u16_le(uint16_t v, uint8_t* dst);
-uint16_t load_u16_le(const uint8_t* src);
-void store_i32_le(int32_t v, uint8_t* dst);
-int32_t load_i32_le(const uint8_t* src);
+/// Little-endian 16- and 32-bit integers (the packed parts' element encoding):
+/// lib/numeric/codecs.h.
+using mpq::load_i32_le;
+using mpq::load_u16_le;
+using mpq::store_i32_le;
+using mpq::store_u16_le;
 
 /// Code j of a row packed as a little-endian bitstream of `bits`-bit codes, LSB first (code j
 /// at bits [j*bits, j*bits + bits); squeezellm's and int's qweight): ORs `code` in at `row`
