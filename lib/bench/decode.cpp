@@ -111,7 +111,8 @@ DecodeReport run_decode_bench(const DecodeOptions& opt) {
 }
 
 std::string decode_table(const DecodeReport& r) {
-  std::string s = "device " + r.device_name + " (" + r.cpu_isa + (r.blas_core.empty() ? "" : ", blas " + r.blas_core) + "), " + std::to_string(r.threads) +
+  const std::string blas = r.blas_core.empty() ? "" : ", blas " + r.blas_core;
+  std::string s = "device " + r.device_name + " (" + r.cpu_isa + blas + "), " + std::to_string(r.threads) +
                   " threads, read bandwidth " + fmt("%.2f", r.read_gbps) + " GB/s (before " + fmt("%.2f", r.read_gbps_before) +
                   ", after " + fmt("%.2f", r.read_gbps_after) + ")\n";
   char line[512];

@@ -55,7 +55,9 @@ void ensure_blas_core(char** argv) {
   setenv("OPENBLAS_CORETYPE", core.c_str(), 1);
   std::fflush(nullptr);
   execv("/proc/self/exe", argv);
-  std::fprintf(stderr, "mpq: warning: OpenBLAS runs its %s kernels and re-executing with OPENBLAS_CORETYPE=%s failed (%s); BLAS products will be slow\n",
+  std::fprintf(stderr,
+               "mpq: warning: OpenBLAS runs its %s kernels and re-executing with OPENBLAS_CORETYPE=%s failed "
+               "(%s); BLAS products will be slow\n",
                blas_core_name().c_str(), core.c_str(), std::strerror(errno));
 }
 

@@ -362,9 +362,8 @@ std::shared_ptr<const CpuLinear> make_dense_cpu_linear(const TensorView& t, std:
   // number of U8 bytes): a misaligned f32 matrix (Eigen reads it through float*) is copied
   // once into aligned memory; bf16 / f16 are read in place at any address (the dense
   // kernels load them unaligned), so a packed 7B folder's misaligned lm_head costs no copy.
-  const auto aligned = [&](std::size_t a) { return reinterpret_cast<std::uintptr_t>(t.data) % a == 0; };
   if (t.dtype == DType::F32) {
-    if (aligned(alignof(float)))
+    if (reinterpret_cast<std::uintptr_t>(t.data) % alignof(float) == 0)
       return std::make_shared<const F32Linear>(reinterpret_cast<const float*>(t.data), rows, cols, std::move(keepalive));
     auto copy = std::make_shared<std::vector<float>>(static_cast<std::size_t>(rows * cols));
     std::memcpy(copy->data(), t.data, copy->size() * sizeof(float));

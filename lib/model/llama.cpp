@@ -480,7 +480,11 @@ MatrixRM LlamaModel::forward_impl(const int32_t* tokens, int64_t T, KvCache* cac
             mx = std::max(mx, sc);
           }
           float sum = 0.0f;
-          for (int64_t j = lo; j < hi; ++j) sum += (p[static_cast<std::size_t>(j)] = std::exp(p[static_cast<std::size_t>(j)] - mx));
+          for (int64_t j = lo; j < hi; ++j) {
+            float& pj = p[static_cast<std::size_t>(j)];
+            pj = std::exp(pj - mx);
+            sum += pj;
+          }
           auto out = attn.row(i).segment(hd * d, d);
           out.setZero();
           const float inv = 1.0f / sum;
@@ -488,31 +492,31 @@ MatrixRM LlamaModel::forward_impl(const int32_t* tokens, int64_t T, KvCache* cac
         }
       }
     } else {
-    // Causal attention in query chunks: chunk [a, b) (positions p0 + a .. p0 + b - 1) only
-    // sees keys [lo(a), p0 + b), so the masked upper triangle is never computed.
-    const int64_t chunks = (T + kChunk - 1) / kChunk;
-    // Threads only pay off with enough work per fork (tiny models run windows in parallel).
-    const bool par_heads = T * S * d * nh >= kParallelAttentionWork;
+      // Causal attention in query chunks: chunk [a, b) (positions p0 + a .. p0 + b - 1) only
+      // sees keys [lo(a), p0 + b), so the masked upper triangle is never computed.
+      const int64_t chunks = (T + kChunk - 1) / kChunk;
+      // Threads only pay off with enough work per fork (tiny models run windows in parallel).
+      const bool par_heads = T * S * d * nh >= kParallelAttentionWork;
 #pragma omp parallel for collapse(2) schedule(dynamic, 1) if (par_heads)
-    for (int64_t hd = 0; hd < nh; ++hd) {
-      for (int64_t ch = 0; ch < chunks; ++ch) {
-        const int64_t g = hd / group, a = ch * kChunk, b = std::min(T, a + kChunk);
-        const int64_t k0 = std::max<int64_t>(0, p0 + a - window + 1), nk = p0 + b - k0;
-        MatrixRM s(b - a, nk);
-        s.noalias() = (q.block(a, hd * d, b - a, d) * scale) * K.block(k0, g * d, nk, d).transpose();
-        for (int64_t i = a; i < b; ++i) {
-          // Visible keys of query i (position p0 + i): [max(k0, p0 + i - window + 1), p0 + i].
-          const int64_t lo = std::max(k0, p0 + i - window + 1) - k0, hi = p0 + i - k0 + 1;
-          auto row = s.row(i - a);
-          auto vis = row.segment(lo, hi - lo).array();
-          vis = (vis - vis.maxCoeff()).exp();
-          vis /= vis.sum();
-          row.head(lo).setZero();
-          row.tail(nk - hi).setZero();
+      for (int64_t hd = 0; hd < nh; ++hd) {
+        for (int64_t ch = 0; ch < chunks; ++ch) {
+          const int64_t g = hd / group, a = ch * kChunk, b = std::min(T, a + kChunk);
+          const int64_t k0 = std::max<int64_t>(0, p0 + a - window + 1), nk = p0 + b - k0;
+          MatrixRM s(b - a, nk);
+          s.noalias() = (q.block(a, hd * d, b - a, d) * scale) * K.block(k0, g * d, nk, d).transpose();
+          for (int64_t i = a; i < b; ++i) {
+            // Visible keys of query i (position p0 + i): [max(k0, p0 + i - window + 1), p0 + i].
+            const int64_t lo = std::max(k0, p0 + i - window + 1) - k0, hi = p0 + i - k0 + 1;
+            auto row = s.row(i - a);
+            auto vis = row.segment(lo, hi - lo).array();
+            vis = (vis - vis.maxCoeff()).exp();
+            vis /= vis.sum();
+            row.head(lo).setZero();
+            row.tail(nk - hi).setZero();
+          }
+          attn.block(a, hd * d, b - a, d).noalias() = s * Vv.block(k0, g * d, nk, d);
         }
-        attn.block(a, hd * d, b - a, d).noalias() = s * Vv.block(k0, g * d, nk, d);
       }
-    }
     }
     h += apply_linear(attn, L.linear[3]);
 
