@@ -127,6 +127,34 @@ TEST_P(CpuRuntime, StoredFormMatchesExpandedModel) {
   EXPECT_LE((last - whole.row(47)).cwiseAbs().maxCoeff(), 1e-5f * max_abs(whole));
 }
 
+// A sliding window (Mistral / Qwen2 configs): single-token steps through the cache (the
+// decode attention loop) give the windowed forward's logits (the chunked attention), and the
+// window matters (the same model without it differs at the late positions).
+TEST(CpuRuntimeDecode, SlidingWindowStepsMatchWindowedForward) {
+  const std::string dir = test::scratch_dir("cpurt-sliding");
+  test::TinyLlamaSpec spec;
+  spec.seed = 21;
+  test::write_tiny_llama(dir, spec);
+  nlohmann::json cfg;
+  std::ifstream(dir + "/config.json") >> cfg;
+  const LlamaModel full = LlamaModel::load(dir, LoadOptions{});
+  cfg["sliding_window"] = 6;
+  std::ofstream(dir + "/config.json") << cfg.dump(2);
+  const LlamaModel m = LlamaModel::load(dir, LoadOptions{});
+  ASSERT_EQ(m.config().sliding_window, 6);
+  const std::vector<int32_t> tok = test::random_tokens(32, spec.vocab, 5);
+  const MatrixRM whole = m.forward(tok.data(), 32);
+  const float scale = max_abs(whole);
+  EXPECT_GT((whole.bottomRows(8) - full.forward(tok.data(), 32).bottomRows(8)).cwiseAbs().maxCoeff(), 1e-3f * scale);
+  KvCache cache(m.config(), 32);
+  const MatrixRM pre = m.forward(tok.data(), 3, cache);
+  EXPECT_LE((pre - whole.topRows(3)).cwiseAbs().maxCoeff(), 1e-5f * scale);
+  for (int64_t t = 3; t < 32; ++t) {
+    const MatrixRM step = m.forward(&tok[static_cast<std::size_t>(t)], 1, cache);
+    ASSERT_LE((step - whole.row(t)).cwiseAbs().maxCoeff(), 1e-5f * scale) << "step " << t;
+  }
+}
+
 // fast_tol: the fast paths round activations (int8 per block in the single-token GEMVs of
 // nvfp4 / squeezellm, bf16 in window products) and, for squeezellm, the tables (int8 per row).
 INSTANTIATE_TEST_SUITE_P(
