@@ -55,4 +55,3 @@ BENCHMARK(BM_ForwardRandomH2048L8)->Unit(benchmark::kMillisecond)->UseRealTime()
 
 }  // namespace
 
-BENCHMARK_MAIN();

@@ -90,4 +90,3 @@ BENCHMARK(BM_GptqFp8)->Unit(benchmark::kSecond)->Iterations(1);
 
 }  // namespace
 
-BENCHMARK_MAIN();

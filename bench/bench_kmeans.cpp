@@ -108,4 +108,3 @@ BENCHMARK(BM_KMeansLloydOnly)
 
 }  // namespace
 
-BENCHMARK_MAIN();

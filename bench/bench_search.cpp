@@ -108,4 +108,3 @@ BENCHMARK(BM_SolveLlama7BShape)
 
 }  // namespace
 
-BENCHMARK_MAIN();
