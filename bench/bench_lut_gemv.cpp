@@ -27,8 +27,11 @@
 #include <random>
 #include <vector>
 
+#include "kernels/cpu/dense_gemv.h"
 #include "kernels/cpu/fgmp_gemv.h"
 #include "kernels/cpu/lut_gemv.h"
+#include "kernels/cpu/lut_vnni.h"
+#include "kernels/cpu/nvfp4_gemv.h"
 #include "lib/bench/dense_cpu.h"
 #include "lib/numeric/codecs.h"
 
@@ -125,6 +128,31 @@ void BM_LutGemv(benchmark::State& state) {
   lut_gemv_bench(state, mpq::lut_gemv, mpq::lut_cpu_path());
 }
 BENCHMARK(BM_LutGemv)
+    ->ArgNames({"bits", "rows"})
+    ->ArgsProduct({{3, 4}, {4096, 11008}})
+    ->Unit(benchmark::kMicrosecond)
+    ->UseRealTime();
+
+// Args: bits, rows (cols = 4096): the runtime's decode kernel, lut_q8_gemv on the repacked
+// layout (kernels/cpu/lut_vnni.h; int8 activations), rotated like the other GEMVs.
+void BM_LutQ8Gemv(benchmark::State& state) {
+  const int bits = static_cast<int>(state.range(0));
+  const int64_t rows = state.range(1), cols = 4096;
+  const LutLayer src = make_lut_layer(bits, rows, cols);
+  const mpq::LutPacked first = mpq::lut_repack(src.view());
+  const int copies = copies_for(static_cast<int64_t>(first.bytes()));
+  std::vector<mpq::LutPacked> layers(static_cast<std::size_t>(copies), first);
+  const std::vector<float> x = random_floats(cols, 1);
+  std::vector<float> y(static_cast<std::size_t>(rows));
+  std::size_t i = 0;
+  for (auto _ : state) {
+    mpq::lut_q8_gemv(layers[i], x.data(), y.data());
+    benchmark::DoNotOptimize(y.data());
+    i = (i + 1) % layers.size();
+  }
+  set_counters(state, static_cast<int64_t>(first.bytes()), copies);
+}
+BENCHMARK(BM_LutQ8Gemv)
     ->ArgNames({"bits", "rows"})
     ->ArgsProduct({{3, 4}, {4096, 11008}})
     ->Unit(benchmark::kMicrosecond)
@@ -247,6 +275,78 @@ void BM_DenseF32Gemm(benchmark::State& state) {
 }
 BENCHMARK(BM_DenseF32Gemm)->ArgName("rows")->Arg(4096)->Unit(benchmark::kMillisecond)
     ->UseRealTime();
+
+// Args: kind (0 fp8, 1 bf16, 2 fp8 on bf16 activations: dense_gemv_fp8_bf16), rows (cols = 4096): the runtime's stored-format GEMV
+// (kernels/cpu/dense_gemv.h, the path cpu_isa() picks), rotated like the other GEMVs.
+void BM_StoredGemv(benchmark::State& state) {
+  const bool fp8 = state.range(0) != 1;
+  if (state.range(0) == 2 && !mpq::dense_gemv_fp8_bf16_available()) {
+    state.SkipWithError("no AVX512_BF16");
+    return;
+  }
+  const int64_t rows = state.range(1), cols = 4096;
+  const int64_t bytes = rows * cols * (fp8 ? 1 : 2);
+  const int copies = copies_for(bytes);
+  std::vector<std::vector<uint8_t>> ws(static_cast<std::size_t>(copies));
+  {
+    const std::vector<float> w = random_floats(rows * cols, 4);
+    ws[0].resize(static_cast<std::size_t>(bytes));
+    for (std::size_t j = 0; j < w.size(); ++j) {
+      if (fp8) {
+        ws[0][j] = mpq::fp32_to_e4m3(w[j] * 4000.0f);
+      } else {
+        const uint16_t b = mpq::fp32_to_bf16(w[j]);
+        std::memcpy(&ws[0][2 * j], &b, 2);
+      }
+    }
+  }
+  for (int c = 1; c < copies; ++c) ws[static_cast<std::size_t>(c)] = ws[0];
+  const std::vector<float> x = random_floats(cols, 3);
+  std::vector<float> y(static_cast<std::size_t>(rows));
+  std::size_t i = 0;
+  for (auto _ : state) {
+    mpq::DenseWeightView v;
+    v.kind = fp8 ? mpq::DenseKind::kFp8 : mpq::DenseKind::kBf16;
+    v.rows = rows, v.cols = cols, v.data = ws[i].data(), v.scale = fp8 ? 2.5e-4f : 1.0f;
+    if (state.range(0) == 2)
+      mpq::dense_gemv_fp8_bf16(v, x.data(), y.data());
+    else
+      mpq::dense_gemv(v, x.data(), y.data());
+    benchmark::DoNotOptimize(y.data());
+    i = (i + 1) % ws.size();
+  }
+  set_counters(state, bytes, copies);
+  state.SetLabel(state.range(0) == 2 ? "fp8-bf16act" : (fp8 ? "fp8" : "bf16"));
+}
+BENCHMARK(BM_StoredGemv)
+    ->ArgNames({"kind", "rows"})
+    ->ArgsProduct({{0, 1, 2}, {4096, 11008}})
+    ->Unit(benchmark::kMicrosecond)
+    ->UseRealTime();
+
+// Args: rows (cols = 4096): nvfp4_gemv on the repacked layout (random codes, E4M3 block
+// scales in [2^-4, 2^2)), rotated like the other GEMVs.
+void BM_Nvfp4Gemv(benchmark::State& state) {
+  const int64_t rows = state.range(0), cols = 4096, nb = cols / 16;
+  std::mt19937_64 g(11);
+  std::vector<uint8_t> wq(static_cast<std::size_t>(rows * nb * 8)), ws(static_cast<std::size_t>(rows * nb));
+  for (uint8_t& b : wq) b = static_cast<uint8_t>(g());
+  for (uint8_t& b : ws) b = static_cast<uint8_t>(0x18 + g() % 0x30);
+  mpq::Nvfp4WeightView v{rows, cols, wq.data(), ws.data(), 1e-3f};
+  const mpq::Nvfp4Packed first = mpq::nvfp4_repack(v);
+  const int copies = copies_for(static_cast<int64_t>(first.bytes()));
+  std::vector<mpq::Nvfp4Packed> layers(static_cast<std::size_t>(copies), first);
+  const std::vector<float> x = random_floats(cols, 1);
+  std::vector<float> y(static_cast<std::size_t>(rows));
+  std::size_t i = 0;
+  for (auto _ : state) {
+    mpq::nvfp4_gemv(layers[i], x.data(), y.data());
+    benchmark::DoNotOptimize(y.data());
+    i = (i + 1) % layers.size();
+  }
+  set_counters(state, static_cast<int64_t>(first.bytes()), copies);
+}
+BENCHMARK(BM_Nvfp4Gemv)->ArgName("rows")->Arg(4096)->Arg(11008)->Unit(benchmark::kMicrosecond)->UseRealTime();
 
 // ---------------------------------------------------------------- FGMP ------------------
 

@@ -19,7 +19,9 @@
 # Environment overrides: BUILD (build), WORK (/tmp/mpq-cpu-runtime), THREADS (2), ROUNDS (2),
 # LAYERS7B (4), DATA (../shared/data), OUT (bench/results: the JSON files), PROMPT (128) and
 # GEN (64): decode's prompt and generated tokens (PROMPT=1 GEN=32 is llama-bench's tg32:
-# 32 tokens from an empty context), TAG (""): suffix of the decode JSON names.
+# 32 tokens from an empty context), REPS (5): decode rounds (mpq-bench --reps; every model
+# runs once per round, so the per-round ratios share the machine's state), TAG (""): suffix
+# of the decode JSON names.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -31,6 +33,7 @@ ROUNDS="${ROUNDS:-2}"
 LAYERS7B="${LAYERS7B:-4}"
 PROMPT="${PROMPT:-128}"
 GEN="${GEN:-64}"
+REPS="${REPS:-5}"
 TAG="${TAG:-}"
 DATA="${DATA:-../shared/data}"
 OUT="${OUT:-bench/results}"
@@ -121,7 +124,7 @@ decode() {
   local R="$WORK/rand"
   "$T/mpq-bench" --decode --model "$R-bf16" --model "$R-bf16-nvfp4" --model "$R-bf16-sq4" --model "$R-bf16-sq3" \
     --model "$R-bf16-fp8" --model "$R-bf16-fgmp" --model "$R-f32" --threads "$THREADS" \
-    --prompt-tokens "$PROMPT" --gen-tokens "$GEN" --json "$OUT/cpu_decode$TAG.json"
+    --reps "$REPS" --prompt-tokens "$PROMPT" --gen-tokens "$GEN" --json "$OUT/cpu_decode$TAG.json"
 }
 
 models7b() {
@@ -137,7 +140,7 @@ decode7b() {
   local R="$WORK/llama2-7b-l$LAYERS7B"
   "$T/mpq-bench" --decode --model "$R-bf16" --model "$R-bf16-nvfp4" --model "$R-bf16-sq4" --model "$R-bf16-sq3" \
     --model "$R-bf16-fp8" --model "$R-bf16-fgmp" --threads "$THREADS" --bandwidth-mb 2048 \
-    --prompt-tokens "$PROMPT" --gen-tokens "$GEN" --json "$OUT/cpu_decode_7b$TAG.json"
+    --reps "$REPS" --prompt-tokens "$PROMPT" --gen-tokens "$GEN" --json "$OUT/cpu_decode_7b$TAG.json"
 }
 
 case "${1:-all}" in

@@ -397,6 +397,55 @@ TEST(DenseKernels, GemvPathsMatchExactProduct) {
       }
 }
 
+// FP8 on bf16 activations: W exact, x rounded to bf16 (RNE), fp32 sums: against the fp64
+// product of the decoded weights and the rounded x, on odd shapes (the 64-column chunk's
+// masked tail, 1-3 row blocks).
+TEST(DenseKernels, Fp8Bf16ActMatchesProductOfRoundedX) {
+  if (!dense_gemv_fp8_bf16_available()) GTEST_SKIP() << "no AVX512_BF16 + VBMI on this CPU";
+  uint64_t seed = 950;
+  for (int64_t rows : kRowsList)
+    for (int64_t cols : {int64_t{1}, int64_t{17}, int64_t{63}, int64_t{64}, int64_t{65}, int64_t{200}, int64_t{4099}}) {
+      const std::vector<float> w0 = test_weights(rows, cols, ++seed);
+      const PackedTensor fp8 = Fp8Quantizer().encode("t", w0.data(), rows, cols);
+      std::vector<float> dense(w0.size());
+      Fp8Quantizer().decode(fp8, dense.data());
+      DenseWeightView v{DenseKind::kFp8, rows, cols, fp8.part("weight").bytes.data(), 0.0f};
+      std::memcpy(&v.scale, fp8.part("weight_scale").bytes.data(), 4);
+      std::vector<float> x = random_normal(cols, seed), xr(x.size());
+      for (std::size_t k = 0; k < x.size(); ++k) xr[k] = bf16_to_fp32(fp32_to_bf16(x[k]));
+      std::vector<double> want, l1;
+      exact_gemv(dense, rows, cols, xr.data(), &want, &l1);
+      std::vector<float> y(static_cast<std::size_t>(rows));
+      dense_gemv_fp8_bf16(v, x.data(), y.data());
+      test::expect_close_l1(y, want, l1, "fp8 bf16act " + shape_label(rows, cols), 1e-6);
+    }
+}
+
+// Every non-NaN E4M3 code through the bf16-activation GEMV: with x one-hot at column j,
+// y[r] is W[r, j] * scale exactly (one non-zero product), so each code's table entry (the
+// subnormals, both signs, the largest 448) is checked bit for bit against the decoder.
+TEST(DenseKernels, Fp8Bf16ActEveryCodeExact) {
+  if (!dense_gemv_fp8_bf16_available()) GTEST_SKIP() << "no AVX512_BF16 + VBMI on this CPU";
+  std::vector<uint8_t> codes;
+  for (int c = 0; c < 256; ++c)
+    if ((c & 0x7F) != 0x7F) codes.push_back(static_cast<uint8_t>(c));
+  const int64_t rows = 5, cols = 130;  // 2 full chunks and a tail; every code in some (r, j)
+  std::vector<uint8_t> w(static_cast<std::size_t>(rows * cols));
+  for (std::size_t i = 0; i < w.size(); ++i) w[i] = codes[i % codes.size()];
+  const float scale = 0.75f;
+  DenseWeightView v{DenseKind::kFp8, rows, cols, w.data(), scale};
+  std::vector<float> x(static_cast<std::size_t>(cols), 0.0f), y(static_cast<std::size_t>(rows));
+  for (int64_t j = 0; j < cols; ++j) {
+    x[static_cast<std::size_t>(j)] = 1.0f;
+    dense_gemv_fp8_bf16(v, x.data(), y.data());
+    for (int64_t r = 0; r < rows; ++r) {
+      const uint8_t c = w[static_cast<std::size_t>(r * cols + j)];
+      EXPECT_EQ(y[static_cast<std::size_t>(r)], e4m3_to_fp32(c) * scale) << "code 0x" << std::hex << int(c);
+    }
+    x[static_cast<std::size_t>(j)] = 0.0f;
+  }
+}
+
 TEST(DenseKernels, CheckRejectsFp8NanCode) {
   std::vector<uint8_t> b = {0x10, 0x7F, 0x20, 0x30};
   DenseWeightView v{DenseKind::kFp8, 2, 2, b.data(), 1.0f};

@@ -352,6 +352,26 @@ TEST(CpuRuntimeTools, BenchDecodeJsonAndSpeedups) {
               j["models"][1]["decode_tokens_per_second"].get<double>() / j["models"][0]["decode_tokens_per_second"].get<double>(),
               1e-9);
   EXPECT_LT(j["models"][1]["weight_bytes"].get<double>(), j["models"][0]["weight_bytes"].get<double>());
+  // Rounds: one tokens/s per repetition, the per-round ratios recomputed from them.
+  EXPECT_EQ(j["interleaved"], true);
+  const auto& r0 = j["models"][0]["decode_tokens_per_second_runs"];
+  const auto& r1 = j["models"][1]["decode_tokens_per_second_runs"];
+  ASSERT_EQ(r0.size(), 2u);
+  ASSERT_EQ(r1.size(), 2u);
+  ASSERT_EQ(j["models"][1]["decode_speedup_runs"].size(), 2u);
+  for (int i = 0; i < 2; ++i)
+    EXPECT_NEAR(j["models"][1]["decode_speedup_runs"][i].get<double>(), r1[i].get<double>() / r0[i].get<double>(), 1e-9);
+  EXPECT_NEAR(j["models"][1]["decode_speedup_median_of_runs"].get<double>(),
+              0.5 * (r1[0].get<double>() / r0[0].get<double>() + r1[1].get<double>() / r0[1].get<double>()), 1e-9);
+  // The one-at-a-time order gives the same keys.
+  ASSERT_EQ(test::run_command(tool("mpq-bench") + " --decode --model " + src + " --model " + nv +
+                                  " --prompt-tokens 4 --gen-tokens 3 --reps 1 --bandwidth-mb 16 --one-model-at-a-time -q --json " + js,
+                              &out),
+            0)
+      << out;
+  const nlohmann::json j1 = read_json(js);
+  EXPECT_EQ(j1["interleaved"], false);
+  EXPECT_EQ(j1["models"][1]["decode_tokens_per_second_runs"].size(), 1u);
   // Usage errors: exit 2, and a missing folder exit 3.
   EXPECT_EQ(test::run_command(tool("mpq-bench") + " --decode -q", &out), 2) << out;
   EXPECT_EQ(test::run_command(tool("mpq-bench") + " --decode --model " + src + " --gen-tokens 1 -q", &out), 2) << out;

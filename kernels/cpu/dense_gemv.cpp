@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstring>
 #include <string>
+#include <vector>
 
 #include "kernels/cpu/cpu_features.h"
 #include "kernels/cpu/simd.h"
@@ -145,7 +146,109 @@ void avx2_rows(const DenseWeightView& w, int64_t r0, int64_t n, const float* x, 
   }
 }
 
+// ------------------------------------------------------- FP8 on bf16 activations -----
+
+// E4M3 magnitude (code & 0x7F) -> the high and low byte of its bf16 bit pattern, exact:
+// every E4M3 value, subnormals included (m * 2^-9), is a normal bf16 number.
+struct Fp8Bf16Tables {
+  alignas(64) uint8_t hi[128];
+  alignas(64) uint8_t lo[128];
+};
+
+const Fp8Bf16Tables& fp8_bf16_tables() {
+  static const Fp8Bf16Tables t = [] {
+    Fp8Bf16Tables r{};
+    for (int c = 0; c < 128; ++c) {
+      const uint16_t b = c == 0x7F ? 0 : fp32_to_bf16(e4m3_to_fp32(static_cast<uint8_t>(c)));  // 0x7F: NaN, rejected at load
+      r.hi[c] = static_cast<uint8_t>(b >> 8);
+      r.lo[c] = static_cast<uint8_t>(b & 0xFF);
+    }
+    return r;
+  }();
+  return t;
+}
+
+constexpr int64_t kFp8Chunk = 64;
+
+// N rows (1..4) at r0. xb: the activations as bf16 in the unpack order of each 64-column
+// chunk (dense_gemv_fp8_bf16 below): words [0, 32) pair with unpacklo_epi8(L, H), words
+// [32, 64) with unpackhi_epi8(L, H).
+template <int N>
+MPQ_TARGET_AVX512BF16 void fp8_bf16_rows_n(const DenseWeightView& w, int64_t r0, const uint16_t* xb, float* y) {
+  const int64_t C = w.cols, chunks = (C + kFp8Chunk - 1) / kFp8Chunk;
+  const uint8_t* base = static_cast<const uint8_t*>(w.data) + r0 * C;
+  const Fp8Bf16Tables& t = fp8_bf16_tables();
+  const __m512i h0 = _mm512_load_si512(t.hi), h1 = _mm512_load_si512(t.hi + 64);
+  const __m512i l0 = _mm512_load_si512(t.lo), l1 = _mm512_load_si512(t.lo + 64);
+  const __m512i sign = _mm512_set1_epi8(static_cast<char>(0x80));
+  __m512 acc[N][2];
+  for (int i = 0; i < N; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+  for (int64_t c = 0; c < chunks; ++c) {
+    const int64_t k = c * kFp8Chunk, left = C - k;
+    const __mmask64 m = left >= 64 ? ~__mmask64{0} : (__mmask64{1} << left) - 1;
+    const __m512bh x0 = reinterpret_cast<__m512bh>(_mm512_loadu_si512(xb + k));
+    const __m512bh x1 = reinterpret_cast<__m512bh>(_mm512_loadu_si512(xb + k + 32));
+    for (int i = 0; i < N; ++i) {
+      const uint8_t* row = base + i * C + k;
+      _mm_prefetch(reinterpret_cast<const char*>(row) + N * C, _MM_HINT_T0);  // the next row block
+      const __m512i code = _mm512_maskz_loadu_epi8(m, row);
+      // hi | (code & 0x80): ternary logic A | (B & C) = 0xF8
+      const __m512i hi = _mm512_ternarylogic_epi32(_mm512_permutex2var_epi8(h0, code, h1), code, sign, 0xF8);
+      const __m512i lo = _mm512_permutex2var_epi8(l0, code, l1);
+      acc[i][0] = _mm512_dpbf16_ps(acc[i][0], reinterpret_cast<__m512bh>(_mm512_unpacklo_epi8(lo, hi)), x0);
+      acc[i][1] = _mm512_dpbf16_ps(acc[i][1], reinterpret_cast<__m512bh>(_mm512_unpackhi_epi8(lo, hi)), x1);
+    }
+  }
+  for (int i = 0; i < N; ++i) y[r0 + i] = _mm512_reduce_add_ps(_mm512_add_ps(acc[i][0], acc[i][1])) * w.scale;
+}
+
+// x [C] fp32 -> xb [chunks * 64] bf16 (RNE) in the unpack order of fp8_bf16_rows_n, zero
+// past C: per chunk, word p of the low half is column 16 (p / 8) + p % 8, of the high half
+// column 16 (p / 8) + 8 + p % 8.
+MPQ_TARGET_AVX512BF16 void fp8_bf16_prepare_x(const float* x, int64_t C, uint16_t* xb) {
+  alignas(64) uint16_t idx[64];
+  for (int p = 0; p < 32; ++p) {
+    idx[p] = static_cast<uint16_t>(16 * (p / 8) + p % 8);
+    idx[32 + p] = static_cast<uint16_t>(16 * (p / 8) + 8 + p % 8);
+  }
+  const __m512i i0 = _mm512_load_si512(idx), i1 = _mm512_load_si512(idx + 32);
+  for (int64_t k = 0; k < C; k += kFp8Chunk) {
+    __m512 v[4];
+    for (int q = 0; q < 4; ++q) {
+      const int64_t left = C - k - 16 * q;
+      const __mmask16 m = left >= 16 ? static_cast<__mmask16>(0xFFFF)
+                                     : (left <= 0 ? static_cast<__mmask16>(0) : static_cast<__mmask16>((1u << left) - 1));
+      v[q] = _mm512_maskz_loadu_ps(m, x + k + 16 * q);
+    }
+    const __m512i lo = reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(v[1], v[0]));  // columns 0..31
+    const __m512i hi = reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(v[3], v[2]));  // columns 32..63
+    _mm512_storeu_si512(xb + k, _mm512_permutex2var_epi16(lo, i0, hi));
+    _mm512_storeu_si512(xb + k + 32, _mm512_permutex2var_epi16(lo, i1, hi));
+  }
+}
+
+void fp8_bf16_rows(const DenseWeightView& w, int64_t r0, int64_t n, const uint16_t* xb, float* y) {
+  switch (n) {
+    case 4: return fp8_bf16_rows_n<4>(w, r0, xb, y);
+    case 3: return fp8_bf16_rows_n<3>(w, r0, xb, y);
+    case 2: return fp8_bf16_rows_n<2>(w, r0, xb, y);
+    default: return fp8_bf16_rows_n<1>(w, r0, xb, y);
+  }
+}
+
 }  // namespace
+
+void dense_gemv_fp8_bf16(const DenseWeightView& w, const float* x, float* y) {
+  MPQ_ASSERT(w.kind == DenseKind::kFp8);
+  const int64_t C = w.cols, chunks = (C + kFp8Chunk - 1) / kFp8Chunk;
+  thread_local std::vector<uint16_t> xb_buf;
+  xb_buf.resize(static_cast<std::size_t>(chunks * kFp8Chunk));
+  uint16_t* xb = xb_buf.data();  // this thread's buffer: thread_local is not captured below
+  fp8_bf16_prepare_x(x, C, xb);
+  for_row_blocks(w, [&](int64_t r0, int64_t n) { fp8_bf16_rows(w, r0, n, xb, y); });
+}
+
+bool dense_gemv_fp8_bf16_available() { return cpu_isa() >= CpuIsa::kAvx512Bf16; }
 
 void dense_check(const DenseWeightView& w, const std::string& where) {
   if (w.rows < 0 || w.cols < 0) throw_input(where, "negative shape");

@@ -13,6 +13,8 @@
 // of e4m3 / 256, F16C to fp32; bf16: << 16; f16: F16C), fp32 FMA, the scale applied once per
 // row. The weights and x are exact; only the fp32 summation order differs between paths.
 // OpenMP over row blocks for large tensors when not inside a parallel region.
+// FP8 also has a fast path on bf16 activations (dense_gemv_fp8_bf16: E4M3 -> bf16 through
+// two byte tables, vdpbf16ps), the runtime's decode path where AVX512_BF16 is present.
 #pragma once
 
 #include <cstdint>
@@ -43,6 +45,18 @@ void dense_gemv(const DenseWeightView& w, const float* x, float* y);
 void dense_gemv_scalar(const DenseWeightView& w, const float* x, float* y);
 void dense_gemv_avx2(const DenseWeightView& w, const float* x, float* y);
 void dense_gemv_avx512(const DenseWeightView& w, const float* x, float* y);
+
+/// FP8 only: y [rows] = W x with x rounded to bf16 (round to nearest even) and W exact in
+/// bf16 (every E4M3 value is a normal bf16 number), fp32 sums (AVX512_BF16 vdpbf16ps). Per
+/// 64 columns of a row: one 64-byte load, two vpermi2b table lookups (high and low byte of
+/// the bf16 pattern from the 7-bit magnitude), the sign OR-ed in, two byte unpacks and two
+/// vdpbf16ps; x is reordered once per call to the unpacks' order. About half the vector
+/// instructions of the exact fp32 path per weight, which is compute-bound on 2 cores
+/// (docs/results.md section 11). The runtime's fast decode path for fp8 ("--kernels fast");
+/// the exact one is dense_gemv. Requires dense_gemv_fp8_bf16_available() (CpuIsa >=
+/// kAvx512Bf16: VBMI and AVX512_BF16) and w.kind == kFp8 (asserted).
+void dense_gemv_fp8_bf16(const DenseWeightView& w, const float* x, float* y);
+bool dense_gemv_fp8_bf16_available();
 
 /// Rows [r0, r0 + n) as fp32, times `scale` when with_scale (fp8: e4m3(code) * s, the
 /// reference decoder's value), else the unscaled element (fp8: e4m3(code), exact in bf16):

@@ -3,10 +3,12 @@
 
 #include <omp.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>  // getloadavg
 #include <map>
+#include <memory>
 #include <random>
 
 #include "kernels/cpu/cpu_features.h"
@@ -34,6 +36,13 @@ nlohmann::json stats_ms_json(const Stats& s) {
           {"min_ms", s.min_us},       {"max_ms", s.max_us}, {"reps", s.reps}};
 }
 
+double median_of(std::vector<double> v) {
+  if (v.empty()) return 0.0;
+  std::sort(v.begin(), v.end());
+  const std::size_t m = v.size() / 2;
+  return v.size() % 2 ? v[m] : 0.5 * (v[m - 1] + v[m]);
+}
+
 }  // namespace
 
 DecodeReport run_decode_bench(const DecodeOptions& opt) {
@@ -56,12 +65,23 @@ DecodeReport run_decode_bench(const DecodeOptions& opt) {
   LoadOptions lo;
   lo.cpu_kernels = true;
   const auto t_start = std::chrono::steady_clock::now();
-  for (std::size_t mi = 0; mi < opt.models.size(); ++mi) {
+  const std::size_t M = opt.models.size();
+  // One model's state: loaded (all at once when interleaved), described, warmed up.
+  struct Slot {
+    std::unique_ptr<LlamaModel> model;
+    DecodeResult r;
+    std::vector<int32_t> prompt;
+    std::vector<double> pre, dec;
+  };
+  std::vector<Slot> slots(M);
+  auto load = [&](std::size_t mi) {
+    Slot& sl = slots[mi];
     const std::string& dir = opt.models[mi];
     const auto tl = std::chrono::steady_clock::now();
-    LlamaModel model = LlamaModel::load(dir, lo);
+    sl.model = std::make_unique<LlamaModel>(LlamaModel::load(dir, lo));
+    LlamaModel& model = *sl.model;
     model.set_kernel_mode(opt.mode);
-    DecodeResult r;
+    DecodeResult& r = sl.r;
     r.model = dir;
     for (const auto& L : model.weights().layers)
       for (const auto& l : L.linear) r.linear_formats[l.format] += 1;
@@ -74,29 +94,54 @@ DecodeReport run_decode_bench(const DecodeOptions& opt) {
     r.decode_path = first.kernel->path(1, opt.mode);
     const int64_t V = model.config().vocab_size;
     std::mt19937_64 g(opt.seed);
-    std::vector<int32_t> prompt(static_cast<std::size_t>(opt.prompt_tokens));
-    for (int32_t& t : prompt) t = static_cast<int32_t>(g() % static_cast<uint64_t>(V));
-    progress("[" + std::to_string(mi + 1) + "/" + std::to_string(opt.models.size()) + "] " + dir + ": " + r.format +
-             ", " + fmt("%.1f", static_cast<double>(r.weight_bytes) / 1e6) + " MB per decode step, loaded in " +
+    sl.prompt.resize(static_cast<std::size_t>(opt.prompt_tokens));
+    for (int32_t& t : sl.prompt) t = static_cast<int32_t>(g() % static_cast<uint64_t>(V));
+    progress("[" + std::to_string(mi + 1) + "/" + std::to_string(M) + "] " + dir + ": " + r.format + ", " +
+             fmt("%.1f", static_cast<double>(r.weight_bytes) / 1e6) + " MB per decode step, loaded in " +
              fmt("%.1f", seconds_since(tl)) + " s");
-    SamplingOptions greedy;
-    generate(model, std::vector<int32_t>(prompt.begin(), prompt.begin() + std::min<int64_t>(opt.prompt_tokens, 16)), 4,
-             greedy);  // warm-up: pages, caches, OpenMP threads
-    std::vector<double> pre, dec;
-    for (int i = 0; i < opt.reps; ++i) {
-      const GenerationResult gr = generate(model, prompt, opt.gen_tokens, greedy);
-      pre.push_back(gr.prefill_seconds * 1e3);
-      dec.push_back(gr.decode_seconds * 1e3);
-      progress("  run " + std::to_string(i + 1) + "/" + std::to_string(opt.reps) + ": prefill " +
-               fmt("%.1f", static_cast<double>(opt.prompt_tokens) / gr.prefill_seconds) + " tokens/s, decode " +
-               fmt("%.2f", static_cast<double>(opt.gen_tokens - 1) / gr.decode_seconds) + " tokens/s (elapsed " +
-               fmt("%.0f", seconds_since(t_start)) + " s)");
+  };
+  SamplingOptions greedy;
+  auto timed_run = [&](std::size_t mi, int i) {
+    Slot& sl = slots[mi];
+    if (i == 0)  // warm-up: pages, caches, OpenMP threads
+      generate(*sl.model, std::vector<int32_t>(sl.prompt.begin(), sl.prompt.begin() + std::min<int64_t>(opt.prompt_tokens, 16)),
+               4, greedy);
+    const GenerationResult gr = generate(*sl.model, sl.prompt, opt.gen_tokens, greedy);
+    sl.pre.push_back(gr.prefill_seconds * 1e3);
+    sl.dec.push_back(gr.decode_seconds * 1e3);
+    progress("  " + opt.models[mi] + " run " + std::to_string(i + 1) + "/" + std::to_string(opt.reps) + ": prefill " +
+             fmt("%.1f", static_cast<double>(opt.prompt_tokens) / gr.prefill_seconds) + " tokens/s, decode " +
+             fmt("%.2f", static_cast<double>(opt.gen_tokens - 1) / gr.decode_seconds) + " tokens/s (elapsed " +
+             fmt("%.0f", seconds_since(t_start)) + " s)");
+  };
+  if (opt.interleave) {  // every model loaded; round i runs each model once, in order
+    for (std::size_t mi = 0; mi < M; ++mi) load(mi);
+    for (int i = 0; i < opt.reps; ++i)
+      for (std::size_t mi = 0; mi < M; ++mi) timed_run(mi, i);
+  } else {  // one model in memory at a time, its repetitions back to back
+    for (std::size_t mi = 0; mi < M; ++mi) {
+      load(mi);
+      for (int i = 0; i < opt.reps; ++i) timed_run(mi, i);
+      slots[mi].model.reset();
     }
-    r.prefill_ms = summarize_us(pre);
-    r.decode_ms = summarize_us(dec);
+  }
+  for (Slot& sl : slots) {
+    DecodeResult& r = sl.r;
+    r.prefill_ms = summarize_us(sl.pre);
+    r.decode_ms = summarize_us(sl.dec);
     r.prefill_tokens_per_second = static_cast<double>(opt.prompt_tokens) / (r.prefill_ms.median_us * 1e-3);
     r.decode_tokens_per_second = static_cast<double>(opt.gen_tokens - 1) / (r.decode_ms.median_us * 1e-3);
+    r.decode_tokens_per_second_runs.reserve(sl.dec.size());
+    for (double ms : sl.dec) r.decode_tokens_per_second_runs.push_back(static_cast<double>(opt.gen_tokens - 1) / (ms * 1e-3));
     rep.results.push_back(r);
+  }
+  // Per-round speedups (interleaved: the models of one round ran within minutes of each
+  // other), and their median.
+  for (DecodeResult& r : rep.results) {
+    std::vector<double> sp;
+    for (std::size_t i = 0; i < r.decode_tokens_per_second_runs.size(); ++i)
+      sp.push_back(r.decode_tokens_per_second_runs[i] / rep.results[0].decode_tokens_per_second_runs[i]);
+    r.decode_speedup_runs = sp;
   }
   rep.read_gbps_after = cpu_read_bandwidth_gbps(opt.bandwidth_bytes, 5);
   rep.read_gbps = 0.5 * (rep.read_gbps_before + rep.read_gbps_after);
@@ -116,16 +161,18 @@ std::string decode_table(const DecodeReport& r) {
                   " threads, read bandwidth " + fmt("%.2f", r.read_gbps) + " GB/s (before " + fmt("%.2f", r.read_gbps_before) +
                   ", after " + fmt("%.2f", r.read_gbps_after) + ")\n";
   char line[512];
-  std::snprintf(line, sizeof line, "%-10s %-7s %10s %12s %8s %12s %8s %12s %7s  %s\n", "format", "head", "MB/step",
-                "prefill t/s", "x first", "decode t/s", "x first", "bound t/s", "of bnd", "model");
+  std::snprintf(line, sizeof line, "%-10s %-7s %10s %12s %8s %12s %8s %9s %12s %7s  %s\n", "format", "head", "MB/step",
+                "prefill t/s", "x first", "decode t/s", "x first", "x rounds", "bound t/s", "of bnd", "model");
   s += line;
   for (const DecodeResult& m : r.results) {
-    std::snprintf(line, sizeof line, "%-10s %-7s %10.1f %12.1f %8.2f %12.2f %8.2f %12.2f %6.1f%%  %s\n", m.format.c_str(),
-                  m.lm_head_format.c_str(), static_cast<double>(m.weight_bytes) / 1e6, m.prefill_tokens_per_second,
-                  m.prefill_speedup, m.decode_tokens_per_second, m.decode_speedup, m.bound_tokens_per_second,
-                  100.0 * m.bound_fraction, m.model.c_str());
+    std::snprintf(line, sizeof line, "%-10s %-7s %10.1f %12.1f %8.2f %12.2f %8.2f %9.2f %12.2f %6.1f%%  %s\n",
+                  m.format.c_str(), m.lm_head_format.c_str(), static_cast<double>(m.weight_bytes) / 1e6,
+                  m.prefill_tokens_per_second, m.prefill_speedup, m.decode_tokens_per_second, m.decode_speedup,
+                  median_of(m.decode_speedup_runs), m.bound_tokens_per_second, 100.0 * m.bound_fraction, m.model.c_str());
     s += line;
   }
+  s += "x first: median tokens/s over the first model's; x rounds: median over rounds of the same-round ratio";
+  s += r.results.empty() || r.results[0].decode_speedup_runs.empty() ? "\n" : " (" + std::to_string(r.results[0].decode_speedup_runs.size()) + " rounds)\n";
   return s;
 }
 
@@ -140,6 +187,7 @@ nlohmann::json decode_report_json(const DecodeReport& r, const DecodeOptions& op
   j["prompt_tokens"] = opt.prompt_tokens;
   j["gen_tokens"] = opt.gen_tokens;
   j["reps"] = opt.reps;
+  j["interleaved"] = opt.interleave;
   j["read_bandwidth_gbps"] = r.read_gbps;
   j["read_bandwidth_gbps_before"] = r.read_gbps_before;
   j["read_bandwidth_gbps_after"] = r.read_gbps_after;
@@ -163,7 +211,10 @@ nlohmann::json decode_report_json(const DecodeReport& r, const DecodeOptions& op
                            {"prefill_path", m.prefill_path},
                            {"decode_path", m.decode_path},
                            {"prefill", stats_ms_json(m.prefill_ms)},
-                           {"decode", stats_ms_json(m.decode_ms)}});
+                           {"decode", stats_ms_json(m.decode_ms)},
+                           {"decode_tokens_per_second_runs", m.decode_tokens_per_second_runs},
+                           {"decode_speedup_runs", m.decode_speedup_runs},
+                           {"decode_speedup_median_of_runs", median_of(m.decode_speedup_runs)}});
   return j;
 }
 

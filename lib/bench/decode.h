@@ -6,8 +6,10 @@
 // Method (docs/cli.md, "mpq-bench --decode"):
 //   read_gbps = cpu_read_bandwidth_gbps(bandwidth_bytes) (lib/bench/dense_cpu.h), measured
 //               once before the models and once after; the median of the two is reported
-//   per model (LlamaModel::load with cpu_kernels, KernelMode `mode`), one untimed warm-up
-//   generation of 4 tokens, then `reps` runs of:
+//   every model loaded (LlamaModel::load with cpu_kernels, KernelMode `mode`), then `reps`
+//   rounds, each running every model once in order (interleave; or one model at a time,
+//   its reps back to back), the first run of each model after an untimed warm-up
+//   generation of 4 tokens; a run is:
 //     prompt = prompt_tokens ids uniform in [0, vocab) from `seed` (the same for every model)
 //     prefill: forward(prompt) into a fresh KV cache, last-token logits only (timed)
 //     decode:  gen_tokens - 1 greedy decode steps, one token each (timed together)
@@ -16,7 +18,8 @@
 //   weight_bytes = LlamaModel::decode_weight_bytes() (every linear in its runtime form and
 //                  the LM head: what one decode step reads), bound_tokens_per_second =
 //                  read_gbps * 1e9 / weight_bytes, bound_fraction = decode / bound
-//   speedup_* = this model's tokens/s / the first model's (same run).
+//   speedup_* = this model's tokens/s / the first model's (same run); decode_speedup_runs:
+//   per round, this model's run / the first model's run of the same round.
 // Attention over the short cache and the embedding row are not counted in weight_bytes.
 #pragma once
 
@@ -38,6 +41,12 @@ struct DecodeOptions {
   int64_t prompt_tokens = 128;
   int64_t gen_tokens = 64;          ///< >= 2
   int reps = 3;
+  /// true: every model loaded first, then `reps` rounds each running every model once (a
+  /// noisy minute on a shared machine lands on all models of one round, not on one model's
+  /// repetitions); peak memory is the sum of the models' (packed formats repacked at load
+  /// hold their weights in anonymous memory). false: one model in memory at a time, its
+  /// repetitions back to back.
+  bool interleave = true;
   uint64_t seed = 1;
   KernelMode mode = KernelMode::kFast;
   std::size_t bandwidth_bytes = std::size_t{1} << 30;
@@ -56,6 +65,8 @@ struct DecodeResult {
   double decode_tokens_per_second = 0;
   double prefill_speedup = 0;        ///< vs the first model
   double decode_speedup = 0;
+  std::vector<double> decode_tokens_per_second_runs;  ///< per repetition (round), in run order
+  std::vector<double> decode_speedup_runs;            ///< per round: this run / the first model's same-round run
   double bound_tokens_per_second = 0;
   double bound_fraction = 0;
   std::string prefill_path, decode_path;  ///< kernel paths of the first linear

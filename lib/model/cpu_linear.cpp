@@ -102,9 +102,17 @@ class DenseLinear final : public CpuLinear {
   }
 
  protected:
-  void gemv_fast(const float* x, float* y) const override { dense_gemv(v_, x, y); }
-  void gemv_exact(const float* x, float* y) const override { dense_gemv(v_, x, y); }  // already exact
-  std::string gemv_fast_name() const override { return std::string("fp32-") + cpu_isa_name(std::min(cpu_isa(), CpuIsa::kAvx512)); }
+  // fp8: bf16 activations where AVX512_BF16 is there (the exact fp32 path is compute-bound
+  // on small core counts); bf16 / f16 weights: fp32, already exact.
+  void gemv_fast(const float* x, float* y) const override {
+    if (fp8_bf16_) return dense_gemv_fp8_bf16(v_, x, y);
+    dense_gemv(v_, x, y);
+  }
+  void gemv_exact(const float* x, float* y) const override { dense_gemv(v_, x, y); }
+  std::string gemv_fast_name() const override {
+    if (fp8_bf16_) return "bf16act-avx512bf16";
+    return std::string("fp32-") + cpu_isa_name(std::min(cpu_isa(), CpuIsa::kAvx512));
+  }
   // fp8: e4m3 codes are exact in bf16; the tensor scale goes to the output.
   void decode_panel(int64_t r0, int64_t n, int64_t kp, uint16_t* panel) const override {
     thread_local std::vector<float> buf;
@@ -119,6 +127,7 @@ class DenseLinear final : public CpuLinear {
   std::vector<uint8_t> owned_;
   std::shared_ptr<const void> keepalive_;
   DenseWeightView v_;
+  bool fp8_bf16_ = v_.kind == DenseKind::kFp8 && dense_gemv_fp8_bf16_available();
 };
 
 class FgmpLinear final : public CpuLinear {

@@ -37,6 +37,10 @@ int main(int argc, char** argv) {
   app.add_option("--kernels", kernels, "--decode: fast or exact (mpq-eval --kernels)")
       ->check(CLI::IsMember({"fast", "exact"}))
       ->capture_default_str();
+  bool one_at_a_time = false;
+  app.add_flag("--one-model-at-a-time", one_at_a_time,
+               "--decode: load one model at a time and run its repetitions back to back (less memory; by "
+               "default every model is loaded and the repetitions run in rounds over the models)");
   app.add_option("--bandwidth-mb", dopt.bandwidth_bytes, "--decode: MiB of the read-bandwidth buffer (several times the L3)")
       ->default_val(1024)
       ->check(CLI::PositiveNumber);
@@ -82,7 +86,8 @@ int main(int argc, char** argv) {
       if (device == "cuda") throw Error(ExitCode::kUsage, "--decode runs on the cpu (the CUDA decode is --e2e)");
       if (dopt.models.empty()) throw Error(ExitCode::kUsage, "--decode needs at least one --model");
       if (opt.threads > 0) omp_set_num_threads(opt.threads);
-      dopt.reps = opt.reps == 20 ? 3 : opt.reps;  // --reps default is the layer benchmark's
+      dopt.reps = opt.reps == 20 ? 3 : opt.reps;
+      dopt.interleave = !one_at_a_time;  // --reps default is the layer benchmark's
       dopt.bandwidth_bytes <<= 20;
       dopt.mode = parse_kernel_mode(kernels);
       if (!quiet) dopt.progress = print_progress;
