@@ -299,40 +299,68 @@ MPQ_TARGET_AVX512 inline __m512i avx512_unit_codes(const uint8_t* gbase, int64_t
   }
 }
 
+// The group's tables in the forms avx512_block_dot indexes (each 128-bit lane its row's
+// int8 table xor 0x80, i.e. q + 128 as u8). 4-bit: the table itself. 2/3-bit: an index
+// byte holds two units' 2-bit codes (bits 0-1 and 2-3), so lo0[i] = tab[i & 3] and
+// lo1[i] = tab[i >> 2] look both units up from one index vector; hi0 / hi1 the same for
+// codes 4..7 (3-bit: picked per byte by the unit's high-bit mask).
+struct GroupTables {
+  __m512i tab, lo0, lo1, hi0, hi1;
+};
+
+MPQ_TARGET_AVX512 inline GroupTables group_tables(const LutPacked& w, int64_t g) {
+  GroupTables t;
+  t.tab = _mm512_xor_si512(_mm512_loadu_si512(w.lut_i8.data() + g * kRows * 16), _mm512_set1_epi8(-128));
+  alignas(64) int8_t i_lo0[64], i_lo1[64], i_hi0[64], i_hi1[64];
+  for (int j = 0; j < 64; ++j) {
+    const int i = j % 16;
+    i_lo0[j] = static_cast<int8_t>(i & 3);
+    i_lo1[j] = static_cast<int8_t>(i >> 2);
+    i_hi0[j] = static_cast<int8_t>(4 + (i & 3));
+    i_hi1[j] = static_cast<int8_t>(4 + (i >> 2));
+  }
+  t.lo0 = _mm512_shuffle_epi8(t.tab, _mm512_load_si512(i_lo0));
+  t.lo1 = _mm512_shuffle_epi8(t.tab, _mm512_load_si512(i_lo1));
+  t.hi0 = _mm512_shuffle_epi8(t.tab, _mm512_load_si512(i_hi0));
+  t.hi1 = _mm512_shuffle_epi8(t.tab, _mm512_load_si512(i_hi1));
+  return t;
+}
+
 // The int32 lane sums of one whole activation block (4 units from u0, a multiple of 4) with
-// two independent dpbusd chains.
+// two independent dpbusd chains. 2/3-bit: one 4-bit index vector per pair of units (the
+// low-bit plane & 0x0F for units 0, 1; (plane >> 4) & 0x0F for units 2, 3), each unit's
+// weights by its own table (lo0 / lo1), and for 3-bit a masked lookup in hi0 / hi1 where
+// the unit's high bit is set: no per-unit shift, mask and add.
 template <int B>
-MPQ_TARGET_AVX512 inline __m512i avx512_block_dot(const uint8_t* gbase, int64_t u0, const int8_t* q4, __m512i tab) {
-  __m512i c[4];
+MPQ_TARGET_AVX512 inline __m512i avx512_block_dot(const uint8_t* gbase, int64_t u0, const int8_t* q4, const GroupTables& t) {
+  __m512i wq[4];
   if constexpr (B == 4) {
     const uint8_t* p = gbase + (u0 / 2) * 64;
     const __m512i lo4 = _mm512_set1_epi8(0x0F);
     const __m512i v0 = _mm512_loadu_si512(p), v1 = _mm512_loadu_si512(p + 64);
-    c[0] = _mm512_and_si512(v0, lo4);
-    c[1] = _mm512_and_si512(_mm512_srli_epi16(v0, 4), lo4);
-    c[2] = _mm512_and_si512(v1, lo4);
-    c[3] = _mm512_and_si512(_mm512_srli_epi16(v1, 4), lo4);
+    wq[0] = _mm512_shuffle_epi8(t.tab, _mm512_and_si512(v0, lo4));
+    wq[1] = _mm512_shuffle_epi8(t.tab, _mm512_and_si512(_mm512_srli_epi16(v0, 4), lo4));
+    wq[2] = _mm512_shuffle_epi8(t.tab, _mm512_and_si512(v1, lo4));
+    wq[3] = _mm512_shuffle_epi8(t.tab, _mm512_and_si512(_mm512_srli_epi16(v1, 4), lo4));
   } else {  // one load of the low-bit plane for the 4 units; unit i at bits 2i, 2i+1
     const uint8_t* p = gbase + unit_offset(B, u0);
-    const __m512i v = _mm512_loadu_si512(p), lo2 = _mm512_set1_epi8(0x03);
-    c[0] = _mm512_and_si512(v, lo2);
-    c[1] = _mm512_and_si512(_mm512_srli_epi16(v, 2), lo2);
-    c[2] = _mm512_and_si512(_mm512_srli_epi16(v, 4), lo2);
-    c[3] = _mm512_and_si512(_mm512_srli_epi16(v, 6), lo2);
+    const __m512i v = _mm512_loadu_si512(p), lo4 = _mm512_set1_epi8(0x0F);
+    const __m512i i01 = _mm512_and_si512(v, lo4), i23 = _mm512_and_si512(_mm512_srli_epi16(v, 4), lo4);
+    wq[0] = _mm512_shuffle_epi8(t.lo0, i01);
+    wq[1] = _mm512_shuffle_epi8(t.lo1, i01);
+    wq[2] = _mm512_shuffle_epi8(t.lo0, i23);
+    wq[3] = _mm512_shuffle_epi8(t.lo1, i23);
     if constexpr (B == 3) {
-      const __m512i four = _mm512_set1_epi8(4);
-      for (int i = 0; i < 4; ++i) {
-        uint64_t bits;
-        std::memcpy(&bits, p + 64 + 8 * i, 8);
-        c[i] = _mm512_mask_add_epi8(c[i], _cvtu64_mask64(bits), c[i], four);
-      }
+      uint64_t bits[4];
+      std::memcpy(bits, p + 64, 32);
+      wq[0] = _mm512_mask_shuffle_epi8(wq[0], _cvtu64_mask64(bits[0]), t.hi0, i01);
+      wq[1] = _mm512_mask_shuffle_epi8(wq[1], _cvtu64_mask64(bits[1]), t.hi1, i01);
+      wq[2] = _mm512_mask_shuffle_epi8(wq[2], _cvtu64_mask64(bits[2]), t.hi0, i23);
+      wq[3] = _mm512_mask_shuffle_epi8(wq[3], _cvtu64_mask64(bits[3]), t.hi1, i23);
     }
   }
   __m512i d[2] = {_mm512_setzero_si512(), _mm512_setzero_si512()};
-  for (int i = 0; i < 4; ++i) {
-    const __m512i xr = _mm512_loadu_si512(q4 + (u0 + i) * 64);
-    d[i % 2] = _mm512_dpbusd_epi32(d[i % 2], _mm512_shuffle_epi8(tab, c[i]), xr);
-  }
+  for (int i = 0; i < 4; ++i) d[i % 2] = _mm512_dpbusd_epi32(d[i % 2], wq[i], _mm512_loadu_si512(q4 + (u0 + i) * 64));
   return _mm512_add_epi32(d[0], d[1]);
 }
 
@@ -340,7 +368,8 @@ template <int B>
 MPQ_TARGET_AVX512 void avx512_group(const LutPacked& w, const LutQ8Act& act, int64_t g, float* acc16) {
   const int64_t nblocks = (w.units + kUnitsPerBlock - 1) / kUnitsPerBlock, full = w.units / kUnitsPerBlock;
   const uint8_t* gbase = w.codes.data() + g * w.group_bytes;
-  const __m512i tab = _mm512_xor_si512(_mm512_loadu_si512(w.lut_i8.data() + g * kRows * 16), _mm512_set1_epi8(-128));
+  const GroupTables tabs = group_tables(w, g);
+  const __m512i tab = tabs.tab;
   __m512 acc = _mm512_setzero_ps();
   __m512i pair = _mm512_setzero_si512();
   for (int64_t a = 0; a < nblocks; ++a) {
@@ -352,7 +381,7 @@ MPQ_TARGET_AVX512 void avx512_group(const LutPacked& w, const LutQ8Act& act, int
     _mm_prefetch(pf + 64, _MM_HINT_T0);
     __m512i d;
     if (a < full) {
-      d = avx512_block_dot<B>(gbase, u0, act.q4, tab);
+      d = avx512_block_dot<B>(gbase, u0, act.q4, tabs);
     } else {  // the last, partial block
       d = _mm512_setzero_si512();
       for (int64_t u = u0; u < u1; ++u) {
