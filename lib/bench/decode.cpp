@@ -57,6 +57,7 @@ DecodeReport run_decode_bench(const DecodeOptions& opt) {
   rep.cpu_isa = cpu_isa_name(cpu_isa());
   rep.blas_core = blas_core_name();
   rep.threads = omp_get_max_threads();
+  rep.interleaved = opt.interleave;
   getloadavg(rep.load_average_start, 3);
   rep.read_gbps_before = cpu_read_bandwidth_gbps(opt.bandwidth_bytes, 5);
   progress("read bandwidth (" + std::to_string(rep.threads) + " threads, " +
@@ -171,8 +172,9 @@ std::string decode_table(const DecodeReport& r) {
                   median_of(m.decode_speedup_runs), m.bound_tokens_per_second, 100.0 * m.bound_fraction, m.model.c_str());
     s += line;
   }
-  s += "x first: median tokens/s over the first model's; x rounds: median over rounds of the same-round ratio";
-  s += r.results.empty() || r.results[0].decode_speedup_runs.empty() ? "\n" : " (" + std::to_string(r.results[0].decode_speedup_runs.size()) + " rounds)\n";
+  const std::size_t n = r.results.empty() ? 0 : r.results[0].decode_speedup_runs.size();
+  s += "x first: median tokens/s over the first model's; x rounds: median over runs i of run i's ratio (" +
+       std::to_string(n) + (r.interleaved ? " rounds over all models)\n" : " runs, one model at a time: not the same minute)\n");
   return s;
 }
 
@@ -187,7 +189,7 @@ nlohmann::json decode_report_json(const DecodeReport& r, const DecodeOptions& op
   j["prompt_tokens"] = opt.prompt_tokens;
   j["gen_tokens"] = opt.gen_tokens;
   j["reps"] = opt.reps;
-  j["interleaved"] = opt.interleave;
+  j["interleaved"] = r.interleaved;
   j["read_bandwidth_gbps"] = r.read_gbps;
   j["read_bandwidth_gbps_before"] = r.read_gbps_before;
   j["read_bandwidth_gbps_after"] = r.read_gbps_after;

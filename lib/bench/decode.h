@@ -77,6 +77,7 @@ struct DecodeReport {
   std::string cpu_isa;
   std::string blas_core;  ///< OpenBLAS kernel set (lib/common/blas_runtime.h), "" without OpenBLAS
   int threads = 0;
+  bool interleaved = true;  ///< DecodeOptions::interleave of the run
   double read_gbps = 0;
   double read_gbps_before = 0, read_gbps_after = 0;
   double load_average_start[3] = {0, 0, 0};
