@@ -363,6 +363,17 @@ TEST(CpuRuntimeTools, BenchDecodeJsonAndSpeedups) {
     EXPECT_NEAR(j["models"][1]["decode_speedup_runs"][i].get<double>(), r1[i].get<double>() / r0[i].get<double>(), 1e-9);
   EXPECT_NEAR(j["models"][1]["decode_speedup_median_of_runs"].get<double>(),
               0.5 * (r1[0].get<double>() / r0[0].get<double>() + r1[1].get<double>() / r0[1].get<double>()), 1e-9);
+  // A bound per run, from the read bandwidth measured just before it.
+  for (const auto& m : j["models"]) {
+    ASSERT_EQ(m["read_bandwidth_gbps_runs"].size(), 2u);
+    ASSERT_EQ(m["bound_fraction_runs"].size(), 2u);
+    for (int i = 0; i < 2; ++i) {
+      const double gbps = m["read_bandwidth_gbps_runs"][i].get<double>();
+      EXPECT_GT(gbps, 0.0);
+      EXPECT_NEAR(m["bound_fraction_runs"][i].get<double>(),
+                  m["decode_tokens_per_second_runs"][i].get<double>() * m["weight_bytes"].get<double>() / (gbps * 1e9), 1e-9);
+    }
+  }
   // The one-at-a-time order gives the same keys.
   ASSERT_EQ(test::run_command(tool("mpq-bench") + " --decode --model " + src + " --model " + nv +
                                   " --prompt-tokens 4 --gen-tokens 3 --reps 1 --bandwidth-mb 16 --one-model-at-a-time -q --json " + js,

@@ -59,7 +59,8 @@ DecodeReport run_decode_bench(const DecodeOptions& opt) {
   rep.threads = omp_get_max_threads();
   rep.interleaved = opt.interleave;
   getloadavg(rep.load_average_start, 3);
-  rep.read_gbps_before = cpu_read_bandwidth_gbps(opt.bandwidth_bytes, 5);
+  ReadBandwidthProbe probe(opt.bandwidth_bytes);
+  rep.read_gbps_before = probe.measure(5);
   progress("read bandwidth (" + std::to_string(rep.threads) + " threads, " +
            fmt("%.0f", static_cast<double>(opt.bandwidth_bytes) / 1048576.0) + " MiB): " + fmt("%.2f", rep.read_gbps_before) +
            " GB/s");
@@ -72,7 +73,7 @@ DecodeReport run_decode_bench(const DecodeOptions& opt) {
     std::unique_ptr<LlamaModel> model;
     DecodeResult r;
     std::vector<int32_t> prompt;
-    std::vector<double> pre, dec;
+    std::vector<double> pre, dec, gbps;
   };
   std::vector<Slot> slots(M);
   auto load = [&](std::size_t mi) {
@@ -107,6 +108,7 @@ DecodeReport run_decode_bench(const DecodeOptions& opt) {
     if (i == 0)  // warm-up: pages, caches, OpenMP threads
       generate(*sl.model, std::vector<int32_t>(sl.prompt.begin(), sl.prompt.begin() + std::min<int64_t>(opt.prompt_tokens, 16)),
                4, greedy);
+    sl.gbps.push_back(probe.measure(3));  // this run's bound: the machine of this minute
     const GenerationResult gr = generate(*sl.model, sl.prompt, opt.gen_tokens, greedy);
     sl.pre.push_back(gr.prefill_seconds * 1e3);
     sl.dec.push_back(gr.decode_seconds * 1e3);
@@ -134,6 +136,9 @@ DecodeReport run_decode_bench(const DecodeOptions& opt) {
     r.decode_tokens_per_second = static_cast<double>(opt.gen_tokens - 1) / (r.decode_ms.median_us * 1e-3);
     r.decode_tokens_per_second_runs.reserve(sl.dec.size());
     for (double ms : sl.dec) r.decode_tokens_per_second_runs.push_back(static_cast<double>(opt.gen_tokens - 1) / (ms * 1e-3));
+    r.read_gbps_runs = sl.gbps;
+    for (std::size_t i = 0; i < sl.gbps.size(); ++i)
+      r.bound_fraction_runs.push_back(r.decode_tokens_per_second_runs[i] * static_cast<double>(r.weight_bytes) / (sl.gbps[i] * 1e9));
     rep.results.push_back(r);
   }
   // Per-round speedups (interleaved: the models of one round ran within minutes of each
@@ -144,7 +149,7 @@ DecodeReport run_decode_bench(const DecodeOptions& opt) {
       sp.push_back(r.decode_tokens_per_second_runs[i] / rep.results[0].decode_tokens_per_second_runs[i]);
     r.decode_speedup_runs = sp;
   }
-  rep.read_gbps_after = cpu_read_bandwidth_gbps(opt.bandwidth_bytes, 5);
+  rep.read_gbps_after = probe.measure(5);
   rep.read_gbps = 0.5 * (rep.read_gbps_before + rep.read_gbps_after);
   getloadavg(rep.load_average_end, 3);
   for (DecodeResult& r : rep.results) {
@@ -162,19 +167,22 @@ std::string decode_table(const DecodeReport& r) {
                   " threads, read bandwidth " + fmt("%.2f", r.read_gbps) + " GB/s (before " + fmt("%.2f", r.read_gbps_before) +
                   ", after " + fmt("%.2f", r.read_gbps_after) + ")\n";
   char line[512];
-  std::snprintf(line, sizeof line, "%-10s %-7s %10s %12s %8s %12s %8s %9s %12s %7s  %s\n", "format", "head", "MB/step",
-                "prefill t/s", "x first", "decode t/s", "x first", "x rounds", "bound t/s", "of bnd", "model");
+  std::snprintf(line, sizeof line, "%-10s %-7s %10s %12s %8s %12s %8s %9s %12s %7s %8s  %s\n", "format", "head", "MB/step",
+                "prefill t/s", "x first", "decode t/s", "x first", "x rounds", "bound t/s", "of bnd", "bnd runs", "model");
   s += line;
   for (const DecodeResult& m : r.results) {
-    std::snprintf(line, sizeof line, "%-10s %-7s %10.1f %12.1f %8.2f %12.2f %8.2f %9.2f %12.2f %6.1f%%  %s\n",
+    std::snprintf(line, sizeof line, "%-10s %-7s %10.1f %12.1f %8.2f %12.2f %8.2f %9.2f %12.2f %6.1f%% %7.1f%%  %s\n",
                   m.format.c_str(), m.lm_head_format.c_str(), static_cast<double>(m.weight_bytes) / 1e6,
                   m.prefill_tokens_per_second, m.prefill_speedup, m.decode_tokens_per_second, m.decode_speedup,
-                  median_of(m.decode_speedup_runs), m.bound_tokens_per_second, 100.0 * m.bound_fraction, m.model.c_str());
+                  median_of(m.decode_speedup_runs), m.bound_tokens_per_second, 100.0 * m.bound_fraction,
+                  100.0 * median_of(m.bound_fraction_runs), m.model.c_str());
     s += line;
   }
   const std::size_t n = r.results.empty() ? 0 : r.results[0].decode_speedup_runs.size();
   s += "x first: median tokens/s over the first model's; x rounds: median over runs i of run i's ratio (" +
        std::to_string(n) + (r.interleaved ? " rounds over all models)\n" : " runs, one model at a time: not the same minute)\n");
+  s += "of bnd: median decode / (mean read bandwidth before and after / bytes); bnd runs: median over runs of the run's "
+       "decode / (the read bandwidth measured just before it / bytes)\n";
   return s;
 }
 
@@ -216,7 +224,10 @@ nlohmann::json decode_report_json(const DecodeReport& r, const DecodeOptions& op
                            {"decode", stats_ms_json(m.decode_ms)},
                            {"decode_tokens_per_second_runs", m.decode_tokens_per_second_runs},
                            {"decode_speedup_runs", m.decode_speedup_runs},
-                           {"decode_speedup_median_of_runs", median_of(m.decode_speedup_runs)}});
+                           {"decode_speedup_median_of_runs", median_of(m.decode_speedup_runs)},
+                           {"read_bandwidth_gbps_runs", m.read_gbps_runs},
+                           {"bound_fraction_runs", m.bound_fraction_runs},
+                           {"bound_fraction_median_of_runs", median_of(m.bound_fraction_runs)}});
   return j;
 }
 

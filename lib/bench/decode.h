@@ -20,6 +20,9 @@
 //                  read_gbps * 1e9 / weight_bytes, bound_fraction = decode / bound
 //   speedup_* = this model's tokens/s / the first model's (same run); decode_speedup_runs:
 //   per round, this model's run / the first model's run of the same round.
+//   Before every timed run the read bandwidth is measured again (the same buffer, median of
+//   3 passes): bound_fraction_runs[i] = run i's decode tokens/s / (that bandwidth /
+//   weight_bytes), so a bound and its run share the machine's state on a noisy host.
 // Attention over the short cache and the embedding row are not counted in weight_bytes.
 #pragma once
 
@@ -67,6 +70,8 @@ struct DecodeResult {
   double decode_speedup = 0;
   std::vector<double> decode_tokens_per_second_runs;  ///< per repetition (round), in run order
   std::vector<double> decode_speedup_runs;            ///< per round: this run / the first model's same-round run
+  std::vector<double> read_gbps_runs;       ///< read bandwidth measured just before each run (3 passes, median)
+  std::vector<double> bound_fraction_runs;  ///< per run: its decode tokens/s * weight_bytes / (its read_gbps * 1e9)
   double bound_tokens_per_second = 0;
   double bound_fraction = 0;
   std::string prefill_path, decode_path;  ///< kernel paths of the first linear

@@ -207,16 +207,30 @@ float read_sum(const float* a, int64_t n, int streams) {
 
 double cpu_read_bandwidth_gbps(std::size_t bytes, int reps, int streams) {
   if (bytes < 4 || reps < 1) throw Error(ExitCode::kUsage, "read bandwidth: needs bytes >= 4 and reps >= 1");
-  const int64_t n = static_cast<int64_t>(bytes / 4);
-  std::unique_ptr<float[]> a(new float[static_cast<std::size_t>(n)]);
+  return ReadBandwidthProbe(bytes, streams).measure(reps);
+}
+
+ReadBandwidthProbe::ReadBandwidthProbe(std::size_t bytes, int streams)
+    : n_(static_cast<int64_t>(bytes / 4)), streams_(streams) {
+  if (bytes < 4) throw Error(ExitCode::kUsage, "read bandwidth: needs bytes >= 4");
+  a_.reset(new float[static_cast<std::size_t>(n_)]);
+  float* a = a_.get();
+  const int64_t n = n_;
 #pragma omp parallel
   {
     int64_t j0, j1;
     thread_slice(n, &j0, &j1);
     for (int64_t j = j0; j < j1; ++j) a[j] = static_cast<float>(j & 1023) * 1e-3f;
   }
+}
+
+double ReadBandwidthProbe::measure(int reps) {
+  if (reps < 1) throw Error(ExitCode::kUsage, "read bandwidth: needs reps >= 1");
   std::vector<double> secs;
   volatile float sink = 0.0f;
+  const float* a = a_.get();
+  const int64_t n = n_;
+  const int streams = streams_;
   for (int i = 0; i <= reps; ++i) {  // i = 0: warm-up
     const auto t0 = std::chrono::steady_clock::now();
     float s = 0.0f;
@@ -224,7 +238,7 @@ double cpu_read_bandwidth_gbps(std::size_t bytes, int reps, int streams) {
     {
       int64_t j0, j1;
       thread_slice(n, &j0, &j1);
-      s += read_sum(a.get() + j0, j1 - j0, streams);
+      s += read_sum(a + j0, j1 - j0, streams);
     }
     if (i > 0) secs.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
     sink = sink + s;

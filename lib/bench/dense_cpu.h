@@ -10,6 +10,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 
 namespace mpq::bench {
 
@@ -51,5 +52,22 @@ float read_sum(const float* a, int64_t n, int streams);
 /// (first touched by the same split, one untimed warm-up). Use a buffer several times the
 /// last-level cache. Throws Error(kUsage) for bytes < 4 or reps < 1.
 double cpu_read_bandwidth_gbps(std::size_t bytes, int reps, int streams = 8);
+
+/// The same measurement on a buffer allocated and first-touched once (at construction), so
+/// that it can be repeated cheaply between timed runs (mpq-bench --decode measures it
+/// before every run). Holds `bytes` of anonymous memory. Throws Error(kUsage) for
+/// bytes < 4; measure() for reps < 1.
+class ReadBandwidthProbe {
+ public:
+  explicit ReadBandwidthProbe(std::size_t bytes, int streams = 8);
+  /// GB/s: median of `reps` timed passes after one untimed warm-up pass.
+  double measure(int reps);
+  std::size_t bytes() const { return static_cast<std::size_t>(n_) * 4; }
+
+ private:
+  int64_t n_;
+  int streams_;
+  std::unique_ptr<float[]> a_;
+};
 
 }  // namespace mpq::bench
