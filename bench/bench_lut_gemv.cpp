@@ -102,6 +102,25 @@ void set_counters(benchmark::State& state, int64_t weight_bytes, int copies) {
   state.counters["threads"] = omp_get_max_threads();
 }
 
+// The rotation every GEMV benchmark here runs: copies_for(bytes) copies of `first` in
+// separate memory, x = random_floats(cols, x_seed), each iteration gemv(copy, x, y) on the
+// next copy; counters from `bytes` (the weight bytes one call reads).
+template <typename Layer, typename Gemv>
+void run_rotated_gemv(benchmark::State& state, const Layer& first, int64_t bytes, int64_t rows, int64_t cols,
+                      uint64_t x_seed, Gemv gemv) {
+  const int copies = copies_for(bytes);
+  const std::vector<Layer> layers(static_cast<std::size_t>(copies), first);
+  const std::vector<float> x = random_floats(cols, x_seed);
+  std::vector<float> y(static_cast<std::size_t>(rows));
+  std::size_t i = 0;
+  for (auto _ : state) {
+    gemv(layers[i], x.data(), y.data());
+    benchmark::DoNotOptimize(y.data());
+    i = (i + 1) % layers.size();
+  }
+  set_counters(state, bytes, copies);
+}
+
 using GemvFn = void (*)(const mpq::LutWeightView&, const float*, float*);
 
 // Args: bits, rows (cols = 4096); fn = the path measured.
@@ -109,17 +128,8 @@ void lut_gemv_bench(benchmark::State& state, GemvFn fn, const char* path) {
   const int bits = static_cast<int>(state.range(0));
   const int64_t rows = state.range(1), cols = 4096;
   const LutLayer first = make_lut_layer(bits, rows, cols);
-  const int copies = copies_for(first.bytes());
-  std::vector<LutLayer> layers(static_cast<std::size_t>(copies), first);
-  const std::vector<float> x = random_floats(cols, 1);
-  std::vector<float> y(static_cast<std::size_t>(rows));
-  std::size_t i = 0;
-  for (auto _ : state) {
-    fn(layers[i].view(), x.data(), y.data());
-    benchmark::DoNotOptimize(y.data());
-    i = (i + 1) % layers.size();
-  }
-  set_counters(state, first.bytes(), copies);
+  run_rotated_gemv(state, first, first.bytes(), rows, cols, 1,
+                   [fn](const LutLayer& l, const float* x, float* y) { fn(l.view(), x, y); });
   state.SetLabel(path);
 }
 
@@ -138,19 +148,9 @@ BENCHMARK(BM_LutGemv)
 void BM_LutQ8Gemv(benchmark::State& state) {
   const int bits = static_cast<int>(state.range(0));
   const int64_t rows = state.range(1), cols = 4096;
-  const LutLayer src = make_lut_layer(bits, rows, cols);
-  const mpq::LutPacked first = mpq::lut_repack(src.view());
-  const int copies = copies_for(static_cast<int64_t>(first.bytes()));
-  std::vector<mpq::LutPacked> layers(static_cast<std::size_t>(copies), first);
-  const std::vector<float> x = random_floats(cols, 1);
-  std::vector<float> y(static_cast<std::size_t>(rows));
-  std::size_t i = 0;
-  for (auto _ : state) {
-    mpq::lut_q8_gemv(layers[i], x.data(), y.data());
-    benchmark::DoNotOptimize(y.data());
-    i = (i + 1) % layers.size();
-  }
-  set_counters(state, static_cast<int64_t>(first.bytes()), copies);
+  const mpq::LutPacked first = mpq::lut_repack(make_lut_layer(bits, rows, cols).view());
+  run_rotated_gemv(state, first, static_cast<int64_t>(first.bytes()), rows, cols, 1,
+                   [](const mpq::LutPacked& l, const float* x, float* y) { mpq::lut_q8_gemv(l, x, y); });
 }
 BENCHMARK(BM_LutQ8Gemv)
     ->ArgNames({"bits", "rows"})
@@ -279,44 +279,35 @@ BENCHMARK(BM_DenseF32Gemm)->ArgName("rows")->Arg(4096)->Unit(benchmark::kMillise
 // Args: kind (0 fp8, 1 bf16, 2 fp8 on bf16 activations: dense_gemv_fp8_bf16), rows (cols = 4096): the runtime's stored-format GEMV
 // (kernels/cpu/dense_gemv.h, the path cpu_isa() picks), rotated like the other GEMVs.
 void BM_StoredGemv(benchmark::State& state) {
-  const bool fp8 = state.range(0) != 1;
-  if (state.range(0) == 2 && !mpq::dense_gemv_fp8_bf16_available()) {
+  const bool fp8 = state.range(0) != 1, bf16act = state.range(0) == 2;
+  if (bf16act && !mpq::dense_gemv_fp8_bf16_available()) {
     state.SkipWithError("no AVX512_BF16");
     return;
   }
   const int64_t rows = state.range(1), cols = 4096;
   const int64_t bytes = rows * cols * (fp8 ? 1 : 2);
-  const int copies = copies_for(bytes);
-  std::vector<std::vector<uint8_t>> ws(static_cast<std::size_t>(copies));
+  std::vector<uint8_t> first(static_cast<std::size_t>(bytes));
   {
     const std::vector<float> w = random_floats(rows * cols, 4);
-    ws[0].resize(static_cast<std::size_t>(bytes));
     for (std::size_t j = 0; j < w.size(); ++j) {
       if (fp8) {
-        ws[0][j] = mpq::fp32_to_e4m3(w[j] * 4000.0f);
+        first[j] = mpq::fp32_to_e4m3(w[j] * 4000.0f);
       } else {
         const uint16_t b = mpq::fp32_to_bf16(w[j]);
-        std::memcpy(&ws[0][2 * j], &b, 2);
+        std::memcpy(&first[2 * j], &b, 2);
       }
     }
   }
-  for (int c = 1; c < copies; ++c) ws[static_cast<std::size_t>(c)] = ws[0];
-  const std::vector<float> x = random_floats(cols, 3);
-  std::vector<float> y(static_cast<std::size_t>(rows));
-  std::size_t i = 0;
-  for (auto _ : state) {
+  run_rotated_gemv(state, first, bytes, rows, cols, 3, [&](const std::vector<uint8_t>& data, const float* x, float* y) {
     mpq::DenseWeightView v;
     v.kind = fp8 ? mpq::DenseKind::kFp8 : mpq::DenseKind::kBf16;
-    v.rows = rows, v.cols = cols, v.data = ws[i].data(), v.scale = fp8 ? 2.5e-4f : 1.0f;
-    if (state.range(0) == 2)
-      mpq::dense_gemv_fp8_bf16(v, x.data(), y.data());
+    v.rows = rows, v.cols = cols, v.data = data.data(), v.scale = fp8 ? 2.5e-4f : 1.0f;
+    if (bf16act)
+      mpq::dense_gemv_fp8_bf16(v, x, y);
     else
-      mpq::dense_gemv(v, x.data(), y.data());
-    benchmark::DoNotOptimize(y.data());
-    i = (i + 1) % ws.size();
-  }
-  set_counters(state, bytes, copies);
-  state.SetLabel(state.range(0) == 2 ? "fp8-bf16act" : (fp8 ? "fp8" : "bf16"));
+      mpq::dense_gemv(v, x, y);
+  });
+  state.SetLabel(bf16act ? "fp8-bf16act" : (fp8 ? "fp8" : "bf16"));
 }
 BENCHMARK(BM_StoredGemv)
     ->ArgNames({"kind", "rows"})
@@ -334,17 +325,8 @@ void BM_Nvfp4Gemv(benchmark::State& state) {
   for (uint8_t& b : ws) b = static_cast<uint8_t>(0x18 + g() % 0x30);
   mpq::Nvfp4WeightView v{rows, cols, wq.data(), ws.data(), 1e-3f};
   const mpq::Nvfp4Packed first = mpq::nvfp4_repack(v);
-  const int copies = copies_for(static_cast<int64_t>(first.bytes()));
-  std::vector<mpq::Nvfp4Packed> layers(static_cast<std::size_t>(copies), first);
-  const std::vector<float> x = random_floats(cols, 1);
-  std::vector<float> y(static_cast<std::size_t>(rows));
-  std::size_t i = 0;
-  for (auto _ : state) {
-    mpq::nvfp4_gemv(layers[i], x.data(), y.data());
-    benchmark::DoNotOptimize(y.data());
-    i = (i + 1) % layers.size();
-  }
-  set_counters(state, static_cast<int64_t>(first.bytes()), copies);
+  run_rotated_gemv(state, first, static_cast<int64_t>(first.bytes()), rows, cols, 1,
+                   [](const mpq::Nvfp4Packed& l, const float* x, float* y) { mpq::nvfp4_gemv(l, x, y); });
 }
 BENCHMARK(BM_Nvfp4Gemv)->ArgName("rows")->Arg(4096)->Arg(11008)->Unit(benchmark::kMicrosecond)->UseRealTime();
 
@@ -398,17 +380,8 @@ FgmpLayer make_fgmp_layer(int64_t rows, int64_t cols, double fp8) {
 void BM_FgmpGemv(benchmark::State& state) {
   const int64_t rows = state.range(0), cols = 4096;
   const FgmpLayer first = make_fgmp_layer(rows, cols, 0.30);
-  const int copies = copies_for(first.bytes());
-  std::vector<FgmpLayer> layers(static_cast<std::size_t>(copies), first);
-  const std::vector<float> x = random_floats(cols, 1);
-  std::vector<float> y(static_cast<std::size_t>(rows));
-  std::size_t i = 0;
-  for (auto _ : state) {
-    mpq::fgmp_gemv(layers[i].view(), x.data(), y.data());
-    benchmark::DoNotOptimize(y.data());
-    i = (i + 1) % layers.size();
-  }
-  set_counters(state, first.bytes(), copies);
+  run_rotated_gemv(state, first, first.bytes(), rows, cols, 1,
+                   [](const FgmpLayer& l, const float* x, float* y) { mpq::fgmp_gemv(l.view(), x, y); });
   state.SetLabel(mpq::fgmp_cpu_has_avx512() ? "avx512" : (mpq::fgmp_cpu_has_avx2() ? "avx2" : "scalar"));
 }
 BENCHMARK(BM_FgmpGemv)->ArgName("rows")->Arg(4096)->Arg(11008)->Unit(benchmark::kMicrosecond)->UseRealTime();

@@ -3,13 +3,14 @@
 
 #include <omp.h>
 
-#include <algorithm>
+#include <algorithm>  // std::min
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>  // getloadavg
 #include <map>
 #include <memory>
 #include <random>
+#include <utility>
 
 #include "kernels/cpu/cpu_features.h"
 #include "lib/bench/dense_cpu.h"
@@ -36,12 +37,8 @@ nlohmann::json stats_ms_json(const Stats& s) {
           {"min_ms", s.min_us},       {"max_ms", s.max_us}, {"reps", s.reps}};
 }
 
-double median_of(std::vector<double> v) {
-  if (v.empty()) return 0.0;
-  std::sort(v.begin(), v.end());
-  const std::size_t m = v.size() / 2;
-  return v.size() % 2 ? v[m] : 0.5 * (v[m - 1] + v[m]);
-}
+// Median of per-run values (never empty: reps >= 1 is checked up front).
+double median_of(std::vector<double> v) { return summarize_us(std::move(v)).median_us; }
 
 }  // namespace
 
