@@ -7,12 +7,15 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <random>
 #include <string>
 #include <vector>
 
 #include "kernels/cpu/fgmp_gemv.h"
+#include "kernels/cpu/lut_gemv.h"
 #include "lib/common/error.h"
 #include "lib/numeric/codecs.h"
 #include "tests/test_util.h"
@@ -412,6 +415,36 @@ TEST(FgmpKernels, CheckLayoutRejectsBrokenLayouts) {
   t = good;
   t.s2 = INFINITY;
   expect_input_error(t, "fp4_scale_2");
+}
+
+}  // namespace
+}  // namespace mpq
+
+namespace mpq {
+namespace {
+
+// MPQ_CPU_ISA caps the fp32 LUT and FGMP kernels too, although they check their own,
+// narrower feature sets (AVX-512F only): this test binary is run again under each cap (a
+// fresh process: the cap is read once) and the child checks the paths the kernels report.
+TEST(CpuIsaCap, LutAndFgmpPathsFollowMpqCpuIsa) {
+  if (const char* want = std::getenv("MPQ_TEST_EXPECT_PATH")) {  // the child
+    EXPECT_STREQ(lut_cpu_path(), want);
+    EXPECT_STREQ(fgmp_cpu_path(), want);
+    return;
+  }
+  if (std::getenv("MPQ_CPU_ISA")) GTEST_SKIP() << "MPQ_CPU_ISA is set for the whole run";
+  EXPECT_STREQ(fgmp_cpu_path(), fgmp_cpu_has_avx512() ? "avx512" : fgmp_cpu_has_avx2() ? "avx2" : "scalar");
+  EXPECT_STREQ(lut_cpu_path(), lut_cpu_has_avx512() ? "avx512" : lut_cpu_has_avx2() ? "avx2" : "scalar");
+  const std::string self = std::filesystem::read_symlink("/proc/self/exe").string();
+  for (const char* level : {"scalar", "avx2"}) {
+    if (std::string(level) == "avx2" && !(fgmp_cpu_has_avx2() && lut_cpu_has_avx2())) continue;
+    std::string out;
+    const int rc = test::run_command(std::string("MPQ_CPU_ISA=") + level + " MPQ_TEST_EXPECT_PATH=" + level + " " + self +
+                                         " --gtest_filter=CpuIsaCap.LutAndFgmpPathsFollowMpqCpuIsa",
+                                     &out);
+    EXPECT_EQ(rc, 0) << level << "\n" << out;
+    EXPECT_NE(out.find("[  PASSED  ] 1 test"), std::string::npos) << level << "\n" << out;
+  }
 }
 
 }  // namespace

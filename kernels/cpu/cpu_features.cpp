@@ -1,6 +1,8 @@
 // CPU feature detection (kernels/cpu/cpu_features.h).
 #include "kernels/cpu/cpu_features.h"
 
+#include <algorithm>
+
 #include <cpuid.h>          // __get_cpuid_count
 #include <sys/syscall.h>    // SYS_arch_prctl
 #include <unistd.h>         // syscall
@@ -66,16 +68,15 @@ CpuIsa highest(const CpuFeatures& f) {
   return CpuIsa::kScalar;
 }
 
-CpuIsa capped() {
-  const CpuIsa have = highest(cpu_features());
+CpuIsa env_cap() {
   const char* env = std::getenv("MPQ_CPU_ISA");
-  if (!env || !*env) return have;
+  if (!env || !*env) return CpuIsa::kAmx;
   for (int i = 0; i <= static_cast<int>(CpuIsa::kAmx); ++i) {
     const CpuIsa isa = static_cast<CpuIsa>(i);
-    if (std::strcmp(env, cpu_isa_name(isa)) == 0) return isa < have ? isa : have;
+    if (std::strcmp(env, cpu_isa_name(isa)) == 0) return isa;
   }
   std::fprintf(stderr, "mpq: warning: MPQ_CPU_ISA=%s unknown (scalar, avx2, avx512, avx512bf16, amx); ignored\n", env);
-  return have;
+  return CpuIsa::kAmx;
 }
 
 }  // namespace
@@ -85,8 +86,13 @@ const CpuFeatures& cpu_features() {
   return f;
 }
 
+CpuIsa cpu_isa_cap() {
+  static const CpuIsa cap = env_cap();
+  return cap;
+}
+
 CpuIsa cpu_isa() {
-  static const CpuIsa isa = capped();
+  static const CpuIsa isa = std::min(highest(cpu_features()), cpu_isa_cap());
   return isa;
 }
 

@@ -43,6 +43,11 @@ const CpuFeatures& cpu_features();
 /// warning on stderr. Read once.
 CpuIsa cpu_isa();
 
+/// The level MPQ_CPU_ISA names, whatever this CPU supports (kAmx when unset or unknown).
+/// Kernels that check their own narrower feature sets (the fp32 LUT and FGMP kernels need
+/// only AVX-512F for their AVX-512 paths) take a path only when it is not above this cap.
+CpuIsa cpu_isa_cap();
+
 /// "scalar", "avx2", "avx512", "avx512bf16", "amx".
 const char* cpu_isa_name(CpuIsa isa);
 

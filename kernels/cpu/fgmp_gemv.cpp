@@ -14,6 +14,7 @@
 #include <type_traits>  // std::integral_constant
 #include <vector>
 
+#include "kernels/cpu/cpu_features.h"  // cpu_isa_cap (MPQ_CPU_ISA)
 #include "lib/common/cpu_features.h"  // cpu_has_f16c
 #include "lib/common/error.h"    // Error, ExitCode, throw_input
 #include "lib/numeric/codecs.h"  // e2m1_to_fp32, e4m3_to_fp32
@@ -429,6 +430,22 @@ bool fgmp_cpu_has_avx512() {
   return has;
 }
 
+namespace {
+// The path of fgmp_gemv / fgmp_gemm: 2 AVX-512, 1 AVX2, 0 scalar (what the CPU has, capped
+// by MPQ_CPU_ISA).
+int fgmp_level() {
+  static const int level = fgmp_cpu_has_avx512() && cpu_isa_cap() >= CpuIsa::kAvx512 ? 2
+                           : fgmp_cpu_has_avx2() && cpu_isa_cap() >= CpuIsa::kAvx2  ? 1
+                                                                                 : 0;
+  return level;
+}
+}  // namespace
+
+const char* fgmp_cpu_path() {
+  static const char* const names[] = {"scalar", "avx2", "avx512"};
+  return names[fgmp_level()];
+}
+
 void fgmp_gemv_reference(const FgmpWeightView& w, const float* x, float* y) {
   check_view(w, "fgmp_gemv_reference");
   fgmp_gemm_reference(w, x, 1, y);
@@ -484,21 +501,19 @@ void fgmp_gemm_avx512(const FgmpWeightView& w, const float* X, int64_t T, float*
 }
 
 void fgmp_gemv(const FgmpWeightView& w, const float* x, float* y) {
-  if (fgmp_cpu_has_avx512())
-    fgmp_gemv_avx512(w, x, y);
-  else if (fgmp_cpu_has_avx2())
-    fgmp_gemv_avx2(w, x, y);
-  else
-    fgmp_gemv_scalar(w, x, y);
+  switch (fgmp_level()) {
+    case 2: return fgmp_gemv_avx512(w, x, y);
+    case 1: return fgmp_gemv_avx2(w, x, y);
+    default: return fgmp_gemv_scalar(w, x, y);
+  }
 }
 
 void fgmp_gemm(const FgmpWeightView& w, const float* X, int64_t T, float* Y) {
-  if (fgmp_cpu_has_avx512())
-    fgmp_gemm_avx512(w, X, T, Y);
-  else if (fgmp_cpu_has_avx2())
-    fgmp_gemm_avx2(w, X, T, Y);
-  else
-    fgmp_gemm_scalar(w, X, T, Y);
+  switch (fgmp_level()) {
+    case 2: return fgmp_gemm_avx512(w, X, T, Y);
+    case 1: return fgmp_gemm_avx2(w, X, T, Y);
+    default: return fgmp_gemm_scalar(w, X, T, Y);
+  }
 }
 
 void fgmp_check_layout(const FgmpWeightView& w, const std::string& where) {

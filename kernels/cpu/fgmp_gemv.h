@@ -80,7 +80,8 @@ void fgmp_gemm_reference(const FgmpWeightView& w, const float* X, int64_t T, flo
 
 /// Fast GEMV (same contract as fgmp_gemv_reference; sums may be reassociated, so results
 /// agree with the reference to fp32 rounding, not bit for bit). OpenMP over rows for large
-/// layers; vector code chosen at run time from what the CPU has.
+/// layers; vector code chosen at run time from what the CPU has, capped by MPQ_CPU_ISA
+/// (cpu_isa_cap(), kernels/cpu/cpu_features.h).
 void fgmp_gemv(const FgmpWeightView& w, const float* x, float* y);
 
 /// Fast window product (same contract as fgmp_gemm_reference).
@@ -101,6 +102,9 @@ void fgmp_check_layout(const FgmpWeightView& w, const std::string& where);
 /// fgmp_cpu_has_avx512() (AVX-512F). All gemm paths share the Eigen product.
 bool fgmp_cpu_has_avx2();
 bool fgmp_cpu_has_avx512();
+/// The path fgmp_gemv / fgmp_gemm take on this CPU, capped by MPQ_CPU_ISA (cpu_isa_cap(),
+/// kernels/cpu/cpu_features.h): "avx512", "avx2" or "scalar".
+const char* fgmp_cpu_path();
 void fgmp_gemv_scalar(const FgmpWeightView& w, const float* x, float* y);
 void fgmp_gemv_avx2(const FgmpWeightView& w, const float* x, float* y);
 void fgmp_gemv_avx512(const FgmpWeightView& w, const float* x, float* y);

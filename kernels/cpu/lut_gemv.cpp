@@ -22,6 +22,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/cpu/cpu_features.h"  // cpu_isa_cap (MPQ_CPU_ISA)
 #include "lib/common/cpu_features.h"  // cpu_has_f16c
 #include "lib/common/error.h"    // Error, ExitCode
 #include "lib/numeric/codecs.h"  // fp16_to_fp32
@@ -572,9 +573,23 @@ bool lut_cpu_has_avx512() {
   return has;
 }
 
-const char* lut_cpu_path() {
-  return lut_cpu_has_avx512() ? "avx512" : lut_cpu_has_avx2() ? "avx2" : "scalar";
+namespace {
+// The path of lut_gemv / lut_gemm: 2 AVX-512, 1 AVX2, 0 scalar (what the CPU has, capped
+// by MPQ_CPU_ISA).
+int lut_level() {
+  static const int level = lut_cpu_has_avx512() && cpu_isa_cap() >= CpuIsa::kAvx512 ? 2
+                           : lut_cpu_has_avx2() && cpu_isa_cap() >= CpuIsa::kAvx2  ? 1
+                                                                                 : 0;
+  return level;
 }
+}  // namespace
+
+const char* lut_cpu_path() {
+  static const char* const names[] = {"scalar", "avx2", "avx512"};
+  return names[lut_level()];
+}
+
+
 
 void lut_gemv_reference(const LutWeightView& w, const float* x, float* y) {
   check_view(w, "lut_gemv_reference");
@@ -661,21 +676,19 @@ void lut_gemm_avx512(const LutWeightView& w, const float* X, int64_t T, float* Y
 }
 
 void lut_gemv(const LutWeightView& w, const float* x, float* y) {
-  if (lut_cpu_has_avx512())
-    lut_gemv_avx512(w, x, y);
-  else if (lut_cpu_has_avx2())
-    lut_gemv_avx2(w, x, y);
-  else
-    lut_gemv_scalar(w, x, y);
+  switch (lut_level()) {
+    case 2: return lut_gemv_avx512(w, x, y);
+    case 1: return lut_gemv_avx2(w, x, y);
+    default: return lut_gemv_scalar(w, x, y);
+  }
 }
 
 void lut_gemm(const LutWeightView& w, const float* X, int64_t T, float* Y) {
-  if (lut_cpu_has_avx512())
-    lut_gemm_avx512(w, X, T, Y);
-  else if (lut_cpu_has_avx2())
-    lut_gemm_avx2(w, X, T, Y);
-  else
-    lut_gemm_scalar(w, X, T, Y);
+  switch (lut_level()) {
+    case 2: return lut_gemm_avx512(w, X, T, Y);
+    case 1: return lut_gemm_avx2(w, X, T, Y);
+    default: return lut_gemm_scalar(w, X, T, Y);
+  }
 }
 
 }  // namespace mpq

@@ -83,7 +83,8 @@ void lut_gemm(const LutWeightView& w, const float* X, int64_t T, float* Y);
 /// without is undefined (SIGILL).
 bool lut_cpu_has_avx2();
 bool lut_cpu_has_avx512();
-/// The path lut_gemv / lut_gemm take on this CPU: "avx512", "avx2" or "scalar".
+/// The path lut_gemv / lut_gemm take on this CPU, capped by MPQ_CPU_ISA (cpu_isa_cap(),
+/// kernels/cpu/cpu_features.h): "avx512", "avx2" or "scalar".
 const char* lut_cpu_path();
 void lut_gemv_scalar(const LutWeightView& w, const float* x, float* y);
 void lut_gemv_avx2(const LutWeightView& w, const float* x, float* y);
