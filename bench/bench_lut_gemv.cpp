@@ -29,6 +29,7 @@
 
 #include "kernels/cpu/dense_gemv.h"
 #include "kernels/cpu/fgmp_gemv.h"
+#include "kernels/cpu/int_gemv.h"
 #include "kernels/cpu/lut_gemv.h"
 #include "kernels/cpu/lut_vnni.h"
 #include "kernels/cpu/nvfp4_gemv.h"
@@ -329,6 +330,59 @@ void BM_Nvfp4Gemv(benchmark::State& state) {
                    [](const mpq::Nvfp4Packed& l, const float* x, float* y) { mpq::nvfp4_gemv(l, x, y); });
 }
 BENCHMARK(BM_Nvfp4Gemv)->ArgName("rows")->Arg(4096)->Arg(11008)->Unit(benchmark::kMicrosecond)->UseRealTime();
+
+// One random int<b>-g<G> layer (kernels/cpu/int_gemv.h layout: LSB-first row bitstreams,
+// fp16 scales, U8 zeros), owning its bytes.
+struct IntLayer {
+  int bits;
+  int64_t rows, cols, group;
+  std::vector<uint8_t> q, z;
+  std::vector<uint16_t> s;
+  mpq::IntWeightView view() const {
+    mpq::IntWeightView v;
+    v.rows = rows, v.cols = cols, v.bits = bits, v.group = group, v.groups = (cols + group - 1) / group;
+    v.row_bytes = bits * ((cols + 7) / 8);
+    v.qweight = q.data(), v.scales = s.data(), v.zeros = z.data();
+    return v;
+  }
+  int64_t bytes() const { return static_cast<int64_t>(q.size() + z.size() + 2 * s.size()); }
+};
+
+IntLayer make_int_layer(int bits, int64_t rows, int64_t cols, int64_t group) {
+  IntLayer L{bits, rows, cols, group, {}, {}, {}};
+  const int64_t ng = (cols + group - 1) / group;
+  std::mt19937_64 g(13);
+  L.q.resize(static_cast<std::size_t>(rows * bits * ((cols + 7) / 8)));
+  for (uint8_t& b : L.q) b = static_cast<uint8_t>(g());
+  L.z.resize(static_cast<std::size_t>(rows * ng));
+  for (uint8_t& b : L.z) b = static_cast<uint8_t>(g() % (1u << bits));
+  L.s.resize(static_cast<std::size_t>(rows * ng));
+  for (uint16_t& h : L.s) h = mpq::fp32_to_fp16(1e-3f * static_cast<float>(1 + g() % 16));
+  return L;
+}
+
+// Args: kind (0 int8 activations: int_q8_gemv, 1 the fp32 loop: int_gemv), bits, rows (cols =
+// 4096, group 128): the runtime's int GEMVs, rotated like the other GEMVs.
+void BM_IntGemv(benchmark::State& state) {
+  const bool q8 = state.range(0) == 0;
+  if (q8 && !mpq::int_q8_gemv_available()) {
+    state.SkipWithError("no AVX-512 VNNI/VBMI");
+    return;
+  }
+  const IntLayer first = make_int_layer(static_cast<int>(state.range(1)), state.range(2), 4096, 128);
+  run_rotated_gemv(state, first, first.bytes(), first.rows, first.cols, 1, [q8](const IntLayer& l, const float* x, float* y) {
+    if (q8)
+      mpq::int_q8_gemv(l.view(), x, y);
+    else
+      mpq::int_gemv(l.view(), x, y);
+  });
+  state.SetLabel(q8 ? "int8act-avx512vnni" : "fp32");
+}
+BENCHMARK(BM_IntGemv)
+    ->ArgNames({"kind", "bits", "rows"})
+    ->ArgsProduct({{0, 1}, {4, 8}, {4096, 11008}})
+    ->Unit(benchmark::kMicrosecond)
+    ->UseRealTime();
 
 // ---------------------------------------------------------------- FGMP ------------------
 

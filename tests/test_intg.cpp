@@ -6,6 +6,8 @@
 #include <random>
 
 #include "formats/packed_checkpoint.h"
+#include "kernels/cpu/act_int8.h"
+#include "kernels/cpu/int_gemv.h"
 #include "lib/common/error.h"
 #include "lib/model/cpu_linear.h"
 #include "lib/model/llama.h"
@@ -142,6 +144,81 @@ TEST(IntFormat, PackedFolderLoadsToTheDecodedWeights) {
 namespace mpq {
 namespace {
 
+// x rounded as the int8-activation kernels see it (act_int8.h, blocks of 64).
+std::vector<float> int8_rounded(const std::vector<float>& x) {
+  const int64_t C = static_cast<int64_t>(x.size()), nb = (C + kIntActBlock - 1) / kIntActBlock;
+  std::vector<int8_t> q(static_cast<std::size_t>(nb * kIntActBlock));
+  std::vector<float> xs(static_cast<std::size_t>(nb));
+  std::vector<int32_t> sum(static_cast<std::size_t>(nb));
+  quantize_act_int8_scalar(x.data(), C, kIntActBlock, q.data(), xs.data(), sum.data());
+  std::vector<float> out(x.size());
+  for (int64_t c = 0; c < C; ++c) out[static_cast<std::size_t>(c)] = xs[static_cast<std::size_t>(c / kIntActBlock)] * q[static_cast<std::size_t>(c)];
+  return out;
+}
+
+// The int8-activation GEMV paths (scalar, AVX-512 VNNI) against the float64 product of the
+// decoded W and the int8-rounded x, on odd shapes (partial 64-column blocks, group counts
+// that are no multiple of 16 or of 64 / G), every bit width and group size.
+TEST(IntFormat, Int8ActivationGemvMatchesDecodedProduct) {
+  uint64_t seed = 90;
+  for (const char* label : {"int2-g16", "int3", "int3-g32", "int4", "int4-g128", "int8-g64", "int3-g16", "int8-g16", "int4-g32"})
+    for (const auto& [R, C] : {std::pair<int64_t, int64_t>{5, 37}, {17, 100}, {3, 171}, {33, 256}, {1, 1}, {7, 300}, {4, 4176}}) {
+      SCOPED_TRACE(std::string(label) + " " + std::to_string(R) + "x" + std::to_string(C));
+      const std::vector<float> w = test::random_normal(R * C, ++seed, 0.05f);
+      const std::unique_ptr<Quantizer> qz = make_quantizer(parse_format_label(label));
+      const PackedTensor p = qz->encode("w", w.data(), R, C);
+      std::vector<float> ref(w.size());
+      qz->decode(p, ref.data());
+      IntWeightView v;
+      int bits = 0;
+      int64_t g = 0;
+      int_tensor_geometry(p, &bits, &g);
+      v.rows = R;
+      v.cols = C;
+      v.bits = bits;
+      v.group = g;
+      v.groups = p.part("scales").shape[1];
+      v.row_bytes = p.part("qweight").shape[1];
+      v.qweight = p.part("qweight").bytes.data();
+      v.scales = reinterpret_cast<const uint16_t*>(p.part("scales").bytes.data());
+      v.zeros = p.part("zeros").bytes.data();
+      const std::vector<float> x = test::random_normal(C, ++seed, 1.0f);
+      const int64_t nb = (C + kIntActBlock - 1) / kIntActBlock;
+      std::vector<int8_t> q(static_cast<std::size_t>(nb * kIntActBlock));
+      std::vector<float> xs(static_cast<std::size_t>(nb)), gsum(static_cast<std::size_t>(v.groups));
+      std::vector<int32_t> sum(static_cast<std::size_t>(nb));
+      quantize_act_int8_scalar(x.data(), C, kIntActBlock, q.data(), xs.data(), sum.data());
+      int_prepare_act(v, q.data(), xs.data(), gsum.data());
+      const IntQ8Act act{q.data(), xs.data(), gsum.data()};
+      const std::vector<float> xhat = int8_rounded(x);
+      std::vector<double> want(static_cast<std::size_t>(R)), mag(static_cast<std::size_t>(R));
+      for (int64_t r = 0; r < R; ++r)
+        for (int64_t c = 0; c < C; ++c) {
+          const double t = static_cast<double>(ref[static_cast<std::size_t>(r * C + c)]) * xhat[static_cast<std::size_t>(c)];
+          want[static_cast<std::size_t>(r)] += t;
+          mag[static_cast<std::size_t>(r)] += std::fabs(t);
+        }
+      struct Path {
+        const char* name;
+        bool ok;
+        void (*fn)(const IntWeightView&, const IntQ8Act&, float*);
+      };
+      for (const Path& path : {Path{"scalar", true, int_q8_gemv_scalar}, Path{"avx512", int_q8_gemv_available(), int_q8_gemv_avx512}}) {
+        if (!path.ok) continue;
+        std::vector<float> y(static_cast<std::size_t>(R), -7.0f);
+        path.fn(v, act, y.data());
+        for (int64_t r = 0; r < R; ++r)
+          EXPECT_NEAR(y[static_cast<std::size_t>(r)], want[static_cast<std::size_t>(r)], 2e-6 * mag[static_cast<std::size_t>(r)] + 1e-7)
+              << path.name << " row " << r;
+      }
+      std::vector<float> y(static_cast<std::size_t>(R));
+      int_q8_gemv(v, x.data(), y.data());  // the dispatcher quantizes x itself
+      for (int64_t r = 0; r < R; ++r)
+        EXPECT_NEAR(y[static_cast<std::size_t>(r)], want[static_cast<std::size_t>(r)], 2e-6 * mag[static_cast<std::size_t>(r)] + 1e-7) << "row " << r;
+    }
+  if (!int_q8_gemv_available()) GTEST_SKIP() << "no AVX-512 VNNI/VBMI here: the scalar path was checked, not the vector one";
+}
+
 // The CPU runtime's int kernels (kernels/cpu/int_gemv.h) against the format's decoder and a
 // float64 product, on odd shapes, every bit width and group size.
 TEST(IntFormat, CpuKernelsMatchTheDecoderOnOddShapes) {
@@ -163,14 +240,17 @@ TEST(IntFormat, CpuKernelsMatchTheDecoderOnOddShapes) {
         for (int64_t c = 0; c < C + 3; ++c)
           ASSERT_EQ(rows[static_cast<std::size_t>(r * (C + 3) + c)], c < C ? ref[static_cast<std::size_t>(r * C + c)] : 0.0f);
       const std::vector<float> x = test::random_normal(C, ++seed, 1.0f);
+      // The fast single-token path multiplies by the int8-rounded x where VNNI is there.
+      const std::vector<float> xhat = int_q8_gemv_available() ? int8_rounded(x) : x;
       for (KernelMode mode : {KernelMode::kFast, KernelMode::kExact}) {
+        const std::vector<float>& xm = mode == KernelMode::kFast ? xhat : x;
         std::vector<float> y(static_cast<std::size_t>(R));
         lin->matmul(x.data(), 1, y.data(), mode);
         for (int64_t r = 0; r < R; ++r) {
           double want = 0, mag = 0;
           for (int64_t c = 0; c < C; ++c) {
-            want += static_cast<double>(ref[static_cast<std::size_t>(r * C + c)]) * x[static_cast<std::size_t>(c)];
-            mag += std::fabs(static_cast<double>(ref[static_cast<std::size_t>(r * C + c)]) * x[static_cast<std::size_t>(c)]);
+            want += static_cast<double>(ref[static_cast<std::size_t>(r * C + c)]) * xm[static_cast<std::size_t>(c)];
+            mag += std::fabs(static_cast<double>(ref[static_cast<std::size_t>(r * C + c)]) * xm[static_cast<std::size_t>(c)]);
           }
           EXPECT_NEAR(y[static_cast<std::size_t>(r)], want, 1e-5 * mag + 1e-7) << kernel_mode_name(mode) << " row " << r;
         }

@@ -1,10 +1,15 @@
 // CPU kernels of the int format (see int_gemv.h).
 #include "kernels/cpu/int_gemv.h"
 
+#include <omp.h>        // omp_in_parallel
+
 #include <algorithm>
 #include <cstring>
 #include <vector>
 
+#include "kernels/cpu/act_int8.h"
+#include "kernels/cpu/cpu_features.h"
+#include "kernels/cpu/simd.h"  // immintrin.h (GCC bug 105593 warnings silenced), target macros
 #include "lib/numeric/codecs.h"
 
 namespace mpq {
@@ -73,6 +78,197 @@ void int_gemv(const IntWeightView& v, const float* x, float* y) {
       y[r] = acc;
     }
   }
+}
+
+// ---- int8 activations -------------------------------------------------------------
+
+void int_prepare_act(const IntWeightView& v, const int8_t* q, const float* scale, float* gsum) {
+  for (int64_t g = 0; g < v.groups; ++g) {
+    const int64_t c1 = std::min(v.cols, (g + 1) * v.group);
+    float s = 0.0f;
+    for (int64_t c = g * v.group; c < c1; ++c) s += scale[c / kIntActBlock] * static_cast<float>(q[c]);
+    gsum[g] = s;
+  }
+}
+
+namespace {
+
+constexpr int64_t kIntParallelMinWeights = int64_t{1} << 18;
+
+// sum_g (s_g * z_g) * gsum_g of row r, in group order.
+float zero_term_scalar(const IntWeightView& v, const IntQ8Act& a, int64_t r) {
+  float t = 0.0f;
+  for (int64_t g = 0; g < v.groups; ++g)
+    t += fp16_to_fp32(v.scales[r * v.groups + g]) * static_cast<float>(v.zeros[r * v.groups + g]) * a.gsum[g];
+  return t;
+}
+
+}  // namespace
+
+void int_q8_gemv_scalar(const IntWeightView& v, const IntQ8Act& a, float* y) {
+  const int64_t C = v.cols, NG = v.groups;
+  const bool par = v.rows * C >= kIntParallelMinWeights && !omp_in_parallel();
+#pragma omp parallel if (par)
+  {
+    std::vector<uint8_t> codes(static_cast<std::size_t>(C));
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < v.rows; ++r) {
+      int_unpack_row(v, r, codes.data());
+      float acc = 0.0f;
+      for (int64_t c = 0; c < C; c += 4) {  // one vpdpbusd lane: columns c .. c + 3
+        int32_t d = 0;
+        for (int64_t e = c; e < std::min(C, c + 4); ++e) d += static_cast<int32_t>(codes[static_cast<std::size_t>(e)]) * a.q[e];
+        const int64_t g = std::min(c / v.group, NG - 1);
+        acc += static_cast<float>(d) * (fp16_to_fp32(v.scales[r * NG + g]) * a.scale[c / kIntActBlock]);
+      }
+      y[r] = acc - zero_term_scalar(v, a, r);
+    }
+  }
+}
+
+namespace {
+
+// The 64 codes of one 64-column block of a B-bit row (bytes from p, `avail` of them readable)
+// as u8: B = 8 a load; else the 8B bytes spread so that qword i holds bytes B*i .. B*i + 7
+// (codes 8i .. 8i + 7 start at bit 0 of it), a multishift by B*j for byte j, a mask.
+template <int B>
+MPQ_TARGET_AVX512 inline __attribute__((always_inline)) __m512i unpack_block(const uint8_t* p, __mmask64 m, __m512i perm,
+                                                                             __m512i ctrl) {
+  if constexpr (B == 8) {
+    return _mm512_maskz_loadu_epi8(m, p);
+  } else {
+    const __m512i spread = _mm512_permutexvar_epi8(perm, _mm512_maskz_loadu_epi8(m, p));
+    return _mm512_and_si512(_mm512_multishift_epi64_epi8(ctrl, spread), _mm512_set1_epi8(static_cast<char>((1 << B) - 1)));
+  }
+}
+
+// Byte permute (qword i <- bytes B*i .. B*i + 7), multishift counts (byte j of a qword <- bits
+// B*j ..) and each lane's group within a block.
+struct RowTables {
+  alignas(64) int8_t perm[64];
+  alignas(64) int8_t ctrl[64];
+  alignas(64) int32_t lane[16];
+};
+
+// fp32 sums of one 64-column block: the 16 vpdpbusd lanes of codes times xq, converted.
+template <int B>
+MPQ_TARGET_AVX512 inline __attribute__((always_inline)) __m512 block_dot(const uint8_t* row, __mmask64 m, int64_t b,
+                                                                         const int8_t* q, __m512i perm, __m512i ctrl) {
+  const __m512i codes = unpack_block<B>(row + b * 8 * B, m, perm, ctrl);
+  return _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), codes, _mm512_loadu_si512(q + b * kIntActBlock)));
+}
+
+// Row r's y value; bscale [nb] scratch. kSplit: the group size divides 64 (16 or 32), so a
+// block holds 64 / G groups and each lane takes its group's scale through `lane_idx`;
+// otherwise whole blocks share a group, and bscale[b] = s[g(b)] * xs_b is filled first.
+template <int B, bool kSplit>
+MPQ_TARGET_AVX512 float row_q8_avx512(const IntWeightView& v, const IntQ8Act& a, int64_t r, const RowTables& t,
+                                      float* bscale) {
+  const __m512i perm = _mm512_load_si512(t.perm), ctrl = _mm512_load_si512(t.ctrl), lane_idx = _mm512_load_si512(t.lane);
+  const int64_t NG = v.groups, G = v.group, nb = (v.cols + kIntActBlock - 1) / kIntActBlock;
+  const uint8_t* p = v.qweight + r * v.row_bytes;
+  const uint16_t* s = v.scales + r * NG;
+  const int64_t gpb = kSplit ? kIntActBlock / G : 1;
+  const auto lane_scale = [&](int64_t b) MPQ_TARGET_AVX512 __attribute__((always_inline)) {
+    if constexpr (kSplit) {
+      const int64_t g0 = b * gpb, n = std::min(gpb, NG - g0);
+      const __m512 sv = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(static_cast<__mmask16>((1u << n) - 1u), s + g0));
+      return _mm512_mul_ps(_mm512_permutexvar_ps(lane_idx, sv), _mm512_set1_ps(a.scale[b]));
+    } else {
+      return _mm512_set1_ps(bscale[b]);
+    }
+  };
+  if constexpr (!kSplit) {
+    const int64_t bpg = NG == 1 ? nb : G / kIntActBlock;
+    for (int64_t g = 0, b = 0; g < NG && b < nb; ++g) {
+      const float sg = _cvtsh_ss(s[g]);
+      for (const int64_t b1 = std::min(nb, b + bpg); b < b1; ++b) bscale[b] = sg * a.scale[b];
+    }
+  }
+  // Whole blocks (8B bytes each) with one mask; the last block's bytes may be fewer.
+  constexpr __mmask64 kFull = B == 8 ? ~__mmask64{0} : (__mmask64{1} << (8 * B)) - 1;
+  const int64_t full = v.row_bytes / (8 * B), tail_bytes = v.row_bytes - full * 8 * B;
+  __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+  int64_t b = 0;
+  for (; b + 2 <= full; b += 2) {
+    acc0 = _mm512_fmadd_ps(block_dot<B>(p, kFull, b, a.q, perm, ctrl), lane_scale(b), acc0);
+    acc1 = _mm512_fmadd_ps(block_dot<B>(p, kFull, b + 1, a.q, perm, ctrl), lane_scale(b + 1), acc1);
+  }
+  if (b < full) {
+    acc0 = _mm512_fmadd_ps(block_dot<B>(p, kFull, b, a.q, perm, ctrl), lane_scale(b), acc0);
+    ++b;
+  }
+  if (b < nb)
+    acc1 = _mm512_fmadd_ps(block_dot<B>(p, (__mmask64{1} << tail_bytes) - 1, b, a.q, perm, ctrl), lane_scale(b), acc1);
+  const float dot = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+  __m512 zt = _mm512_setzero_ps();
+  const uint8_t* z = v.zeros + r * NG;
+  for (int64_t g = 0; g < NG; g += 16) {
+    const __mmask16 m = NG - g >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << (NG - g)) - 1u);
+    const __m512 sz = _mm512_mul_ps(_mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, s + g)),
+                                    _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, z + g))));
+    zt = _mm512_fmadd_ps(sz, _mm512_maskz_loadu_ps(m, a.gsum + g), zt);
+  }
+  return dot - _mm512_reduce_add_ps(zt);
+}
+
+// The OpenMP loop stays outside the target-attributed code (one call per row).
+template <int B, bool kSplit>
+void gemv_q8_avx512(const IntWeightView& v, const IntQ8Act& a, float* y) {
+  RowTables t;
+  for (int j = 0; j < 64; ++j) {
+    t.perm[j] = static_cast<int8_t>(B * (j / 8) + j % 8);
+    t.ctrl[j] = static_cast<int8_t>(B * (j % 8));
+  }
+  const int64_t lanes_per_group = std::max<int64_t>(1, v.group / 4);
+  for (int k = 0; k < 16; ++k) t.lane[k] = static_cast<int32_t>(std::min<int64_t>(15, k / lanes_per_group));
+  const bool par = v.rows * v.cols >= kIntParallelMinWeights && !omp_in_parallel();
+  const std::size_t nb = static_cast<std::size_t>((v.cols + kIntActBlock - 1) / kIntActBlock);
+#pragma omp parallel if (par)
+  {
+    std::vector<float> bscale(nb);
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < v.rows; ++r) y[r] = row_q8_avx512<B, kSplit>(v, a, r, t, bscale.data());
+  }
+}
+
+template <int B>
+void gemv_q8_avx512_bits(const IntWeightView& v, const IntQ8Act& a, float* y) {
+  if (v.groups > 1 && v.group % kIntActBlock != 0)
+    gemv_q8_avx512<B, true>(v, a, y);  // G = 16 or 32
+  else
+    gemv_q8_avx512<B, false>(v, a, y);
+}
+
+}  // namespace
+
+bool int_q8_gemv_available() { return cpu_isa() >= CpuIsa::kAvx512; }
+
+void int_q8_gemv_avx512(const IntWeightView& v, const IntQ8Act& a, float* y) {
+  switch (v.bits) {
+    case 2: return gemv_q8_avx512_bits<2>(v, a, y);
+    case 3: return gemv_q8_avx512_bits<3>(v, a, y);
+    case 4: return gemv_q8_avx512_bits<4>(v, a, y);
+    default: return gemv_q8_avx512_bits<8>(v, a, y);
+  }
+}
+
+void int_q8_gemv(const IntWeightView& v, const float* x, float* y) {
+  const int64_t nb = (v.cols + kIntActBlock - 1) / kIntActBlock;
+  thread_local std::vector<int8_t> q;
+  thread_local std::vector<float> xs, gsum;
+  thread_local std::vector<int32_t> xsum;
+  q.resize(static_cast<std::size_t>(nb * kIntActBlock));
+  xs.resize(static_cast<std::size_t>(nb));
+  xsum.resize(static_cast<std::size_t>(nb));
+  gsum.resize(static_cast<std::size_t>(v.groups));
+  quantize_act_int8(x, v.cols, kIntActBlock, q.data(), xs.data(), xsum.data());
+  int_prepare_act(v, q.data(), xs.data(), gsum.data());
+  const IntQ8Act act{q.data(), xs.data(), gsum.data()};
+  if (int_q8_gemv_available())
+    int_q8_gemv_avx512(v, act, y);
+  else
+    int_q8_gemv_scalar(v, act, y);
 }
 
 }  // namespace mpq

@@ -201,8 +201,14 @@ class IntLinear final : public CpuLinear {
   }
 
  protected:
-  void gemv_fast(const float* x, float* y) const override { int_gemv(v_, x, y); }
-  std::string gemv_fast_name() const override { return "int-fp32"; }
+  // int8 activations on AVX-512 VNNI (kernels/cpu/int_gemv.h); the fp32 loop elsewhere.
+  void gemv_fast(const float* x, float* y) const override {
+    if (int_q8_gemv_available())
+      int_q8_gemv(v_, x, y);
+    else
+      int_gemv(v_, x, y);
+  }
+  std::string gemv_fast_name() const override { return int_q8_gemv_available() ? "int8act-avx512vnni" : "int-fp32"; }
 
  private:
   PackedTensor p_;
