@@ -3,10 +3,12 @@
 // and the field, no output left behind).
 #include <gtest/gtest.h>
 
+#include <cctype>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <memory>
 
 #include <nlohmann/json.hpp>
 
@@ -219,6 +221,102 @@ TEST_P(PackRoundTrip, LoadedWeightsEqualDecodeAndEvalAgrees) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Formats, PackRoundTrip, ::testing::Values("nvfp4", "fp8"));
+
+class PackLmHead : public ::testing::TestWithParam<const char*> {};
+
+// mpq-pack --lm-head LABEL: the head is stored in that format (mpq-native), the loaded head
+// is exactly the quantizer's decode of the source head, the CPU runtime runs it with its own
+// kernel and gives the expanded model's logits, and the records say what was done.
+TEST_P(PackLmHead, HeadIsPackedLoadedAndRecorded) {
+  const std::string label = GetParam();
+  std::string tag = std::string("lmhead-") + label;
+  for (char& ch : tag)
+    if (!std::isalnum(static_cast<unsigned char>(ch))) ch = '-';
+  const std::string m = tiny_model(tag + "-src");
+  const std::string out = test::scratch_dir(tag + "-out") + "/p";
+  const ToolRun r = run(tool("mpq-pack") + " --model " + m + " --format nvfp4 --lm-head " + label + " --out " + out);
+  ASSERT_EQ(r.rc, 0) << r.out;
+  EXPECT_NE(r.out.find("lm_head      " + label), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("export       mpq"), std::string::npos) << r.out;  // auto resolves to mpq-native
+  const FormatSpec spec = parse_format_label(label);
+  const std::unique_ptr<Quantizer> q = make_quantizer(spec);
+
+  nlohmann::json cfg, man;
+  std::ifstream(out + "/config.json") >> cfg;
+  std::ifstream(out + "/mpq_manifest.json") >> man;
+  const auto& qc = cfg["quantization_config"];
+  EXPECT_EQ(qc["quant_method"], "mpq");
+  EXPECT_EQ(qc["lm_head"]["format"], spec.format);
+  EXPECT_EQ(qc["lm_head"]["label"], label);
+  for (const auto& e : qc["exclude_modules"]) EXPECT_NE(e.get<std::string>(), "lm_head");
+  EXPECT_EQ(man["tensors"]["lm_head"]["format"], spec.format);
+  EXPECT_FALSE(man["tensors"].contains("lm_head.weight"));
+  const std::size_t head_bytes = man["tensors"]["lm_head"]["bytes"].get<std::size_t>();
+  if (spec.format != "squeezellm") {
+    EXPECT_EQ(head_bytes, q->bytes(128, 64));
+  }
+  EXPECT_LT(head_bytes, 128u * 64u * 4u / 3u);  // well under the f32 source's bytes
+
+  // The loaded head (exact fp32 path) = decode(encode(source head)), and not the source.
+  const LlamaModel orig = LlamaModel::load(m);
+  const LlamaModel packed = LlamaModel::load(out);
+  const MatrixRM& src = orig.weights().lm_head;
+  ASSERT_EQ(packed.weights().lm_head.rows(), 128);
+  MatrixRM want(src.rows(), src.cols());
+  q->decode(q->encode("lm_head", src.data(), src.rows(), src.cols()), want.data());
+  EXPECT_EQ((packed.weights().lm_head - want).cwiseAbs().maxCoeff(), 0.0f);
+  EXPECT_GT((packed.weights().lm_head - src).cwiseAbs().maxCoeff(), 0.0f);
+
+  // The CPU runtime: the head behind its format's kernel, logits of the expanded model.
+  LoadOptions lo;
+  lo.cpu_kernels = true;
+  LlamaModel rt = LlamaModel::load(out, lo);
+  ASSERT_NE(rt.weights().lm_head_kernel, nullptr);
+  EXPECT_EQ(rt.weights().lm_head_kernel->format(), spec.format);
+  EXPECT_EQ(rt.weights().lm_head.size(), 0);
+  rt.set_kernel_mode(KernelMode::kExact);
+  const std::vector<int32_t> tok = test::random_tokens(9, 128, 4);
+  for (int64_t T : {int64_t{1}, int64_t{9}}) {
+    const MatrixRM a = rt.forward(tok.data(), T), b = packed.forward(tok.data(), T);
+    EXPECT_LE((a - b).cwiseAbs().maxCoeff(), 1e-5f * b.cwiseAbs().maxCoeff()) << label << " T " << T;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Labels, PackLmHead, ::testing::Values("fp8", "nvfp4", "squeezellm-4bit", "int8-g32"),
+                         [](const ::testing::TestParamInfo<const char*>& i) {
+                           std::string n = i.param;
+                           for (char& ch : n)
+                             if (!std::isalnum(static_cast<unsigned char>(ch))) ch = '_';
+                           return n;
+                         });
+
+// --lm-head where it cannot apply: one-line error, documented code, nothing written.
+TEST(PackLmHead, RefusesWhatItCannotExpress) {
+  const std::string m = tiny_model("lmhead-bad-src");
+  const std::string tied = test::scratch_dir("lmhead-bad-tied");
+  test::TinyLlamaSpec s;
+  s.tie_embeddings = true;
+  test::write_tiny_llama(tied, s);
+  const std::string out = test::scratch_dir("lmhead-bad-out") + "/p";
+  struct Case {
+    std::string model, args;
+    int rc;
+    std::string message;
+  };
+  for (const Case& c : std::vector<Case>{
+           {m, "--format nvfp4 --lm-head fp8 --export modelopt", 2, "engine exports keep lm_head in the source dtype"},
+           {m, "--format fp8 --lm-head fp8 --export compressed-tensors", 2, "give --export mpq"},
+           {m, "--format nvfp4 --lm-head nvfp4+gptq", 2, "drop +gptq"},
+           {m, "--format nvfp4 --lm-head int5", 2, "unknown format 'int5'"},
+           {tied, "--format nvfp4 --lm-head fp8", 3, "config.json: tie_word_embeddings: true"},
+       }) {
+    const ToolRun r = run(tool("mpq-pack") + " --model " + c.model + " " + c.args + " --out " + out + " -q");
+    EXPECT_EQ(r.rc, c.rc) << c.args << "\n" << r.out;
+    EXPECT_NE(r.out.find(c.message), std::string::npos) << c.args << "\n" << r.out;
+    EXPECT_EQ(test::error_lines(r.out).size(), 1u) << r.out;
+    EXPECT_FALSE(fs::exists(out)) << c.args;
+  }
+}
 
 // --- Gates and usage ---------------------------------------------------------
 

@@ -339,10 +339,28 @@ LlamaModel LlamaModel::load(const std::string& dir, const LoadOptions& opt) {
     }
   }
   w.final_norm = load_vector(*store, "model.norm.weight", H);
-  if (kernels)
-    w.lm_head_kernel = c.tie_word_embeddings ? w.embed_kernel : dense_kernel(store, "lm_head.weight", V, H);
-  else if (!c.tie_word_embeddings)
-    w.lm_head = load_matrix(*store, "lm_head.weight", V, H);
+  // lm_head: dense as stored, or packed by mpq-pack --lm-head (any format of the table):
+  // the CPU kernel of its format, or fp32 decoded exactly as the layers' linears are.
+  const std::string head_fmt = c.tie_word_embeddings ? "" : detect_linear_format(*store, "lm_head");
+  const bool head_dense = head_fmt == "f32" || head_fmt == "f16" || head_fmt == "bf16";
+  if (c.tie_word_embeddings) {
+    if (kernels) w.lm_head_kernel = w.embed_kernel;
+  } else if (head_dense) {
+    if (kernels)
+      w.lm_head_kernel = dense_kernel(store, "lm_head.weight", V, H);
+    else
+      w.lm_head = load_matrix(*store, "lm_head.weight", V, H);
+  } else if (kernels) {
+    PackedTensor pt = read_packed(*store, "lm_head", head_fmt, V, H);
+    try {
+      w.lm_head_kernel = make_cpu_linear(std::move(pt));
+    } catch (const Error& e) {
+      throw_input(store->path(), std::string("module 'lm_head': ") + e.what());
+    }
+  } else {
+    const std::vector<float> v = read_linear_f32(*store, "lm_head", V, H);
+    w.lm_head = Eigen::Map<const MatrixRM>(v.data(), V, H);
+  }
   return LlamaModel(std::move(c), std::move(w));
 }
 

@@ -1,5 +1,6 @@
 #include "lib/pack/pack_model.h"
 
+#include <algorithm>
 #include <array>
 #include <map>
 #include <cmath>
@@ -160,6 +161,22 @@ PackReport pack_model(const std::string& model_dir, const std::string& out_dir, 
   if (!cfg.quantization_config.is_null())
     throw_input((fs::path(model_dir) / "config.json").string(),
                 "quantization_config: the input is already quantized; pack from the original weights");
+  // The output head: quantized on its own when --lm-head names a format (mpq-native only).
+  std::unique_ptr<Quantizer> head_q;
+  ExportKind export_kind = opt.export_kind;
+  if (!opt.lm_head.is_source()) {
+    if (opt.lm_head.gptq)
+      throw Error(ExitCode::kUsage, "--lm-head " + opt.lm_head.label + ": the head is rounded on its own (RTN); drop +gptq");
+    if (cfg.tie_word_embeddings)
+      throw_input(config_path, "tie_word_embeddings: true: lm_head is the token embedding, there is no separate "
+                               "head for --lm-head " + opt.lm_head.label + " to quantize");
+    if (export_kind == ExportKind::kModelOpt || export_kind == ExportKind::kCompressedTensors)
+      throw Error(ExitCode::kUsage, std::string("--lm-head ") + opt.lm_head.label + " with --export " +
+                                        export_name(export_kind) + ": engine exports keep lm_head in the source dtype "
+                                        "(listed as excluded); give --export mpq");
+    export_kind = ExportKind::kMpq;
+    head_q = make_quantizer(opt.lm_head);
+  }
   const TensorStore store = TensorStore::open(model_dir);
   check_config_against_tensors(cfg, store);
   std::unique_ptr<TensorStore> sens;
@@ -194,7 +211,7 @@ PackReport pack_model(const std::string& model_dir, const std::string& out_dir, 
       if (!requested.count(module))
         throw_input(opt.plan_file, "tensors: '" + module + "' is not a linear module of " + model_dir);
     }
-  const ExportPlan xp = resolve_export(cfg, requested, opt.export_kind, opt.act_scheme,
+  const ExportPlan xp = resolve_export(cfg, requested, export_kind, opt.act_scheme,
                                        planned ? opt.plan_file : std::string("--exclude"));
   // Which tensors are quantized linears: name -> [rows, cols] from config.json.
   std::map<std::string, std::array<int64_t, 2>> linears;
@@ -290,6 +307,8 @@ PackReport pack_model(const std::string& model_dir, const std::string& out_dir, 
       const Quantizer& q = planned ? *opt.plan.at(module).quantizer : *quant_ptr;
       if (rc[1] % std::max(1, q.info().block_size) != 0) shapes_meta[module] = {rc[0], rc[1]};
     }
+    if (head_q && cfg.hidden_size % std::max(1, head_q->info().block_size) != 0)
+      shapes_meta["lm_head"] = {cfg.vocab_size, cfg.hidden_size};
     shard_meta["mpq_logical_shapes"] = shapes_meta.dump();
   }
   // A linear rounded on its own (RTN and the formats' own fits): fgmp at its selected FP8 block
@@ -374,6 +393,19 @@ PackReport pack_model(const std::string& model_dir, const std::string& out_dir, 
       if (xp.act == ActScheme::kStatic) tensors_json[module]["input_amax"] = in_amax;
       rep.quantized_params += rows * cols;
       rep.quantized_bytes += bytes;
+    } else if (head_q && name == "lm_head.weight") {
+      const int64_t rows = cfg.vocab_size, cols = cfg.hidden_size;  // shape checked above
+      std::vector<float> w, no_fisher;
+      load_linear(t, "lm_head", rows, cols, w, no_fisher);  // finite check; no Fisher for the head
+      const PackedTensor p = head_q->encode("lm_head", w.data(), rows, cols);
+      std::size_t bytes = 0;
+      for (const PackedPart& part : p.parts) {
+        bytes += part.bytes.size();
+        writer.add("lm_head." + part.suffix, part.dtype, part.shape, part.bytes.data(), part.bytes.size());
+      }
+      rec = {"lm_head", opt.lm_head.format, {rows, cols}, bytes, 8.0 * static_cast<double>(bytes) / static_cast<double>(rows * cols)};
+      tensors_json["lm_head"]["label"] = opt.lm_head.label;
+      rep.lm_head_bytes = bytes;
     } else {
       writer.add(name, t.dtype, t.shape, t.data, t.nbytes);  // straight from the mapped input
       rec = {name, dtype_name_lower(t.dtype), t.shape, t.nbytes, 8.0 * static_cast<double>(t.nbytes) / static_cast<double>(std::max<int64_t>(1, t.numel()))};
@@ -414,7 +446,8 @@ PackReport pack_model(const std::string& model_dir, const std::string& out_dir, 
   // config.json: the export's quantization_config; for mpq-native, mpq's own record of the
   // format (quant_method "mpq", which every engine refuses by name).
   const nlohmann::json producer = {{"name", "mpq"}, {"version", MPQ_VERSION}};
-  const std::vector<std::string> excluded = xp.excluded();
+  std::vector<std::string> excluded = xp.excluded();
+  if (head_q) excluded.erase(std::remove(excluded.begin(), excluded.end(), std::string("lm_head")), excluded.end());
   nlohmann::json native;
   if (planned) {
     nlohmann::json layers = nlohmann::json::object();
@@ -450,6 +483,12 @@ PackReport pack_model(const std::string& model_dir, const std::string& out_dir, 
   } else {
     native = {{"format", opt.format}};
     if (quant_ptr->info().block_size > 0) native["group_size"] = quant_ptr->info().block_size;
+  }
+  if (head_q) {
+    native["lm_head"] = {{"format", opt.lm_head.format}, {"label", opt.lm_head.label}, {"method", "rtn"}};
+    const nlohmann::json hp = format_params_json(opt.lm_head);
+    if (!hp.empty()) native["lm_head"]["params"] = hp;
+    if (head_q->info().block_size > 0) native["lm_head"]["group_size"] = head_q->info().block_size;
   }
   native["producer"] = producer;
   native["exclude_modules"] = excluded;

@@ -116,6 +116,16 @@ struct PackOptions {
   LayerRange layers;
   /// Largest output shard in bytes (--max-shard-size); one shard = model.safetensors.
   uint64_t max_shard_bytes = kDefaultMaxShardBytes;
+  /// The output head (--lm-head): "source" (info null, the default: copied in its stored
+  /// dtype, as ModelOpt, llm-compressor and vLLM expect) or a format label
+  /// (parse_format_label(), e.g. "fp8", "nvfp4", "squeezellm-4bit", "int8-g32"), rounded on
+  /// its own (RTN, no Fisher, also under --method gptq) as llama.cpp quantizes output.weight
+  /// (Q6_K by default for its 4-bit types). Written under "lm_head.<part>" in the format's
+  /// layout; only an mpq-native export can express it (engine exports list lm_head as
+  /// excluded), so kAuto resolves to kMpq and an engine export is Error(kUsage). A model
+  /// whose config ties the head to the embedding (tie_word_embeddings) has no lm_head to
+  /// quantize: Error(kUsage). Not "+gptq" and not fgmp (its blocks are ranked globally).
+  FormatSpec lm_head;
 };
 
 /// Per-tensor record of the manifest.
@@ -139,6 +149,9 @@ struct PackReport {
   nlohmann::json manifest;           ///< what mpq_manifest.json holds
   ExportKind export_kind = ExportKind::kMpq;  ///< the resolved export
   double gptq_seconds = 0.0;         ///< --method gptq: the sequential pass (calibration + compensation)
+  /// PackOptions::lm_head not source: the head's bytes on disk (not in quantized_bytes,
+  /// which count the decoder layers' linears only; in total_bytes).
+  std::size_t lm_head_bytes = 0;
   std::vector<std::string> notes;    ///< the export's notes (modules moved to the source dtype, ...)
 };
 

@@ -126,6 +126,12 @@ int main(int argc, char** argv) {
   app.add_flag("--four-over-six", opt.four_over_six,
                "GPTQ, nvfp4: per 16-element block map the block maximum to 6 or to 4, whichever "
                "leaves the smaller error (Four Over Six)");
+  std::string lm_head = "source";
+  app.add_option("--lm-head", lm_head,
+                 "Output head: source (kept in its stored dtype, what engines expect) or a format label "
+                 "(fp8, nvfp4, squeezellm-4bit, int8-g32, ...) rounded on its own, as llama.cpp quantizes "
+                 "output.weight; mpq-native export only, untied models only")
+      ->capture_default_str();
   app.add_option("--exclude", opt.exclude, "Regex over module names to keep unquantized (repeatable)");
   std::string layers = ":", shard_size = "5GB";
   app.add_option("--layers", layers,
@@ -190,6 +196,7 @@ int main(int argc, char** argv) {
                                          "): not the file the plan was searched with");
     }
     opt.export_kind = parse_export(export_kind);
+    opt.lm_head = parse_format_label(lm_head);
     const bool planned = opt.format == "plan";
     const bool squeeze = opt.format == "squeezellm" || opt.format == "uniform";
     const bool fgmp = opt.format == "fgmp";
@@ -263,6 +270,9 @@ int main(int argc, char** argv) {
     } else {
       std::printf("4096x4096    %.4f bpw (same format on one Llama-7B-sized layer)\n", r.bpw_4096x4096);
     }
+    if (!opt.lm_head.is_source())
+      std::printf("lm_head      %s, %zu bytes, %.4f bpw\n", opt.lm_head.label.c_str(), r.lm_head_bytes,
+                  r.tensors.empty() ? 0.0 : r.manifest["tensors"]["lm_head"]["bpw"].get<double>());
     if (act)
       std::printf("activations  fgmp thresholds for %.2f NVFP4 blocks (%.4f on the calibration windows)\n",
                   opt.act.fp4_fraction, r.manifest["quantization_config"]["activation"]["measured_fp4_fraction"].get<double>());
