@@ -139,7 +139,8 @@ models7b() {
     "$MK" --out "$R-bf16" --hidden 4096 --intermediate 11008 --layers "$LAYERS7B" --heads 32 --kv-heads 32 --vocab 32000 \
       --dtype bf16 >&2
   pack_all "$R-bf16" "nvfp4:--format nvfp4" "fp8:--format fp8" "sq4:--format squeezellm --bits 4" \
-    "sq3:--format squeezellm --bits 3" "fgmp:--format fgmp --fp8-fraction 0.3"
+    "sq3:--format squeezellm --bits 3" "fgmp:--format fgmp --fp8-fraction 0.3" \
+    "int4:--format int4-g128"
 }
 
 # stories260K untied: lm_head.weight = a copy of the embedding (config tie_word_embeddings false).
@@ -212,7 +213,7 @@ headdecode() {
 decode7b() {
   local R="$WORK/llama2-7b-l$LAYERS7B"
   "$T/mpq-bench" --decode --model "$R-bf16" --model "$R-bf16-nvfp4" --model "$R-bf16-sq4" --model "$R-bf16-sq3" \
-    --model "$R-bf16-fp8" --model "$R-bf16-fgmp" --threads "$THREADS" --bandwidth-mb 2048 \
+    --model "$R-bf16-fp8" --model "$R-bf16-fgmp" --model "$R-bf16-int4" --threads "$THREADS" --bandwidth-mb 2048 \
     --reps "$REPS" --prompt-tokens "$PROMPT" --gen-tokens "$GEN" --json "$OUT/cpu_decode_7b$TAG.json"
 }
 

@@ -137,7 +137,10 @@ MPQ_TARGET_AVX512 inline __attribute__((always_inline)) __m512i unpack_block(con
   if constexpr (B == 8) {
     return _mm512_maskz_loadu_epi8(m, p);
   } else {
-    const __m512i spread = _mm512_permutexvar_epi8(perm, _mm512_maskz_loadu_epi8(m, p));
+    // B <= 4: the block's 8B <= 32 bytes by a 256-bit load (a 512-bit one would span the
+    // next cache line every other block); bytes past 8B are never selected into a code.
+    const __m512i raw = _mm512_zextsi256_si512(_mm256_maskz_loadu_epi8(static_cast<__mmask32>(m), p));
+    const __m512i spread = _mm512_permutexvar_epi8(perm, raw);
     return _mm512_and_si512(_mm512_multishift_epi64_epi8(ctrl, spread), _mm512_set1_epi8(static_cast<char>((1 << B) - 1)));
   }
 }
@@ -158,63 +161,93 @@ MPQ_TARGET_AVX512 inline __attribute__((always_inline)) __m512 block_dot(const u
   return _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), codes, _mm512_loadu_si512(q + b * kIntActBlock)));
 }
 
-// Row r's y value; bscale [nb] scratch. kSplit: the group size divides 64 (16 or 32), so a
-// block holds 64 / G groups and each lane takes its group's scale through `lane_idx`;
-// otherwise whole blocks share a group, and bscale[b] = s[g(b)] * xs_b is filled first.
-template <int B, bool kSplit>
-MPQ_TARGET_AVX512 float row_q8_avx512(const IntWeightView& v, const IntQ8Act& a, int64_t r, const RowTables& t,
-                                      float* bscale) {
+// bscale[b] = s[g(b)] * xs_b for every block of one row whose groups hold whole blocks
+// (G = 64 or 128: one or two blocks per group; or one group for the row).
+MPQ_TARGET_AVX512 inline void fill_block_scales(const uint16_t* s, int64_t NG, int64_t G, int64_t nb, const float* xs,
+                                                float* bscale) {
+  const int64_t bpg = NG == 1 ? nb : G / kIntActBlock;
+  if (NG > 1 && bpg > 2) {  // not a group size the format writes; kept general
+    for (int64_t b = 0; b < nb; ++b) bscale[b] = _cvtsh_ss(s[b / bpg]) * xs[b];
+    return;
+  }
+  const __m512i half = _mm512_set_epi32(7, 7, 6, 6, 5, 5, 4, 4, 3, 3, 2, 2, 1, 1, 0, 0);
+  for (int64_t b0 = 0; b0 < nb; b0 += 16) {
+    const __mmask16 m = nb - b0 >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << (nb - b0)) - 1u);
+    __m512 sv;
+    if (NG == 1) {
+      sv = _mm512_set1_ps(_cvtsh_ss(s[0]));
+    } else if (bpg == 1) {
+      sv = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, s + b0));
+    } else {
+      const int64_t g0 = b0 / 2, n = std::min<int64_t>(8, NG - g0);
+      sv = _mm512_permutexvar_ps(half, _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(static_cast<__mmask16>((1u << n) - 1u), s + g0)));
+    }
+    _mm512_mask_storeu_ps(bscale + b0, m, _mm512_mul_ps(sv, _mm512_maskz_loadu_ps(m, xs + b0)));
+  }
+}
+
+// y[r0 .. r0 + NR) (NR rows share each block's activation load; NR independent chains);
+// bscale [NR * nb] scratch. kSplit: the group size divides 64 (16 or 32), so a block holds
+// 64 / G groups and each lane takes its group's scale through `lane_idx`; otherwise whole
+// blocks share a group, and bscale[b] = s[g(b)] * xs_b is filled first (fill_block_scales).
+template <int B, bool kSplit, int NR>
+MPQ_TARGET_AVX512 void rows_q8_avx512(const IntWeightView& v, const IntQ8Act& a, int64_t r0, const RowTables& t,
+                                      float* bscale, float* y) {
   const __m512i perm = _mm512_load_si512(t.perm), ctrl = _mm512_load_si512(t.ctrl), lane_idx = _mm512_load_si512(t.lane);
   const int64_t NG = v.groups, G = v.group, nb = (v.cols + kIntActBlock - 1) / kIntActBlock;
-  const uint8_t* p = v.qweight + r * v.row_bytes;
-  const uint16_t* s = v.scales + r * NG;
-  const int64_t gpb = kSplit ? kIntActBlock / G : 1;
-  const auto lane_scale = [&](int64_t b) MPQ_TARGET_AVX512 __attribute__((always_inline)) {
-    if constexpr (kSplit) {
-      const int64_t g0 = b * gpb, n = std::min(gpb, NG - g0);
-      const __m512 sv = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(static_cast<__mmask16>((1u << n) - 1u), s + g0));
-      return _mm512_mul_ps(_mm512_permutexvar_ps(lane_idx, sv), _mm512_set1_ps(a.scale[b]));
-    } else {
-      return _mm512_set1_ps(bscale[b]);
-    }
-  };
-  if constexpr (!kSplit) {
-    const int64_t bpg = NG == 1 ? nb : G / kIntActBlock;
-    for (int64_t g = 0, b = 0; g < NG && b < nb; ++g) {
-      const float sg = _cvtsh_ss(s[g]);
-      for (const int64_t b1 = std::min(nb, b + bpg); b < b1; ++b) bscale[b] = sg * a.scale[b];
-    }
+  const uint8_t* p[NR];
+  const uint16_t* s[NR];
+  for (int k = 0; k < NR; ++k) {
+    p[k] = v.qweight + (r0 + k) * v.row_bytes;
+    s[k] = v.scales + (r0 + k) * NG;
+    if constexpr (!kSplit) fill_block_scales(s[k], NG, G, nb, a.scale, bscale + k * nb);
   }
   // Whole blocks (8B bytes each) with one mask; the last block's bytes may be fewer.
   constexpr __mmask64 kFull = B == 8 ? ~__mmask64{0} : (__mmask64{1} << (8 * B)) - 1;
-  const int64_t full = v.row_bytes / (8 * B), tail_bytes = v.row_bytes - full * 8 * B;
-  __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
-  int64_t b = 0;
-  for (; b + 2 <= full; b += 2) {
-    acc0 = _mm512_fmadd_ps(block_dot<B>(p, kFull, b, a.q, perm, ctrl), lane_scale(b), acc0);
-    acc1 = _mm512_fmadd_ps(block_dot<B>(p, kFull, b + 1, a.q, perm, ctrl), lane_scale(b + 1), acc1);
+  const int64_t full = v.row_bytes / (8 * B);
+  const __mmask64 tail = (__mmask64{1} << (v.row_bytes - full * 8 * B)) - 1;
+  const int64_t gpb = kSplit ? kIntActBlock / G : 1;
+  __m512 acc[NR];
+#pragma GCC unroll 4
+  for (int k = 0; k < NR; ++k) acc[k] = _mm512_setzero_ps();
+  for (int64_t b = 0; b < nb; ++b) {
+    const __mmask64 m = b < full ? kFull : tail;
+    const __m512i xq = _mm512_loadu_si512(a.q + b * kIntActBlock);
+#pragma GCC unroll 4
+    for (int k = 0; k < NR; ++k) {
+      const __m512i codes = unpack_block<B>(p[k] + b * 8 * B, m, perm, ctrl);
+      const __m512 d = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), codes, xq));
+      __m512 ls;
+      if constexpr (kSplit) {
+        const int64_t g0 = b * gpb, n = std::min(gpb, NG - g0);
+        const __m512 sv = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(static_cast<__mmask16>((1u << n) - 1u), s[k] + g0));
+        ls = _mm512_mul_ps(_mm512_permutexvar_ps(lane_idx, sv), _mm512_set1_ps(a.scale[b]));
+      } else {
+        ls = _mm512_set1_ps(bscale[k * nb + b]);
+      }
+      acc[k] = _mm512_fmadd_ps(d, ls, acc[k]);
+    }
   }
-  if (b < full) {
-    acc0 = _mm512_fmadd_ps(block_dot<B>(p, kFull, b, a.q, perm, ctrl), lane_scale(b), acc0);
-    ++b;
+  float dot[NR];
+#pragma GCC unroll 4
+  for (int k = 0; k < NR; ++k) dot[k] = _mm512_reduce_add_ps(acc[k]);  // acc stays in registers
+  for (int k = 0; k < NR; ++k) {
+    __m512 zt = _mm512_setzero_ps();
+    const uint8_t* z = v.zeros + (r0 + k) * NG;
+    for (int64_t g = 0; g < NG; g += 16) {
+      const __mmask16 m = NG - g >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << (NG - g)) - 1u);
+      const __m512 sz = _mm512_mul_ps(_mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, s[k] + g)),
+                                      _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, z + g))));
+      zt = _mm512_fmadd_ps(sz, _mm512_maskz_loadu_ps(m, a.gsum + g), zt);
+    }
+    y[r0 + k] = dot[k] - _mm512_reduce_add_ps(zt);
   }
-  if (b < nb)
-    acc1 = _mm512_fmadd_ps(block_dot<B>(p, (__mmask64{1} << tail_bytes) - 1, b, a.q, perm, ctrl), lane_scale(b), acc1);
-  const float dot = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
-  __m512 zt = _mm512_setzero_ps();
-  const uint8_t* z = v.zeros + r * NG;
-  for (int64_t g = 0; g < NG; g += 16) {
-    const __mmask16 m = NG - g >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << (NG - g)) - 1u);
-    const __m512 sz = _mm512_mul_ps(_mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, s + g)),
-                                    _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, z + g))));
-    zt = _mm512_fmadd_ps(sz, _mm512_maskz_loadu_ps(m, a.gsum + g), zt);
-  }
-  return dot - _mm512_reduce_add_ps(zt);
 }
 
-// The OpenMP loop stays outside the target-attributed code (one call per row).
+// The OpenMP loop stays outside the target-attributed code: quads of rows, then the rest.
 template <int B, bool kSplit>
 void gemv_q8_avx512(const IntWeightView& v, const IntQ8Act& a, float* y) {
+  constexpr int kQuad = 4;
   RowTables t;
   for (int j = 0; j < 64; ++j) {
     t.perm[j] = static_cast<int8_t>(B * (j / 8) + j % 8);
@@ -224,11 +257,14 @@ void gemv_q8_avx512(const IntWeightView& v, const IntQ8Act& a, float* y) {
   for (int k = 0; k < 16; ++k) t.lane[k] = static_cast<int32_t>(std::min<int64_t>(15, k / lanes_per_group));
   const bool par = v.rows * v.cols >= kIntParallelMinWeights && !omp_in_parallel();
   const std::size_t nb = static_cast<std::size_t>((v.cols + kIntActBlock - 1) / kIntActBlock);
+  const int64_t quads = v.rows / kQuad;
 #pragma omp parallel if (par)
   {
-    std::vector<float> bscale(nb);
+    std::vector<float> bscale(kQuad * nb);
 #pragma omp for schedule(static)
-    for (int64_t r = 0; r < v.rows; ++r) y[r] = row_q8_avx512<B, kSplit>(v, a, r, t, bscale.data());
+    for (int64_t q = 0; q < quads; ++q) rows_q8_avx512<B, kSplit, kQuad>(v, a, q * kQuad, t, bscale.data(), y);
+#pragma omp single
+    for (int64_t r = quads * kQuad; r < v.rows; ++r) rows_q8_avx512<B, kSplit, 1>(v, a, r, t, bscale.data(), y);
   }
 }
 
