@@ -315,7 +315,8 @@ TEST(ScalePack, ShardedOutputSplitAndMergeGiveTheBytesOfOneRun) {
                   " --samples 4 --seq-len 64 --kind fisher --out " + dir + "/fisher.safetensors");
   ASSERT_EQ(r.rc, 0) << r.out;
   for (const std::string& fmt :
-       std::vector<std::string>{"nvfp4", "fp8", "squeezellm --bits 3 --sensitivity " + dir + "/fisher.safetensors"}) {
+       std::vector<std::string>{"nvfp4", "fp8", "squeezellm --bits 3 --sensitivity " + dir + "/fisher.safetensors",
+                                "int4-g128 --lm-head fp8"}) {  // the head only in the part with the last layer
     const std::string tag = fmt.substr(0, fmt.find(' '));
     const std::string cmd = tool("mpq-pack") + " -q --model " + m + " --format " + fmt + " --max-shard-size 20KB";
     r = run(cmd + " --out " + dir + "/" + tag + "-all");

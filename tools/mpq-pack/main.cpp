@@ -270,9 +270,9 @@ int main(int argc, char** argv) {
     } else {
       std::printf("4096x4096    %.4f bpw (same format on one Llama-7B-sized layer)\n", r.bpw_4096x4096);
     }
-    if (!opt.lm_head.is_source())
+    if (r.manifest["tensors"].contains("lm_head"))  // a --layers part without the last layer holds no head
       std::printf("lm_head      %s, %zu bytes, %.4f bpw\n", opt.lm_head.label.c_str(), r.lm_head_bytes,
-                  r.tensors.empty() ? 0.0 : r.manifest["tensors"]["lm_head"]["bpw"].get<double>());
+                  r.manifest["tensors"]["lm_head"]["bpw"].get<double>());
     if (act)
       std::printf("activations  fgmp thresholds for %.2f NVFP4 blocks (%.4f on the calibration windows)\n",
                   opt.act.fp4_fraction, r.manifest["quantization_config"]["activation"]["measured_fp4_fraction"].get<double>());
