@@ -91,6 +91,12 @@ CpuIsa cpu_isa_cap() {
   return cap;
 }
 
+CpuIsa kernel_isa_capped(bool has_avx512, bool has_avx2) {
+  if (has_avx512 && cpu_isa_cap() >= CpuIsa::kAvx512) return CpuIsa::kAvx512;
+  if (has_avx2 && cpu_isa_cap() >= CpuIsa::kAvx2) return CpuIsa::kAvx2;
+  return CpuIsa::kScalar;
+}
+
 CpuIsa cpu_isa() {
   static const CpuIsa isa = std::min(highest(cpu_features()), cpu_isa_cap());
   return isa;

@@ -48,6 +48,11 @@ CpuIsa cpu_isa();
 /// only AVX-512F for their AVX-512 paths) take a path only when it is not above this cap.
 CpuIsa cpu_isa_cap();
 
+/// The path of a kernel that checks its own feature sets (`has_avx512`, `has_avx2`: what its
+/// AVX-512 and AVX2 paths need): kAvx512, kAvx2 or kScalar, the widest it has that is not
+/// above cpu_isa_cap(). cpu_isa_name() of it names the path.
+CpuIsa kernel_isa_capped(bool has_avx512, bool has_avx2);
+
 /// "scalar", "avx2", "avx512", "avx512bf16", "amx".
 const char* cpu_isa_name(CpuIsa isa);
 

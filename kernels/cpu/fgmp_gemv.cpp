@@ -431,20 +431,14 @@ bool fgmp_cpu_has_avx512() {
 }
 
 namespace {
-// The path of fgmp_gemv / fgmp_gemm: 2 AVX-512, 1 AVX2, 0 scalar (what the CPU has, capped
-// by MPQ_CPU_ISA).
-int fgmp_level() {
-  static const int level = fgmp_cpu_has_avx512() && cpu_isa_cap() >= CpuIsa::kAvx512 ? 2
-                           : fgmp_cpu_has_avx2() && cpu_isa_cap() >= CpuIsa::kAvx2  ? 1
-                                                                                 : 0;
-  return level;
+// The path of fgmp_gemv / fgmp_gemm (what the CPU has, capped by MPQ_CPU_ISA).
+CpuIsa fgmp_isa() {
+  static const CpuIsa isa = kernel_isa_capped(fgmp_cpu_has_avx512(), fgmp_cpu_has_avx2());
+  return isa;
 }
 }  // namespace
 
-const char* fgmp_cpu_path() {
-  static const char* const names[] = {"scalar", "avx2", "avx512"};
-  return names[fgmp_level()];
-}
+const char* fgmp_cpu_path() { return cpu_isa_name(fgmp_isa()); }
 
 void fgmp_gemv_reference(const FgmpWeightView& w, const float* x, float* y) {
   check_view(w, "fgmp_gemv_reference");
@@ -501,17 +495,17 @@ void fgmp_gemm_avx512(const FgmpWeightView& w, const float* X, int64_t T, float*
 }
 
 void fgmp_gemv(const FgmpWeightView& w, const float* x, float* y) {
-  switch (fgmp_level()) {
-    case 2: return fgmp_gemv_avx512(w, x, y);
-    case 1: return fgmp_gemv_avx2(w, x, y);
+  switch (fgmp_isa()) {
+    case CpuIsa::kAvx512: return fgmp_gemv_avx512(w, x, y);
+    case CpuIsa::kAvx2: return fgmp_gemv_avx2(w, x, y);
     default: return fgmp_gemv_scalar(w, x, y);
   }
 }
 
 void fgmp_gemm(const FgmpWeightView& w, const float* X, int64_t T, float* Y) {
-  switch (fgmp_level()) {
-    case 2: return fgmp_gemm_avx512(w, X, T, Y);
-    case 1: return fgmp_gemm_avx2(w, X, T, Y);
+  switch (fgmp_isa()) {
+    case CpuIsa::kAvx512: return fgmp_gemm_avx512(w, X, T, Y);
+    case CpuIsa::kAvx2: return fgmp_gemm_avx2(w, X, T, Y);
     default: return fgmp_gemm_scalar(w, X, T, Y);
   }
 }

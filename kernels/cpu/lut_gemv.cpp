@@ -574,20 +574,14 @@ bool lut_cpu_has_avx512() {
 }
 
 namespace {
-// The path of lut_gemv / lut_gemm: 2 AVX-512, 1 AVX2, 0 scalar (what the CPU has, capped
-// by MPQ_CPU_ISA).
-int lut_level() {
-  static const int level = lut_cpu_has_avx512() && cpu_isa_cap() >= CpuIsa::kAvx512 ? 2
-                           : lut_cpu_has_avx2() && cpu_isa_cap() >= CpuIsa::kAvx2  ? 1
-                                                                                 : 0;
-  return level;
+// The path of lut_gemv / lut_gemm (what the CPU has, capped by MPQ_CPU_ISA).
+CpuIsa lut_isa() {
+  static const CpuIsa isa = kernel_isa_capped(lut_cpu_has_avx512(), lut_cpu_has_avx2());
+  return isa;
 }
 }  // namespace
 
-const char* lut_cpu_path() {
-  static const char* const names[] = {"scalar", "avx2", "avx512"};
-  return names[lut_level()];
-}
+const char* lut_cpu_path() { return cpu_isa_name(lut_isa()); }
 
 
 
@@ -676,17 +670,17 @@ void lut_gemm_avx512(const LutWeightView& w, const float* X, int64_t T, float* Y
 }
 
 void lut_gemv(const LutWeightView& w, const float* x, float* y) {
-  switch (lut_level()) {
-    case 2: return lut_gemv_avx512(w, x, y);
-    case 1: return lut_gemv_avx2(w, x, y);
+  switch (lut_isa()) {
+    case CpuIsa::kAvx512: return lut_gemv_avx512(w, x, y);
+    case CpuIsa::kAvx2: return lut_gemv_avx2(w, x, y);
     default: return lut_gemv_scalar(w, x, y);
   }
 }
 
 void lut_gemm(const LutWeightView& w, const float* X, int64_t T, float* Y) {
-  switch (lut_level()) {
-    case 2: return lut_gemm_avx512(w, X, T, Y);
-    case 1: return lut_gemm_avx2(w, X, T, Y);
+  switch (lut_isa()) {
+    case CpuIsa::kAvx512: return lut_gemm_avx512(w, X, T, Y);
+    case CpuIsa::kAvx2: return lut_gemm_avx2(w, X, T, Y);
     default: return lut_gemm_scalar(w, X, T, Y);
   }
 }

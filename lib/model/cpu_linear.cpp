@@ -173,18 +173,8 @@ class FgmpLinear final : public CpuLinear {
 class IntLinear final : public CpuLinear {
  public:
   explicit IntLinear(PackedTensor p) : CpuLinear("int", p.rows, p.cols), p_(std::move(p)) {
-    int bits = 0;
-    int64_t g = 0;
-    int_tensor_geometry(p_, &bits, &g);  // throws Error(kInput) for a malformed tensor
-    v_.rows = p_.rows;
-    v_.cols = p_.cols;
-    v_.bits = bits;
-    v_.group = g;
-    v_.groups = p_.part("scales").shape[1];
-    v_.row_bytes = p_.part("qweight").shape[1];
-    v_.qweight = p_.part("qweight").bytes.data();
-    v_.scales = reinterpret_cast<const uint16_t*>(p_.part("scales").bytes.data());
-    v_.zeros = p_.part("zeros").bytes.data();
+    v_ = int_weight_view(p_);  // throws Error(kInput) for a malformed tensor
+    const int bits = v_.bits;
     const std::string what = "int tensor [" + std::to_string(p_.rows) + " x " + std::to_string(p_.cols) + "]";
     for (int64_t i = 0; i < v_.rows * v_.groups; ++i) {  // the decoder's checks, without decoding
       if (!std::isfinite(fp16_to_fp32(v_.scales[i])))

@@ -290,6 +290,12 @@ LlamaModel LlamaModel::load(const std::string& dir, const LoadOptions& opt) {
   const bool kernels = opt.cpu_kernels && !opt.expand_packed;
   const int64_t H = c.hidden_size, V = c.vocab_size;
   LlamaWeights w;
+  const auto is_dense = [](const std::string& fmt) { return fmt == "f32" || fmt == "f16" || fmt == "bf16"; };
+  // A packed module's kernel-construction error, naming the file of its main part.
+  const auto module_error = [&](const std::string& name, const std::string& fmt, const Error& e) {
+    const std::string part = name + (fmt == "fgmp" ? ".weight_block_map" : fmt == "squeezellm" ? ".qweight" : ".weight");
+    throw_input(store->get(part).file, "module '" + name + "': " + e.what());
+  };
   if (kernels)
     w.embed_kernel = dense_kernel(store, "model.embed_tokens.weight", V, H);
   else
@@ -307,8 +313,7 @@ LlamaModel LlamaModel::load(const std::string& dir, const LoadOptions& opt) {
       lin.rows = rows;
       lin.cols = cols;
       const std::string fmt = opt.expand_packed ? "" : detect_linear_format(*store, name);
-      const bool dense = fmt == "f32" || fmt == "f16" || fmt == "bf16";
-      if (kernels && dense) {
+      if (kernels && is_dense(fmt)) {
         // Read in place from the mapped file: no copy.
         lin.format = fmt;
         lin.kernel = dense_kernel(store, name + ".weight", rows, cols);
@@ -324,8 +329,7 @@ LlamaModel LlamaModel::load(const std::string& dir, const LoadOptions& opt) {
           else
             lin.packed = make_packed_linear(std::move(pt));
         } catch (const Error& e) {
-          const std::string part = name + (fmt == "fgmp" ? ".weight_block_map" : fmt == "squeezellm" ? ".qweight" : ".weight");
-          throw_input(store->get(part).file, "module '" + name + "': " + e.what());
+          module_error(name, fmt, e);
         }
       } else {
         const std::vector<float> v =
@@ -342,10 +346,9 @@ LlamaModel LlamaModel::load(const std::string& dir, const LoadOptions& opt) {
   // lm_head: dense as stored, or packed by mpq-pack --lm-head (any format of the table):
   // the CPU kernel of its format, or fp32 decoded exactly as the layers' linears are.
   const std::string head_fmt = c.tie_word_embeddings ? "" : detect_linear_format(*store, "lm_head");
-  const bool head_dense = head_fmt == "f32" || head_fmt == "f16" || head_fmt == "bf16";
   if (c.tie_word_embeddings) {
     if (kernels) w.lm_head_kernel = w.embed_kernel;
-  } else if (head_dense) {
+  } else if (is_dense(head_fmt)) {
     if (kernels)
       w.lm_head_kernel = dense_kernel(store, "lm_head.weight", V, H);
     else
@@ -355,7 +358,7 @@ LlamaModel LlamaModel::load(const std::string& dir, const LoadOptions& opt) {
     try {
       w.lm_head_kernel = make_cpu_linear(std::move(pt));
     } catch (const Error& e) {
-      throw_input(store->path(), std::string("module 'lm_head': ") + e.what());
+      module_error("lm_head", head_fmt, e);
     }
   } else {
     const std::vector<float> v = read_linear_f32(*store, "lm_head", V, H);

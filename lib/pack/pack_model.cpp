@@ -361,6 +361,15 @@ PackReport pack_model(const std::string& model_dir, const std::string& out_dir, 
   }
 
   ShardedSafetensorsWriter writer(stage_dir.string(), opt.max_shard_bytes, shard_meta);
+  // A packed module's parts under "<module>.<suffix>"; their total bytes.
+  const auto write_parts = [&](const std::string& module, const std::vector<PackedPart>& parts) {
+    std::size_t bytes = 0;
+    for (const PackedPart& part : parts) {
+      bytes += part.bytes.size();
+      writer.add(module + "." + part.suffix, part.dtype, part.shape, part.bytes.data(), part.bytes.size());
+    }
+    return bytes;
+  };
   PackReport rep;
   nlohmann::json tensors_json = nlohmann::json::object();
   for (std::size_t k = 0; k < names.size(); ++k) {
@@ -380,12 +389,8 @@ PackReport pack_model(const std::string& model_dir, const std::string& out_dir, 
         load_linear(t, module, rows, cols, w, fisher);
         p = encode_rtn(module, name, w, fisher, rows, cols);
       }
-      std::size_t bytes = 0;
       const float in_amax = xp.act == ActScheme::kStatic ? input_amax.amax.at(module) : 0.0f;
-      for (PackedPart& part : export_parts(xp, p, in_amax)) {
-        bytes += part.bytes.size();
-        writer.add(module + "." + part.suffix, part.dtype, part.shape, part.bytes.data(), part.bytes.size());
-      }
+      const std::size_t bytes = write_parts(module, export_parts(xp, p, in_amax));
       rec = {module, planned ? opt.plan.at(module).format : opt.format, {rows, cols}, bytes,
              8.0 * static_cast<double>(bytes) / static_cast<double>(rows * cols)};
       if (planned) tensors_json[module]["candidate"] = opt.plan.at(module).candidate;
@@ -397,12 +402,7 @@ PackReport pack_model(const std::string& model_dir, const std::string& out_dir, 
       const int64_t rows = cfg.vocab_size, cols = cfg.hidden_size;  // shape checked above
       std::vector<float> w, no_fisher;
       load_linear(t, "lm_head", rows, cols, w, no_fisher);  // finite check; no Fisher for the head
-      const PackedTensor p = head_q->encode("lm_head", w.data(), rows, cols);
-      std::size_t bytes = 0;
-      for (const PackedPart& part : p.parts) {
-        bytes += part.bytes.size();
-        writer.add("lm_head." + part.suffix, part.dtype, part.shape, part.bytes.data(), part.bytes.size());
-      }
+      const std::size_t bytes = write_parts("lm_head", head_q->encode("lm_head", w.data(), rows, cols).parts);
       rec = {"lm_head", opt.lm_head.format, {rows, cols}, bytes, 8.0 * static_cast<double>(bytes) / static_cast<double>(rows * cols)};
       tensors_json["lm_head"]["label"] = opt.lm_head.label;
       rep.lm_head_bytes = bytes;

@@ -124,7 +124,8 @@ struct PackOptions {
   /// layout; only an mpq-native export can express it (engine exports list lm_head as
   /// excluded), so kAuto resolves to kMpq and an engine export is Error(kUsage). A model
   /// whose config ties the head to the embedding (tie_word_embeddings) has no lm_head to
-  /// quantize: Error(kUsage). Not "+gptq" and not fgmp (its blocks are ranked globally).
+  /// quantize: Error(kInput) naming config.json. "+gptq" is Error(kUsage). An fgmp label
+  /// stores its own per-tensor FP8 fraction (fgmp-<p>), outside the layers' global ranking.
   FormatSpec lm_head;
 };
 

@@ -111,6 +111,19 @@ void int_tensor_geometry(const PackedTensor& p, int* bits, int64_t* group_cols) 
                                       ": its width is not ceil(cols / G) for a group size G in {16, 32, 64, 128}, nor 1");
 }
 
+IntWeightView int_weight_view(const PackedTensor& p) {
+  IntWeightView v;
+  int_tensor_geometry(p, &v.bits, &v.group);
+  v.rows = p.rows;
+  v.cols = p.cols;
+  v.groups = p.part("scales").shape[1];
+  v.row_bytes = p.part("qweight").shape[1];
+  v.qweight = p.part("qweight").bytes.data();
+  v.scales = reinterpret_cast<const uint16_t*>(p.part("scales").bytes.data());
+  v.zeros = p.part("zeros").bytes.data();
+  return v;
+}
+
 void IntGroupQuantizer::decode(const PackedTensor& p, float* out) const {
   if (p.format != kFormat)
     throw Error(ExitCode::kInput, std::string(kFormat) + " decoder given a '" + p.format + "' tensor");

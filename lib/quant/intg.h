@@ -26,6 +26,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/cpu/int_gemv.h"  // IntWeightView, the layout's kernel contract
 #include "lib/quant/quantizer.h"
 
 namespace mpq {
@@ -71,5 +72,10 @@ int int_group_code(float w, const IntGroupParams& p, int bits);
 /// Bits and group size of a stored int tensor from its parts' shapes (Error(kInput) naming the
 /// part when they are not a valid layout for [rows, cols]).
 void int_tensor_geometry(const PackedTensor& p, int* bits, int64_t* group_cols);
+
+/// The kernel view (kernels/cpu/int_gemv.h) of an int PackedTensor: geometry from
+/// int_tensor_geometry() (same errors), pointers into p's part bytes (p must outlive the
+/// view). The scale and zero contents are not checked here.
+IntWeightView int_weight_view(const PackedTensor& p);
 
 }  // namespace mpq
