@@ -287,7 +287,7 @@ void BM_StoredGemv(benchmark::State& state) {
   }
   const int64_t rows = state.range(1), cols = 4096;
   const int64_t bytes = rows * cols * (fp8 ? 1 : 2);
-  std::vector<uint8_t> first(static_cast<std::size_t>(bytes));
+  mpq::HugeVector<uint8_t> first(static_cast<std::size_t>(bytes));  // as the runtime holds fp8
   {
     const std::vector<float> w = random_floats(rows * cols, 4);
     for (std::size_t j = 0; j < w.size(); ++j) {
@@ -299,7 +299,7 @@ void BM_StoredGemv(benchmark::State& state) {
       }
     }
   }
-  run_rotated_gemv(state, first, bytes, rows, cols, 3, [&](const std::vector<uint8_t>& data, const float* x, float* y) {
+  run_rotated_gemv(state, first, bytes, rows, cols, 3, [&](const mpq::HugeVector<uint8_t>& data, const float* x, float* y) {
     mpq::DenseWeightView v;
     v.kind = fp8 ? mpq::DenseKind::kFp8 : mpq::DenseKind::kBf16;
     v.rows = rows, v.cols = cols, v.data = data.data(), v.scale = fp8 ? 2.5e-4f : 1.0f;
@@ -336,7 +336,8 @@ BENCHMARK(BM_Nvfp4Gemv)->ArgName("rows")->Arg(4096)->Arg(11008)->Unit(benchmark:
 struct IntLayer {
   int bits;
   int64_t rows, cols, group;
-  std::vector<uint8_t> q, z;
+  mpq::HugeVector<uint8_t> q;  // as the runtime holds qweight
+  std::vector<uint8_t> z;
   std::vector<uint16_t> s;
   mpq::IntWeightView view() const {
     mpq::IntWeightView v;
@@ -390,7 +391,8 @@ BENCHMARK(BM_IntGemv)
 // `fp8`, random E2M1 codes, E4M3 block scales in [2^-4, 2^2), random finite E4M3 codes.
 struct FgmpLayer {
   int64_t rows, cols;
-  std::vector<uint8_t> map, fp4, fp4_scale, fp8;
+  std::vector<uint8_t> map, fp4_scale;
+  mpq::HugeVector<uint8_t> fp4, fp8;  // as the runtime holds them
   std::vector<int32_t> offset;
 
   mpq::FgmpWeightView view() const {
@@ -471,7 +473,8 @@ inline void thread_slice(int64_t n, int64_t* j0, int64_t* j1) {
 void BM_ReadBandwidth(benchmark::State& state) {
   const int streams = static_cast<int>(state.range(0));
   const int64_t n = kBandwidthBytes / 4;
-  std::unique_ptr<float[]> a(new float[static_cast<std::size_t>(n)]);
+  mpq::HugeVector<float> buf(static_cast<std::size_t>(n));  // pages as the runtime's weights
+  float* a = buf.data();
 #pragma omp parallel
   {
     int64_t j0, j1;
@@ -484,7 +487,7 @@ void BM_ReadBandwidth(benchmark::State& state) {
     {
       int64_t j0, j1;
       thread_slice(n, &j0, &j1);
-      s += mpq::bench::read_sum(a.get() + j0, j1 - j0, streams);
+      s += mpq::bench::read_sum(a + j0, j1 - j0, streams);
     }
     benchmark::DoNotOptimize(s);
   }

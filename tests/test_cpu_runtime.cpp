@@ -130,6 +130,52 @@ TEST_P(CpuRuntime, StoredFormMatchesExpandedModel) {
 // A sliding window (Mistral / Qwen2 configs): single-token steps through the cache (the
 // decode attention loop) give the windowed forward's logits (the chunked attention), and the
 // window matters (the same model without it differs at the late positions).
+// LoadOptions::map_dense: dense weights read in place from the mapping or copied into huge
+// pages (the default) run the same kernels on the same bytes: identical logits, for F32 and
+// BF16 sources, untied and tied (the tied embedding is copied as the head), and for a packed
+// model's dense head. Every weight of the copied model lives outside the mapping.
+TEST(CpuRuntime, MapDenseAndCopiedDenseGiveIdenticalLogits) {
+  struct Case {
+    const char* name;
+    bool bf16, tied;
+    const char* pack;
+  };
+  for (const Case& c : {Case{"f32", false, false, ""}, Case{"bf16", true, false, ""}, Case{"bf16-tied", true, true, ""},
+                        Case{"nvfp4-bf16-head", true, false, "--format nvfp4"}}) {
+    test::TinyLlamaSpec spec;
+    spec.bf16 = c.bf16;
+    spec.tie_embeddings = c.tied;
+    spec.seed = 41;
+    std::string dir = test::scratch_dir(std::string("mapdense-") + c.name) + "/m";
+    test::write_tiny_llama(dir, spec);
+    if (*c.pack) {
+      const std::string out = test::scratch_dir(std::string("mapdense-") + c.name + "-p") + "/p";
+      std::string log;
+      ASSERT_EQ(test::run_command(tool("mpq-pack") + " --model " + dir + " " + c.pack + " --out " + out + " -q", &log), 0)
+          << log;
+      dir = out;
+    }
+    LoadOptions copied, mapped;
+    copied.cpu_kernels = mapped.cpu_kernels = true;
+    mapped.map_dense = true;
+    LlamaModel a = LlamaModel::load(dir, copied);
+    LlamaModel b = LlamaModel::load(dir, mapped);
+    if (c.tied) {
+      EXPECT_EQ(a.weights().lm_head_kernel, a.weights().embed_kernel) << c.name;
+    }
+    const std::vector<int32_t> tok = test::random_tokens(20, spec.vocab, 9);
+    for (KernelMode mode : {KernelMode::kExact, KernelMode::kFast}) {
+      a.set_kernel_mode(mode);
+      b.set_kernel_mode(mode);
+      for (int64_t T : {int64_t{1}, int64_t{20}}) {
+        const MatrixRM ya = a.forward(tok.data(), T), yb = b.forward(tok.data(), T);
+        ASSERT_EQ(ya.rows(), yb.rows());
+        EXPECT_EQ((ya - yb).cwiseAbs().maxCoeff(), 0.0f) << c.name << " " << kernel_mode_name(mode) << " T " << T;
+      }
+    }
+  }
+}
+
 TEST(CpuRuntimeDecode, SlidingWindowStepsMatchWindowedForward) {
   const std::string dir = test::scratch_dir("cpurt-sliding");
   test::TinyLlamaSpec spec;

@@ -37,6 +37,7 @@
 #include <vector>
 
 #include "kernels/cpu/lut_gemv.h"  // LutWeightView (the source layout)
+#include "lib/common/huge_pages.h"
 
 namespace mpq {
 
@@ -51,7 +52,7 @@ struct LutPacked {
   int64_t units = 0;   ///< ceil(cols / 16)
   int64_t groups = 0;  ///< ceil(rows / 4)
   int64_t group_bytes = 0;          ///< code bytes per group
-  std::vector<uint8_t> codes;       ///< [groups, group_bytes]
+  HugeVector<uint8_t> codes;        ///< [groups, group_bytes], in huge pages (lib/common/huge_pages.h)
   std::vector<int8_t> lut_i8;       ///< [groups * 4, 16]
   std::vector<float> lut_scale;     ///< [groups * 4]
   std::vector<uint16_t> lut_f16;    ///< [rows, 2^bits], the source table

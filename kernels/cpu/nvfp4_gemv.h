@@ -36,6 +36,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "lib/common/huge_pages.h"
+
 namespace mpq {
 
 /// A read-only view of an NVFP4 tensor in ModelOpt's layout (pointers into a PackedTensor's
@@ -54,8 +56,8 @@ struct Nvfp4Packed {
   int64_t cols = 0;
   int64_t nb = 0;      ///< blocks per row, ceil(cols / 16)
   int64_t groups = 0;  ///< ceil(rows / 16)
-  std::vector<uint8_t> codes;   ///< [groups, nb, 128]
-  std::vector<uint8_t> scales;  ///< [groups, nb, 16]
+  HugeVector<uint8_t> codes;    ///< [groups, nb, 128], in huge pages (lib/common/huge_pages.h)
+  HugeVector<uint8_t> scales;   ///< [groups, nb, 16]
   float scale_2 = 0.0f;
   /// Bytes a product reads (codes + scales + s2).
   std::size_t bytes() const { return codes.size() + scales.size() + sizeof(float); }

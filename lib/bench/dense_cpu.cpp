@@ -213,8 +213,8 @@ double cpu_read_bandwidth_gbps(std::size_t bytes, int reps, int streams) {
 ReadBandwidthProbe::ReadBandwidthProbe(std::size_t bytes, int streams)
     : n_(static_cast<int64_t>(bytes / 4)), streams_(streams) {
   if (bytes < 4) throw Error(ExitCode::kUsage, "read bandwidth: needs bytes >= 4");
-  a_.reset(new float[static_cast<std::size_t>(n_)]);
-  float* a = a_.get();
+  a_.resize(static_cast<std::size_t>(n_));
+  float* a = a_.data();
   const int64_t n = n_;
 #pragma omp parallel
   {
@@ -228,7 +228,7 @@ double ReadBandwidthProbe::measure(int reps) {
   if (reps < 1) throw Error(ExitCode::kUsage, "read bandwidth: needs reps >= 1");
   std::vector<double> secs;
   volatile float sink = 0.0f;
-  const float* a = a_.get();
+  const float* a = a_.data();
   const int64_t n = n_;
   const int streams = streams_;
   for (int i = 0; i <= reps; ++i) {  // i = 0: warm-up

@@ -12,6 +12,8 @@
 #include <cstdint>
 #include <memory>
 
+#include "lib/common/huge_pages.h"
+
 namespace mpq::bench {
 
 /// Y[b, r] = sum_j fp16(W[r, j]) * X[b, j] for b < batch, r < rows: dense fp16 weights,
@@ -67,7 +69,7 @@ class ReadBandwidthProbe {
  private:
   int64_t n_;
   int streams_;
-  std::unique_ptr<float[]> a_;
+  HugeVector<float> a_;  // huge pages, as the runtime's weight buffers (lib/common/huge_pages.h)
 };
 
 }  // namespace mpq::bench

@@ -90,9 +90,13 @@ class CpuLinear {
 /// layout), Error(kUsage) for another format.
 std::shared_ptr<const CpuLinear> make_cpu_linear(PackedTensor p);
 
-/// The runtime form of a dense F32 / F16 / BF16 matrix `t` [rows, cols], read in place:
-/// `keepalive` owns the mapping t.data points into. Throws Error(kInput) for another dtype
-/// or a tensor that is not 2-D.
-std::shared_ptr<const CpuLinear> make_dense_cpu_linear(const TensorView& t, std::shared_ptr<const void> keepalive);
+/// The runtime form of a dense F32 / F16 / BF16 matrix `t` [rows, cols] in its stored dtype.
+/// copy = false: read in place, `keepalive` owns the mapping t.data points into (a misaligned
+/// F32 matrix is still copied). copy = true: copied once into huge-page memory
+/// (lib/common/huge_pages.h), which the GEMVs read faster than a mapped file's page cache
+/// (docs/results.md section 11, "Huge pages"); keepalive is then released. Throws
+/// Error(kInput) for another dtype or a tensor that is not 2-D.
+std::shared_ptr<const CpuLinear> make_dense_cpu_linear(const TensorView& t, std::shared_ptr<const void> keepalive,
+                                                       bool copy = false);
 
 }  // namespace mpq

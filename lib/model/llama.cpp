@@ -118,12 +118,12 @@ bool has_bias(const LlamaConfig& c, int i) { return (i < 3 && c.qkv_bias) || (i 
 
 // A dense [rows, cols] tensor in place as a CpuLinear, its shape checked against the config.
 std::shared_ptr<const CpuLinear> dense_kernel(const std::shared_ptr<const TensorStore>& store, const std::string& name,
-                                              int64_t rows, int64_t cols) {
+                                              int64_t rows, int64_t cols, bool copy) {
   const TensorView& t = store->get(name);
   if (t.shape != std::vector<int64_t>{rows, cols})
     throw_input(t.file, "tensor '" + name + "': shape " + shape_str(t.shape) + " disagrees with config.json " +
                             shape_str({rows, cols}));
-  return make_dense_cpu_linear(t, store);
+  return make_dense_cpu_linear(t, store, copy);
 }
 
 // Rotate-half RoPE on every head of x [T, n_heads * d], in place.
@@ -296,8 +296,10 @@ LlamaModel LlamaModel::load(const std::string& dir, const LoadOptions& opt) {
     const std::string part = name + (fmt == "fgmp" ? ".weight_block_map" : fmt == "squeezellm" ? ".qweight" : ".weight");
     throw_input(store->get(part).file, "module '" + name + "': " + e.what());
   };
+  // The embedding is read a row per token: in place, unless it is also the (tied) head.
+  const bool copy_dense = !opt.map_dense;
   if (kernels)
-    w.embed_kernel = dense_kernel(store, "model.embed_tokens.weight", V, H);
+    w.embed_kernel = dense_kernel(store, "model.embed_tokens.weight", V, H, copy_dense && c.tie_word_embeddings);
   else
     w.embed = load_matrix(*store, "model.embed_tokens.weight", V, H);
   w.layers.resize(static_cast<std::size_t>(c.num_layers));
@@ -314,9 +316,9 @@ LlamaModel LlamaModel::load(const std::string& dir, const LoadOptions& opt) {
       lin.cols = cols;
       const std::string fmt = opt.expand_packed ? "" : detect_linear_format(*store, name);
       if (kernels && is_dense(fmt)) {
-        // Read in place from the mapped file: no copy.
+        // In its stored dtype: copied into huge pages, or in place (LoadOptions::map_dense).
         lin.format = fmt;
-        lin.kernel = dense_kernel(store, name + ".weight", rows, cols);
+        lin.kernel = dense_kernel(store, name + ".weight", rows, cols, copy_dense);
         lin.stored_bytes = store->get(name + ".weight").nbytes;
       } else if (kernels || fmt == "squeezellm" || fmt == "fgmp") {
         // Packed: the CPU runtime form (kernels) or the LUT / FGMP kernels' view; w stays empty.
@@ -350,7 +352,7 @@ LlamaModel LlamaModel::load(const std::string& dir, const LoadOptions& opt) {
     if (kernels) w.lm_head_kernel = w.embed_kernel;
   } else if (is_dense(head_fmt)) {
     if (kernels)
-      w.lm_head_kernel = dense_kernel(store, "lm_head.weight", V, H);
+      w.lm_head_kernel = dense_kernel(store, "lm_head.weight", V, H, copy_dense);
     else
       w.lm_head = load_matrix(*store, "lm_head.weight", V, H);
   } else if (kernels) {

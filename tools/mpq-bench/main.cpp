@@ -37,6 +37,9 @@ int main(int argc, char** argv) {
   app.add_option("--kernels", kernels, "--decode: fast or exact (mpq-eval --kernels)")
       ->check(CLI::IsMember({"fast", "exact"}))
       ->capture_default_str();
+  app.add_flag("--map-dense", dopt.map_dense,
+               "--decode: read dense (f32/f16/bf16) linears and LM heads in place from the mapped files instead of "
+               "copying them into huge pages at load (less anonymous memory, slower decode)");
   bool one_at_a_time = false;
   app.add_flag("--one-model-at-a-time", one_at_a_time,
                "--decode: load one model at a time and run its repetitions back to back (less memory; by "

@@ -30,7 +30,7 @@ int main(int argc, char** argv) {
   int64_t ctx = 512, max_tokens = 0;
   int threads = 0;
   double max_ppl = 0, baseline_ppl = 0, max_increase_pct = -1;
-  bool quiet = false, token_by_token = false;
+  bool quiet = false, token_by_token = false, map_dense = false;
   app.add_option("--model", model_dir, "Model folder (config.json, *.safetensors, tokenizer.model)")
       ->required();
   auto* text_opt = app.add_option("--text", text_file, "Text file: BOS + whole-file tokenization");
@@ -65,6 +65,9 @@ int main(int argc, char** argv) {
                  "weights); --base runs the same mode")
       ->check(CLI::IsMember({"fast", "exact"}))
       ->capture_default_str();
+  app.add_flag("--map-dense", map_dense,
+               "CPU: read dense (f32/f16/bf16) linears and the LM head in place from the mapped files instead of "
+               "copying them into huge pages at load (less anonymous memory, slower single-token products)");
   app.add_flag("--token-by-token", token_by_token,
                "CPU: score each window one token at a time through the KV cache (the decode path: single-token "
                "products) instead of one window product; --base stays windowed");
@@ -113,6 +116,7 @@ int main(int argc, char** argv) {
     // CUDA upload reads the default (fp32 / packed view) form.
     LoadOptions load_opt;
     load_opt.cpu_kernels = !cuda;
+    load_opt.map_dense = map_dense;
     const KernelMode kernel_mode = parse_kernel_mode(kernels_name);
     LlamaModel model = LlamaModel::load(model_dir, load_opt);
     model.set_kernel_mode(kernel_mode);
