@@ -130,10 +130,10 @@ TEST_P(CpuRuntime, StoredFormMatchesExpandedModel) {
 // A sliding window (Mistral / Qwen2 configs): single-token steps through the cache (the
 // decode attention loop) give the windowed forward's logits (the chunked attention), and the
 // window matters (the same model without it differs at the late positions).
-// LoadOptions::map_dense: dense weights read in place from the mapping or copied into huge
-// pages (the default) run the same kernels on the same bytes: identical logits, for F32 and
+// LoadOptions::copy_dense: dense weights read in place from the mapping (the default) or
+// copied into huge pages run the same kernels on the same bytes: identical logits, for F32 and
 // BF16 sources, untied and tied (the tied embedding is copied as the head), and for a packed
-// model's dense head. Every weight of the copied model lives outside the mapping.
+// model's dense head.
 TEST(CpuRuntime, MapDenseAndCopiedDenseGiveIdenticalLogits) {
   struct Case {
     const char* name;
@@ -157,7 +157,7 @@ TEST(CpuRuntime, MapDenseAndCopiedDenseGiveIdenticalLogits) {
     }
     LoadOptions copied, mapped;
     copied.cpu_kernels = mapped.cpu_kernels = true;
-    mapped.map_dense = true;
+    copied.copy_dense = true;
     LlamaModel a = LlamaModel::load(dir, copied);
     LlamaModel b = LlamaModel::load(dir, mapped);
     if (c.tied) {

@@ -297,7 +297,7 @@ LlamaModel LlamaModel::load(const std::string& dir, const LoadOptions& opt) {
     throw_input(store->get(part).file, "module '" + name + "': " + e.what());
   };
   // The embedding is read a row per token: in place, unless it is also the (tied) head.
-  const bool copy_dense = !opt.map_dense;
+  const bool copy_dense = opt.copy_dense;
   if (kernels)
     w.embed_kernel = dense_kernel(store, "model.embed_tokens.weight", V, H, copy_dense && c.tie_word_embeddings);
   else
@@ -316,7 +316,7 @@ LlamaModel LlamaModel::load(const std::string& dir, const LoadOptions& opt) {
       lin.cols = cols;
       const std::string fmt = opt.expand_packed ? "" : detect_linear_format(*store, name);
       if (kernels && is_dense(fmt)) {
-        // In its stored dtype: copied into huge pages, or in place (LoadOptions::map_dense).
+        // In its stored dtype: in place, or copied into huge pages (LoadOptions::copy_dense).
         lin.format = fmt;
         lin.kernel = dense_kernel(store, name + ".weight", rows, cols, copy_dense);
         lin.stored_bytes = store->get(name + ".weight").nbytes;

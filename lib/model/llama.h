@@ -146,17 +146,19 @@ struct LoadOptions {
   /// them packed for the LUT kernels. Needed by anything that reads Linear::w.
   bool expand_packed = false;
   /// Keep every linear, the embedding and the LM head in their stored form and run them
-  /// through the CPU kernels (lib/model/cpu_linear.h): dense F32/F16/BF16 linears and LM
-  /// head copied once into huge-page memory in their stored dtype (see map_dense; the
-  /// embedding is read in place unless tied to the head), nvfp4 and squeezellm repacked for
-  /// their int8 kernels, fp8, fgmp and int kept as stored (in huge pages). No fp32 copy of
-  /// the model is made, so Linear::w, LlamaWeights::embed and lm_head stay empty (gradients,
-  /// to_params() and the CUDA upload need the default form). Ignored with expand_packed.
+  /// through the CPU kernels (lib/model/cpu_linear.h): dense F32/F16/BF16 tensors read in
+  /// place from the mapped files (see copy_dense), nvfp4 and squeezellm repacked for their
+  /// int8 kernels, fp8, fgmp and int kept as stored, all of these in huge-page memory
+  /// (lib/common/huge_pages.h). No fp32 copy of the model is made, so Linear::w,
+  /// LlamaWeights::embed and lm_head stay empty (gradients, to_params() and the CUDA upload
+  /// need the default form). Ignored with expand_packed.
   bool cpu_kernels = false;
-  /// With cpu_kernels: read dense linears and the LM head in place from the mapped files
-  /// instead of copying them (RssAnon lower by their bytes; decode slower: the page cache
-  /// maps mostly 4 KiB pages, read 20-30 % slower; docs/results.md section 11).
-  bool map_dense = false;
+  /// With cpu_kernels: copy dense linears and a dense LM head (stored dtype) into huge-page
+  /// memory at load instead of reading them from the mapping, whose page cache maps mostly
+  /// 4 KiB pages: single-token GEMVs read them 20-30 % faster, at the cost of RssAnon equal
+  /// to their bytes (docs/results.md section 11, "Huge pages"). The embedding stays mapped
+  /// unless it is also the (tied) head. Worth it for decode, not for window products.
+  bool copy_dense = false;
 };
 
 /// Keys and values of every layer for one sequence, positions [0, length()), fp32

@@ -66,8 +66,8 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"fast", "exact"}))
       ->capture_default_str();
   app.add_flag("--map-dense", map_dense,
-               "CPU: read dense (f32/f16/bf16) linears and the LM head in place from the mapped files instead of "
-               "copying them into huge pages at load (less anonymous memory, slower single-token products)");
+               "CPU, --token-by-token: read dense (f32/f16/bf16) linears and the LM head in place from the mapped "
+               "files instead of copying them into huge pages at load (less anonymous memory, slower)");
   app.add_flag("--token-by-token", token_by_token,
                "CPU: score each window one token at a time through the KV cache (the decode path: single-token "
                "products) instead of one window product; --base stays windowed");
@@ -116,7 +116,7 @@ int main(int argc, char** argv) {
     // CUDA upload reads the default (fp32 / packed view) form.
     LoadOptions load_opt;
     load_opt.cpu_kernels = !cuda;
-    load_opt.map_dense = map_dense;
+    load_opt.copy_dense = token_by_token && !map_dense;  // single-token products: huge pages pay
     const KernelMode kernel_mode = parse_kernel_mode(kernels_name);
     LlamaModel model = LlamaModel::load(model_dir, load_opt);
     model.set_kernel_mode(kernel_mode);
