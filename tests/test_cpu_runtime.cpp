@@ -127,9 +127,6 @@ TEST_P(CpuRuntime, StoredFormMatchesExpandedModel) {
   EXPECT_LE((last - whole.row(47)).cwiseAbs().maxCoeff(), 1e-5f * max_abs(whole));
 }
 
-// A sliding window (Mistral / Qwen2 configs): single-token steps through the cache (the
-// decode attention loop) give the windowed forward's logits (the chunked attention), and the
-// window matters (the same model without it differs at the late positions).
 // LoadOptions::copy_dense: dense weights read in place from the mapping (the default) or
 // copied into huge pages run the same kernels on the same bytes: identical logits, for F32 and
 // BF16 sources, untied and tied (the tied embedding is copied as the head), and for a packed
@@ -176,6 +173,9 @@ TEST(CpuRuntime, MapDenseAndCopiedDenseGiveIdenticalLogits) {
   }
 }
 
+// A sliding window (Mistral / Qwen2 configs): single-token steps through the cache (the
+// decode attention loop) give the windowed forward's logits (the chunked attention), and the
+// window matters (the same model without it differs at the late positions).
 TEST(CpuRuntimeDecode, SlidingWindowStepsMatchWindowedForward) {
   const std::string dir = test::scratch_dir("cpurt-sliding");
   test::TinyLlamaSpec spec;

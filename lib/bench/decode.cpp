@@ -63,7 +63,7 @@ DecodeReport run_decode_bench(const DecodeOptions& opt) {
            " GB/s");
   LoadOptions lo;
   lo.cpu_kernels = true;
-  lo.copy_dense = !opt.map_dense;
+  lo.copy_dense = opt.copy_dense;
   const auto t_start = std::chrono::steady_clock::now();
   const std::size_t M = opt.models.size();
   // One model's state: loaded (all at once when interleaved), described, warmed up.

@@ -52,7 +52,7 @@ struct DecodeOptions {
   bool interleave = true;
   uint64_t seed = 1;
   KernelMode mode = KernelMode::kFast;
-  bool map_dense = false;  ///< true: LoadOptions::copy_dense off (on by default here: decode)
+  bool copy_dense = true;  ///< LoadOptions::copy_dense (decode: on unless mpq-bench --map-dense)
   std::size_t bandwidth_bytes = std::size_t{1} << 30;
   std::function<void(const std::string&)> progress;  ///< one line per step (stderr), or null
 };

@@ -43,16 +43,17 @@ float part_scalar(const PackedTensor& p, const std::string& suffix) {
   return v;
 }
 
-// Moves part `suffix` of p into huge-page memory (lib/common/huge_pages.h: the kernels read
-// 4 KiB-paged buffers 15-35 % slower) and frees its vector; returns the new bytes' address.
-const uint8_t* rehome_part(PackedTensor& p, const std::string& suffix, std::vector<HugeVector<uint8_t>>* store) {
+// Part `suffix` of p moved into huge-page memory (lib/common/huge_pages.h: the kernels read
+// 4 KiB-paged buffers 15-35 % slower); its vector in p is freed. Throws naming a missing part.
+HugeVector<uint8_t> take_part_huge(PackedTensor& p, const std::string& suffix) {
   for (PackedPart& part : p.parts)
     if (part.suffix == suffix) {
-      store->emplace_back(part.bytes.begin(), part.bytes.end());
+      HugeVector<uint8_t> out(part.bytes.begin(), part.bytes.end());
       std::vector<uint8_t>().swap(part.bytes);
-      return store->back().data();
+      return out;
     }
-  return p.part(suffix).bytes.data();  // throws naming the missing part
+  p.part(suffix);  // throws naming the missing part
+  return {};
 }
 
 // ---------------------------------------------------------------- formats -------------
@@ -148,8 +149,10 @@ class FgmpLinear final : public CpuLinear {
   explicit FgmpLinear(PackedTensor p) : CpuLinear("fgmp", p.rows, p.cols), p_(std::move(p)) {
     v_ = fgmp_weight_view(p_);
     bytes_ = p_.bytes();
-    v_.fp4 = rehome_part(p_, "weight_fp4", &huge_);
-    v_.fp8 = rehome_part(p_, "weight_fp8", &huge_);
+    fp4_ = take_part_huge(p_, "weight_fp4");
+    fp8_ = take_part_huge(p_, "weight_fp8");
+    v_.fp4 = fp4_.data();
+    v_.fp8 = fp8_.data();
     fgmp_check_layout(v_, "fgmp tensor [" + std::to_string(p_.rows) + " x " + std::to_string(p_.cols) + "]");
   }
   std::size_t weight_bytes() const override { return bytes_; }
@@ -181,8 +184,8 @@ class FgmpLinear final : public CpuLinear {
 
  private:
   PackedTensor p_;
-  std::vector<HugeVector<uint8_t>> huge_;  // the code parts, moved out of p_
-  std::size_t bytes_ = 0;                  // all parts, as stored
+  HugeVector<uint8_t> fp4_, fp8_;  // the code parts, moved out of p_
+  std::size_t bytes_ = 0;          // all parts, as stored
   FgmpWeightView v_;
 };
 
@@ -192,7 +195,8 @@ class IntLinear final : public CpuLinear {
  public:
   explicit IntLinear(PackedTensor p) : CpuLinear("int", p.rows, p.cols), p_(std::move(p)) {
     v_ = int_weight_view(p_);  // throws Error(kInput) for a malformed tensor
-    v_.qweight = rehome_part(p_, "qweight", &huge_);
+    qweight_ = take_part_huge(p_, "qweight");
+    v_.qweight = qweight_.data();
     const int bits = v_.bits;
     const std::string what = "int tensor [" + std::to_string(p_.rows) + " x " + std::to_string(p_.cols) + "]";
     for (int64_t i = 0; i < v_.rows * v_.groups; ++i) {  // the decoder's checks, without decoding
@@ -221,7 +225,7 @@ class IntLinear final : public CpuLinear {
 
  private:
   PackedTensor p_;
-  std::vector<HugeVector<uint8_t>> huge_;  // qweight, moved out of p_
+  HugeVector<uint8_t> qweight_;  // moved out of p_
   IntWeightView v_;
 };
 
@@ -353,13 +357,7 @@ std::shared_ptr<const CpuLinear> make_fp8_linear(PackedTensor p) {
   v.rows = p.rows;
   v.cols = p.cols;
   v.scale = part_scalar(p, "weight_scale");
-  p.part("weight");  // throws when absent
-  HugeVector<uint8_t> bytes;
-  for (PackedPart& part : p.parts)
-    if (part.suffix == "weight") {
-      bytes.assign(part.bytes.begin(), part.bytes.end());
-      std::vector<uint8_t>().swap(part.bytes);
-    }
+  HugeVector<uint8_t> bytes = take_part_huge(p, "weight");
   v.data = bytes.data();
   dense_check(v, "fp8 tensor [" + std::to_string(p.rows) + " x " + std::to_string(p.cols) + "]");
   return std::make_shared<const DenseLinear>("fp8", v, std::move(bytes), nullptr);

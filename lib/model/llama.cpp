@@ -297,9 +297,8 @@ LlamaModel LlamaModel::load(const std::string& dir, const LoadOptions& opt) {
     throw_input(store->get(part).file, "module '" + name + "': " + e.what());
   };
   // The embedding is read a row per token: in place, unless it is also the (tied) head.
-  const bool copy_dense = opt.copy_dense;
   if (kernels)
-    w.embed_kernel = dense_kernel(store, "model.embed_tokens.weight", V, H, copy_dense && c.tie_word_embeddings);
+    w.embed_kernel = dense_kernel(store, "model.embed_tokens.weight", V, H, opt.copy_dense && c.tie_word_embeddings);
   else
     w.embed = load_matrix(*store, "model.embed_tokens.weight", V, H);
   w.layers.resize(static_cast<std::size_t>(c.num_layers));
@@ -318,7 +317,7 @@ LlamaModel LlamaModel::load(const std::string& dir, const LoadOptions& opt) {
       if (kernels && is_dense(fmt)) {
         // In its stored dtype: in place, or copied into huge pages (LoadOptions::copy_dense).
         lin.format = fmt;
-        lin.kernel = dense_kernel(store, name + ".weight", rows, cols, copy_dense);
+        lin.kernel = dense_kernel(store, name + ".weight", rows, cols, opt.copy_dense);
         lin.stored_bytes = store->get(name + ".weight").nbytes;
       } else if (kernels || fmt == "squeezellm" || fmt == "fgmp") {
         // Packed: the CPU runtime form (kernels) or the LUT / FGMP kernels' view; w stays empty.
@@ -352,7 +351,7 @@ LlamaModel LlamaModel::load(const std::string& dir, const LoadOptions& opt) {
     if (kernels) w.lm_head_kernel = w.embed_kernel;
   } else if (is_dense(head_fmt)) {
     if (kernels)
-      w.lm_head_kernel = dense_kernel(store, "lm_head.weight", V, H, copy_dense);
+      w.lm_head_kernel = dense_kernel(store, "lm_head.weight", V, H, opt.copy_dense);
     else
       w.lm_head = load_matrix(*store, "lm_head.weight", V, H);
   } else if (kernels) {

@@ -37,7 +37,8 @@ int main(int argc, char** argv) {
   app.add_option("--kernels", kernels, "--decode: fast or exact (mpq-eval --kernels)")
       ->check(CLI::IsMember({"fast", "exact"}))
       ->capture_default_str();
-  app.add_flag("--map-dense", dopt.map_dense,
+  bool map_dense = false;
+  app.add_flag("--map-dense", map_dense,
                "--decode: read dense (f32/f16/bf16) linears and LM heads in place from the mapped files instead of "
                "copying them into huge pages at load (less anonymous memory, slower decode)");
   bool one_at_a_time = false;
@@ -93,6 +94,7 @@ int main(int argc, char** argv) {
       dopt.interleave = !one_at_a_time;  // --reps default is the layer benchmark's
       dopt.bandwidth_bytes <<= 20;
       dopt.mode = parse_kernel_mode(kernels);
+      dopt.copy_dense = !map_dense;
       if (!quiet) dopt.progress = print_progress;
       const bench::DecodeReport rep = bench::run_decode_bench(dopt);
       std::fputs(bench::decode_table(rep).c_str(), stdout);
