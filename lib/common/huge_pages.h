@@ -1,10 +1,11 @@
 // Weight buffers backed by transparent huge pages (2 MiB).
 //
 // A decode step streams every weight of the model once, and on a few cores the read rate
-// depends on the page size: with 4 KiB pages the hardware prefetchers stop at each page
-// boundary and every 4 KiB costs a TLB miss. Measured on this project's 2-vCPU machine
-// (docs/results.md section 11, "Huge pages"): a 2-thread sum over 2 GiB reads 24 GB/s from
-// 4 KiB pages and 28-33 GB/s from 2 MiB pages; the packed GEMV kernels gain 15-35 %.
+// depends on the page size (likely because with 4 KiB pages the prefetchers stop at each page
+// boundary and every 4 KiB costs a TLB miss). Measured on this project's 2-vCPU machine
+// (docs/results.md section 11, "Huge pages"): two threads reading one stream each
+// (BM_ReadBandwidth/streams:1) got 21.1 GB/s from 4 KiB pages and 25.8 GB/s from 2 MiB pages;
+// the streaming GEMV kernels gain 10-30 %.
 // Linux's default THP mode ("madvise") gives huge pages only to ranges that ask for them,
 // before their first touch, which the standard allocator never does. HugePageAllocator does:
 // an allocation of at least kHugePageBytes is its own mmap, aligned to 2 MiB, with

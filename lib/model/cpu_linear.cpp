@@ -44,7 +44,7 @@ float part_scalar(const PackedTensor& p, const std::string& suffix) {
 }
 
 // Part `suffix` of p moved into huge-page memory (lib/common/huge_pages.h: the kernels read
-// 4 KiB-paged buffers 15-35 % slower); its vector in p is freed. Throws naming a missing part.
+// 4 KiB-paged buffers up to 10-30 % slower); its vector in p is freed. Throws naming a missing part.
 HugeVector<uint8_t> take_part_huge(PackedTensor& p, const std::string& suffix) {
   for (PackedPart& part : p.parts)
     if (part.suffix == suffix) {
