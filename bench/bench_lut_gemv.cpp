@@ -6,7 +6,9 @@
 // tokens the dense fp32 GEMM Y = X W^T (Eigen, OpenBLAS when built with it). Counter
 // weight_gbps = weight bytes read per second (packed bytes, LUTs and CSR for the LUT
 // kernel). Every GEMV benchmark rotates over several copies of its weights (>= ~512 MB in
-// all, at most 16 copies) so each iteration reads from DRAM, not from the last-level cache.
+// all, at most 16 copies) so each iteration reads from DRAM, not from the last-level cache;
+// MPQ_BENCH_HOT=1 keeps one copy, so the rows:128 cases (at most 1 MB) run from L2 and
+// measure what the kernel computes per second when memory is not the limit.
 // Bandwidth references measured in the same run, all OpenMP threads, 1 GiB working sets:
 // BM_ReadBandwidth (explicit 8-accumulator vector sum, each thread its slice as 1 or 8
 // concurrent streams) and
@@ -22,9 +24,11 @@
 
 #include <Eigen/Dense>
 #include <cstdint>
+#include <cstdlib>  // getenv (MPQ_BENCH_HOT)
 #include <cstring>
 #include <memory>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "kernels/cpu/dense_gemv.h"
@@ -42,6 +46,7 @@ constexpr int64_t kRotateBytes = int64_t{512} << 20;
 constexpr double kSparsePct = 0.45;  // SqueezeLLM's default outlier share
 
 int copies_for(int64_t bytes) {
+  if (const char* hot = std::getenv("MPQ_BENCH_HOT"); hot && std::string(hot) == "1") return 1;
   const int64_t n = (kRotateBytes + bytes - 1) / bytes;
   return static_cast<int>(n < 2 ? 2 : (n > 16 ? 16 : n));
 }
@@ -155,7 +160,7 @@ void BM_LutQ8Gemv(benchmark::State& state) {
 }
 BENCHMARK(BM_LutQ8Gemv)
     ->ArgNames({"bits", "rows"})
-    ->ArgsProduct({{3, 4}, {4096, 11008}})
+    ->ArgsProduct({{3, 4}, {128, 4096, 11008}})
     ->Unit(benchmark::kMicrosecond)
     ->UseRealTime();
 
@@ -312,7 +317,7 @@ void BM_StoredGemv(benchmark::State& state) {
 }
 BENCHMARK(BM_StoredGemv)
     ->ArgNames({"kind", "rows"})
-    ->ArgsProduct({{0, 1, 2}, {4096, 11008}})
+    ->ArgsProduct({{0, 1, 2}, {128, 4096, 11008}})
     ->Unit(benchmark::kMicrosecond)
     ->UseRealTime();
 
@@ -329,7 +334,7 @@ void BM_Nvfp4Gemv(benchmark::State& state) {
   run_rotated_gemv(state, first, static_cast<int64_t>(first.bytes()), rows, cols, 1,
                    [](const mpq::Nvfp4Packed& l, const float* x, float* y) { mpq::nvfp4_gemv(l, x, y); });
 }
-BENCHMARK(BM_Nvfp4Gemv)->ArgName("rows")->Arg(4096)->Arg(11008)->Unit(benchmark::kMicrosecond)->UseRealTime();
+BENCHMARK(BM_Nvfp4Gemv)->ArgName("rows")->Arg(128)->Arg(4096)->Arg(11008)->Unit(benchmark::kMicrosecond)->UseRealTime();
 
 // One random int<b>-g<G> layer (kernels/cpu/int_gemv.h layout: LSB-first row bitstreams,
 // fp16 scales, U8 zeros), owning its bytes.
@@ -381,7 +386,7 @@ void BM_IntGemv(benchmark::State& state) {
 }
 BENCHMARK(BM_IntGemv)
     ->ArgNames({"kind", "bits", "rows"})
-    ->ArgsProduct({{0, 1}, {4, 8}, {4096, 11008}})
+    ->ArgsProduct({{0, 1}, {4, 8}, {128, 4096, 11008}})
     ->Unit(benchmark::kMicrosecond)
     ->UseRealTime();
 
@@ -440,7 +445,7 @@ void BM_FgmpGemv(benchmark::State& state) {
                    [](const FgmpLayer& l, const float* x, float* y) { mpq::fgmp_gemv(l.view(), x, y); });
   state.SetLabel(mpq::fgmp_cpu_has_avx512() ? "avx512" : (mpq::fgmp_cpu_has_avx2() ? "avx2" : "scalar"));
 }
-BENCHMARK(BM_FgmpGemv)->ArgName("rows")->Arg(4096)->Arg(11008)->Unit(benchmark::kMicrosecond)->UseRealTime();
+BENCHMARK(BM_FgmpGemv)->ArgName("rows")->Arg(128)->Arg(4096)->Arg(11008)->Unit(benchmark::kMicrosecond)->UseRealTime();
 
 // Args: rows (cols = 4096, T = 512): fgmp_gemm, as mpq-eval runs a window.
 void BM_FgmpGemm(benchmark::State& state) {

@@ -207,6 +207,7 @@ MPQ_TARGET_AVX512 void rows_q8_avx512(const IntWeightView& v, const IntQ8Act& a,
   const int64_t full = v.row_bytes / (8 * B);
   const __mmask64 tail = (__mmask64{1} << (v.row_bytes - full * 8 * B)) - 1;
   const int64_t gpb = kSplit ? kIntActBlock / G : 1;
+  constexpr int64_t kPrefetchEvery = B >= 8 ? 1 : 64 / (8 * B);
   __m512 acc[NR];
 #pragma GCC unroll 4
   for (int k = 0; k < NR; ++k) acc[k] = _mm512_setzero_ps();
@@ -215,6 +216,12 @@ MPQ_TARGET_AVX512 void rows_q8_avx512(const IntWeightView& v, const IntQ8Act& a,
     const __m512i xq = _mm512_loadu_si512(a.q + b * kIntActBlock);
 #pragma GCC unroll 4
     for (int k = 0; k < NR; ++k) {
+      // The same bytes of the next NR rows into L2 (simd.h prefetch_l2): the hardware
+      // prefetchers alone, or a prefetch 1-2 KiB ahead in the same row, left int4-g128 at
+      // 11-15 GB/s from DRAM (11008 x 4096, 2 threads), this 23-25 (docs/results.md §11).
+      // One prefetch per cache line: a block advances a row by 8B bytes (B = 3: every
+      // other block, 48 bytes apart, still touches every line).
+      if (b % kPrefetchEvery == 0) prefetch_l2(p[k] + NR * v.row_bytes + b * 8 * B);
       const __m512i codes = unpack_block<B>(p[k] + b * 8 * B, m, perm, ctrl);
       const __m512 d = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), codes, xq));
       __m512 ls;

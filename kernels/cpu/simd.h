@@ -22,3 +22,15 @@
 /// CpuIsa::kAmx: the above + AMX-TILE + AMX-BF16.
 #define MPQ_TARGET_AMX \
   __attribute__((target("avx512f,avx512bw,avx512vl,avx512vbmi,avx512vnni,avx512bf16,amx-tile,amx-bf16,avx2,fma,f16c")))
+
+namespace mpq {
+
+/// Software prefetch of the cache line at p into L2 only (prefetcht1), for GEMV kernels that
+/// stream their packed weights once from DRAM and read several rows side by side (int_gemv:
+/// the same bytes of the next rows). Never faults, so p may point past the buffer. Measured on
+/// this project's 2-vCPU Xeon, 11008 x 4096 int4-g128, 2 threads: prefetcht1 and prefetcht0
+/// there ran alike (docs/results.md section 11); for the dense bf16 GEMV prefetcht1 was
+/// slower than its prefetcht0 1 KiB ahead, so the kernels that have one keep it.
+inline void prefetch_l2(const void* p) { _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T1); }
+
+}  // namespace mpq
