@@ -447,6 +447,23 @@ void BM_FgmpGemv(benchmark::State& state) {
 }
 BENCHMARK(BM_FgmpGemv)->ArgName("rows")->Arg(128)->Arg(4096)->Arg(11008)->Unit(benchmark::kMicrosecond)->UseRealTime();
 
+// Args: rows (cols = 4096): fgmp_gemv_q8, the single-token fast path (NVFP4 blocks repacked,
+// on int8 activations; FP8 blocks in fp32), same layers. weight_gbps counts the stored bytes
+// (the format's cost); the product reads the repack's 0.5625 bytes per weight plus the FP8
+// part instead of the NVFP4 stream.
+struct FgmpQ8Layer {
+  FgmpLayer f;
+  mpq::Nvfp4Packed p;
+};
+void BM_FgmpQ8Gemv(benchmark::State& state) {
+  const int64_t rows = state.range(0), cols = 4096;
+  FgmpQ8Layer first{make_fgmp_layer(rows, cols, 0.30), {}};
+  first.p = mpq::fgmp_repack_fp4(first.f.view());
+  run_rotated_gemv(state, first, first.f.bytes(), rows, cols, 1,
+                   [](const FgmpQ8Layer& l, const float* x, float* y) { mpq::fgmp_gemv_q8(l.f.view(), l.p, x, y); });
+}
+BENCHMARK(BM_FgmpQ8Gemv)->ArgName("rows")->Arg(128)->Arg(4096)->Arg(11008)->Unit(benchmark::kMicrosecond)->UseRealTime();
+
 // Args: rows (cols = 4096, T = 512): fgmp_gemm, as mpq-eval runs a window.
 void BM_FgmpGemm(benchmark::State& state) {
   const int64_t rows = state.range(0), cols = 4096;

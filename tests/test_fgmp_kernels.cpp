@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "kernels/cpu/fgmp_gemv.h"
+#include "kernels/cpu/nvfp4_gemv.h"
 #include "kernels/cpu/lut_gemv.h"
 #include "lib/common/error.h"
 #include "lib/numeric/codecs.h"
@@ -415,6 +416,83 @@ TEST(FgmpKernels, CheckLayoutRejectsBrokenLayouts) {
   t = good;
   t.s2 = INFINITY;
   expect_input_error(t, "fp4_scale_2");
+}
+
+// ---- the single-token path on int8 activations (fgmp_gemv_q8) -------------------------
+
+// The shapes of check_path_on_shapes and one above the OpenMP thresholds.
+template <typename F>
+void for_q8_shapes(F f) {
+  uint64_t seed = 5000;
+  for (int64_t rows : kRows)
+    for (int64_t cols : kCols)
+      for (double frac8 : kFrac8) {
+        seed += 2;
+        f(make_random(rows, cols, frac8, seed), seed + 1);
+      }
+  f(make_random(300, 1031, 0.3, 78), 79);
+}
+
+TEST(FgmpKernels, RepackFp4HoldsTheNvfp4BlocksAndZerosForFp8) {
+  for_q8_shapes([](const RandomFgmp& t, uint64_t) {
+    const Nvfp4Packed p = fgmp_repack_fp4(t.view());
+    std::vector<float> out(static_cast<std::size_t>(t.rows * t.cols), -1.0f);
+    nvfp4_decode_rows(p, 0, t.rows, out.data(), t.cols);
+    for (int64_t r = 0; r < t.rows; ++r)
+      for (int64_t c = 0; c < t.cols; ++c) {
+        const int64_t b = r * t.nb + c / 16;
+        // The NVFP4 decoder's order: (e2m1 * e4m3(scale)) * scale_2 in fp32.
+        const float want = t.is_fp8[b] ? 0.0f
+                                       : e2m1_to_fp32(t.code[r * t.nb * 16 + c]) * e4m3_to_fp32(t.scale[b]) * t.s2;
+        ASSERT_EQ(out[r * t.cols + c], want) << label(t.rows, t.cols, 0, 1) << " (" << r << ", " << c << ")";
+      }
+  });
+}
+
+TEST(FgmpKernels, Fp8GemvAddSumsTheFp8BlocksOnly) {
+  for_q8_shapes([](const RandomFgmp& t, uint64_t seed) {
+    const std::vector<float> x = random_x(t.cols, seed);
+    std::vector<double> want(static_cast<std::size_t>(t.rows), 0.0), l1(want.size(), 0.0);
+    for (int64_t r = 0; r < t.rows; ++r)
+      for (int64_t c = 0; c < t.cols; ++c)
+        if (t.is_fp8[r * t.nb + c / 16]) {
+          const double p = t.weight(r, c) * x[c];
+          want[r] += p;
+          l1[r] += std::fabs(p);
+        }
+    std::vector<float> y(want.size(), 0.0f);
+    fgmp_fp8_gemv_add(t.view(), x.data(), y.data());
+    expect_close(y, want, l1, "fp8_gemv_add " + label(t.rows, t.cols, 0, 1));
+    fgmp_fp8_gemv_add(t.view(), x.data(), y.data());  // adds to what y holds
+    for (std::size_t r = 0; r < want.size(); ++r) want[r] *= 2, l1[r] *= 2;
+    expect_close(y, want, l1, "fp8_gemv_add twice " + label(t.rows, t.cols, 0, 1));
+  });
+}
+
+TEST(FgmpKernels, Q8GemvWithinActivationRounding) {
+  for_q8_shapes([](const RandomFgmp& t, uint64_t seed) {
+    const std::vector<float> x = random_x(t.cols, seed);
+    std::vector<double> exact, l1;
+    dense_product(t, x, 1, &exact, &l1);
+    const Nvfp4Packed p = fgmp_repack_fp4(t.view());
+    std::vector<float> y(static_cast<std::size_t>(t.rows), -1.0f);
+    fgmp_gemv_q8(t.view(), p, x.data(), y.data());
+    // Bound: fp32 rounding, plus |w| * scale_b / 2 for every NVFP4 weight (act_int8.h: the
+    // activation error of a 16-column block is at most max|x| / 127 / 2).
+    std::vector<double> half_step(static_cast<std::size_t>(t.nb), 0.0);
+    for (int64_t c = 0; c < t.cols; ++c)
+      half_step[c / 16] = std::max(half_step[c / 16], std::fabs(static_cast<double>(x[c])) / 127.0 / 2.0);
+    for (int64_t r = 0; r < t.rows; ++r) {
+      double bound = 1e-5 * l1[r] + 1e-6;
+      for (int64_t c = 0; c < t.cols; ++c)
+        if (!t.is_fp8[r * t.nb + c / 16]) bound += std::fabs(t.weight(r, c)) * half_step[c / 16] * 1.001;
+      ASSERT_NEAR(y[r], exact[r], bound) << label(t.rows, t.cols, 0, 1) << " row " << r;
+    }
+    // The FP8-only tensors take no activation rounding at all.
+    bool all8 = true;
+    for (uint8_t k : t.is_fp8) all8 = all8 && k;
+    if (all8) expect_close(y, exact, l1, "q8 all-fp8 " + label(t.rows, t.cols, 1, 1));
+  });
 }
 
 }  // namespace

@@ -50,6 +50,8 @@
 #include <cstdint>
 #include <string>
 
+#include "kernels/cpu/nvfp4_gemv.h"  // Nvfp4Packed (the single-token path's NVFP4 part)
+
 namespace mpq {
 
 /// FGMP block size (elements along cols), as in NVFP4.
@@ -86,6 +88,28 @@ void fgmp_gemv(const FgmpWeightView& w, const float* x, float* y);
 
 /// Fast window product (same contract as fgmp_gemm_reference).
 void fgmp_gemm(const FgmpWeightView& w, const float* X, int64_t T, float* Y);
+
+/// The single-token fast path's NVFP4 part: every block of w in the NVFP4 GEMV's 16-row
+/// layout (kernels/cpu/nvfp4_gemv.h, nvfp4_repack), an NVFP4 block with its codes and block
+/// scale, an FP8 block as 16 E2M1 zeros with block scale 0 (value 0); scale_2 = fp4_scale_2.
+/// 0.5625 bytes per weight, held next to the checkpoint's parts: for 30 % FP8 blocks the
+/// product reads 0.5625 + 0.3 instead of 0.69 bytes per weight, but at the NVFP4 kernel's
+/// int8 VNNI rate instead of the fp32 loop's (docs/results.md section 11, "FGMP on int8
+/// activations"). Throws Error(kInput) from nvfp4_repack for an E4M3 NaN block scale
+/// (fgmp_check_layout rejects those first), Error(kUsage) for a negative shape.
+Nvfp4Packed fgmp_repack_fp4(const FgmpWeightView& w);
+
+/// y[r] += fp8_scale * sum over row r's FP8 blocks of e4m3(code) * x (fp32 FMA, the FP8 half
+/// of fgmp_gemv's loop; blocks walked through the map bits). x: [cols] floats, y: [rows]
+/// floats. AVX-512F path when the CPU has it (capped by MPQ_CPU_ISA), else scalar. OpenMP
+/// over rows for large layers.
+void fgmp_fp8_gemv_add(const FgmpWeightView& w, const float* x, float* y);
+
+/// The single-token fast product on int8 activations: y = nvfp4_gemv(fp4, x) (the NVFP4
+/// blocks; activations quantized to int8 per 16 columns, kernels/cpu/act_int8.h) followed by
+/// fgmp_fp8_gemv_add(w, x, y). fp4 must be fgmp_repack_fp4(w). Agrees with
+/// fgmp_gemv_reference within the activation rounding of the NVFP4 blocks (tests).
+void fgmp_gemv_q8(const FgmpWeightView& w, const Nvfp4Packed& fp4, const float* x, float* y);
 
 /// Checks what the kernels trust, once per tensor at load time: shape >= 0; block_map and
 /// fp8_row_offset present; fp8_row_offset[0] = 0 and fp8_row_offset[r + 1] -

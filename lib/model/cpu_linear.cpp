@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <mutex>  // std::call_once (FgmpLinear)
 #include <vector>
 
 #include "kernels/cpu/cpu_features.h"
@@ -146,7 +147,9 @@ class DenseLinear final : public CpuLinear {
 
 class FgmpLinear final : public CpuLinear {
  public:
-  explicit FgmpLinear(PackedTensor p) : CpuLinear("fgmp", p.rows, p.cols), p_(std::move(p)) {
+  // decode_layout: build the single-token path's NVFP4 repack now (else at the first
+  // gemv_fast call), see make_cpu_linear.
+  FgmpLinear(PackedTensor p, bool decode_layout) : CpuLinear("fgmp", p.rows, p.cols), p_(std::move(p)) {
     v_ = fgmp_weight_view(p_);
     bytes_ = p_.bytes();
     fp4_ = take_part_huge(p_, "weight_fp4");
@@ -154,7 +157,10 @@ class FgmpLinear final : public CpuLinear {
     v_.fp4 = fp4_.data();
     v_.fp8 = fp8_.data();
     fgmp_check_layout(v_, "fgmp tensor [" + std::to_string(p_.rows) + " x " + std::to_string(p_.cols) + "]");
+    if (decode_layout) q8_part();
   }
+  // The stored bytes (the format's cost), not the 0.5625 + FP8 bytes per weight the
+  // single-token path reads: its fraction of the bandwidth bound is against the format.
   std::size_t weight_bytes() const override { return bytes_; }
   void decode_rows(int64_t r0, int64_t n, float* out, int64_t ld) const override {
     MPQ_ASSERT(r0 >= 0 && n >= 0 && r0 + n <= rows() && ld >= cols());
@@ -177,13 +183,21 @@ class FgmpLinear final : public CpuLinear {
   }
 
  protected:
-  void gemv_fast(const float* x, float* y) const override { fgmp_gemv(v_, x, y); }
+  // NVFP4 blocks on int8 activations, FP8 blocks in fp32 (fgmp_gemv_q8).
+  void gemv_fast(const float* x, float* y) const override { fgmp_gemv_q8(v_, q8_part(), x, y); }
   void gemv_exact(const float* x, float* y) const override { fgmp_gemv(v_, x, y); }
   void matmul_exact(const float* X, int64_t T, float* Y) const override { fgmp_gemm(v_, X, T, Y); }
-  std::string gemv_fast_name() const override { return "fp32"; }
+  std::string gemv_fast_name() const override { return "int8-nvfp4"; }
 
  private:
+  const Nvfp4Packed& q8_part() const {
+    std::call_once(q8_once_, [this] { q8_ = fgmp_repack_fp4(v_); });
+    return q8_;
+  }
+
   PackedTensor p_;
+  mutable std::once_flag q8_once_;
+  mutable Nvfp4Packed q8_;  // fgmp_repack_fp4(v_), built once (q8_part)
   HugeVector<uint8_t> fp4_, fp8_;  // the code parts, moved out of p_
   std::size_t bytes_ = 0;          // all parts, as stored
   FgmpWeightView v_;
@@ -365,7 +379,7 @@ std::shared_ptr<const CpuLinear> make_fp8_linear(PackedTensor p) {
 
 }  // namespace
 
-std::shared_ptr<const CpuLinear> make_cpu_linear(PackedTensor p) {
+std::shared_ptr<const CpuLinear> make_cpu_linear(PackedTensor p, bool decode_layout) {
   // Dispatch on the format table's layout family (lib/quant/quantizer.h): one case per
   // on-disk layout; a format sharing a layout (uniform = squeezellm's) shares its kernels.
   const FormatInfo* info = find_format(p.format);
@@ -373,7 +387,7 @@ std::shared_ptr<const CpuLinear> make_cpu_linear(PackedTensor p) {
   switch (info->layout) {
     case FormatId::kNvfp4: return std::make_shared<const Nvfp4Linear>(p);
     case FormatId::kSqueezeLLM: return std::make_shared<const LutLinear>(p);
-    case FormatId::kFgmp: return std::make_shared<const FgmpLinear>(std::move(p));
+    case FormatId::kFgmp: return std::make_shared<const FgmpLinear>(std::move(p), decode_layout);
     case FormatId::kFp8: return make_fp8_linear(std::move(p));
     case FormatId::kInt: return std::make_shared<const IntLinear>(std::move(p));
   }

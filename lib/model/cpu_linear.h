@@ -87,8 +87,11 @@ class CpuLinear {
 /// "squeezellm" are repacked for their int8 kernels, "fp8" and "fgmp" kept as stored. Takes
 /// ownership of p's bytes (or repacks and frees them). Throws Error(kInput) for contents
 /// the kernels reject (E4M3 NaN codes, non-finite scales or table entries, a bad FGMP
-/// layout), Error(kUsage) for another format.
-std::shared_ptr<const CpuLinear> make_cpu_linear(PackedTensor p);
+/// layout), Error(kUsage) for another format. decode_layout: build now what only the
+/// single-token path reads (fgmp: its NVFP4 repack, fgmp_repack_fp4, 0.5625 bytes per weight
+/// more), as LoadOptions::copy_dense does for decode; otherwise it is built at the first
+/// single-token product.
+std::shared_ptr<const CpuLinear> make_cpu_linear(PackedTensor p, bool decode_layout = false);
 
 /// The runtime form of a dense F32 / F16 / BF16 matrix `t` [rows, cols] in its stored dtype.
 /// copy = false: read in place, `keepalive` owns the mapping t.data points into (a misaligned

@@ -326,7 +326,7 @@ LlamaModel LlamaModel::load(const std::string& dir, const LoadOptions& opt) {
         lin.stored_bytes = pt.bytes();
         try {
           if (kernels)
-            lin.kernel = make_cpu_linear(std::move(pt));
+            lin.kernel = make_cpu_linear(std::move(pt), opt.copy_dense);
           else
             lin.packed = make_packed_linear(std::move(pt));
         } catch (const Error& e) {
@@ -357,7 +357,7 @@ LlamaModel LlamaModel::load(const std::string& dir, const LoadOptions& opt) {
   } else if (kernels) {
     PackedTensor pt = read_packed(*store, "lm_head", head_fmt, V, H);
     try {
-      w.lm_head_kernel = make_cpu_linear(std::move(pt));
+      w.lm_head_kernel = make_cpu_linear(std::move(pt), opt.copy_dense);
     } catch (const Error& e) {
       module_error("lm_head", head_fmt, e);
     }

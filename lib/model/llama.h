@@ -157,7 +157,8 @@ struct LoadOptions {
   /// memory at load instead of reading them from the mapping, whose page cache maps mostly
   /// 4 KiB pages: single-token GEMVs read them 20-30 % faster, at the cost of RssAnon equal
   /// to their bytes (docs/results.md section 11, "Huge pages"). The embedding stays mapped
-  /// unless it is also the (tied) head. Worth it for decode, not for window products.
+  /// unless it is also the (tied) head. Worth it for decode, not for window products. Also
+  /// builds FGMP's single-token NVFP4 repack at load (make_cpu_linear decode_layout).
   bool copy_dense = false;
 };
 
