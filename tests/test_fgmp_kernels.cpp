@@ -15,8 +15,8 @@
 #include <vector>
 
 #include "kernels/cpu/fgmp_gemv.h"
-#include "kernels/cpu/nvfp4_gemv.h"
 #include "kernels/cpu/lut_gemv.h"
+#include "kernels/cpu/nvfp4_gemv.h"
 #include "lib/common/error.h"
 #include "lib/numeric/codecs.h"
 #include "tests/test_util.h"

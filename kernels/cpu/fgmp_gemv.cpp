@@ -80,33 +80,52 @@ inline uint64_t map_word(const uint8_t* map_row, int64_t byte0, int64_t mb) {
 using Even = std::integral_constant<int, 0>;
 using Odd = std::integral_constant<int, 1>;
 
+// Calls f(i0 + k, parity) for each set bit k of m, ascending; parity (Even / Odd, the bit's
+// rank) lets a caller alternate two accumulators.
+template <typename F>
+__attribute__((always_inline)) inline void for_set_bits(uint64_t m, int64_t i0, F&& f) {
+  while (m) {
+    f(i0 + __builtin_ctzll(m), Even{});
+    if (!(m &= m - 1)) break;
+    f(i0 + __builtin_ctzll(m), Odd{});
+    m &= m - 1;
+  }
+}
+
+// Calls words(i0, bits, valid) for row r's map 64 blocks at a time: bits = the FP8 flags of
+// blocks i0 .., valid = the blocks that exist.
+template <typename Words>
+__attribute__((always_inline)) inline void for_map_words(const uint8_t* map_row, int64_t nb, int64_t mb,
+                                                         Words&& words) {
+  for (int64_t i0 = 0; i0 < nb; i0 += 64) {
+    const int64_t n = std::min<int64_t>(64, nb - i0);
+    words(i0, map_word(map_row, i0 / 8, mb), n == 64 ? ~uint64_t{0} : (uint64_t{1} << n) - 1);
+  }
+}
+
 // Walks row r's blocks 64 map bits at a time: first f4(i, parity) for each NVFP4 block i,
 // then f8(i, parity) for each FP8 block, ascending, with bit scans instead of a branch per
 // block (the block kinds are random, so that branch would mispredict about every third
-// block). So the callers read each stream strictly in order. parity (Even / Odd, by the
-// block's rank within the word's blocks of its kind) lets a caller alternate two
-// accumulators. The callers are lambdas carrying their path's target attribute; the walk
-// is inlined into them.
+// block). So the callers read each stream strictly in order. The callers are lambdas
+// carrying their path's target attribute; the walk is inlined into them.
 template <typename F4, typename F8>
 __attribute__((always_inline)) inline void walk_row(const uint8_t* map_row, int64_t nb,
                                                     int64_t mb, F4&& f4, F8&& f8) {
-  for (int64_t i0 = 0; i0 < nb; i0 += 64) {
-    const uint64_t bits = map_word(map_row, i0 / 8, mb);
-    const int64_t n = std::min<int64_t>(64, nb - i0);
-    const uint64_t valid = n == 64 ? ~uint64_t{0} : (uint64_t{1} << n) - 1;
-    for (uint64_t m = ~bits & valid; m;) {
-      f4(i0 + __builtin_ctzll(m), Even{});
-      if (!(m &= m - 1)) break;
-      f4(i0 + __builtin_ctzll(m), Odd{});
-      m &= m - 1;
-    }
-    for (uint64_t m = bits & valid; m;) {
-      f8(i0 + __builtin_ctzll(m), Even{});
-      if (!(m &= m - 1)) break;
-      f8(i0 + __builtin_ctzll(m), Odd{});
-      m &= m - 1;
-    }
-  }
+  // always_inline down the chain: f4 / f8 carry a target attribute and inline only into
+  // code that ends up inside their caller.
+  for_map_words(map_row, nb, mb, [&](int64_t i0, uint64_t bits, uint64_t valid) __attribute__((always_inline)) {
+    for_set_bits(~bits & valid, i0, f4);
+    for_set_bits(bits & valid, i0, f8);
+  });
+}
+
+// walk_row's FP8 half alone: f8(i, parity) for each FP8 block i of the row, ascending.
+template <typename F8>
+__attribute__((always_inline)) inline void walk_fp8_blocks(const uint8_t* map_row, int64_t nb, int64_t mb,
+                                                           F8&& f8) {
+  for_map_words(map_row, nb, mb,
+                [&](int64_t i0, uint64_t bits, uint64_t valid)
+                    __attribute__((always_inline)) { for_set_bits(bits & valid, i0, f8); });
 }
 
 // x itself when cols is a multiple of 16, else a copy zero-padded to 16 * NB floats (kept
@@ -515,51 +534,38 @@ void fgmp_gemm(const FgmpWeightView& w, const float* X, int64_t T, float* Y) {
 
 namespace {
 
-// Row r's FP8 blocks only, in block order (the FP8 loop of walk_row), two accumulators.
+// Row r's FP8 blocks only (walk_fp8_blocks), as the FP8 lambdas of scalar_row_dot and
+// avx512_row_dot compute them.
 float scalar_fp8_row(const FgmpWeightView& w, int64_t r, const float* x) {
   const Tables& t = tables();
   const uint8_t* q8 = w.fp8 + int64_t{w.fp8_row_offset[r]} * kB;
-  const int64_t nb = blocks_per_row(w), mb = map_bytes_per_row(w);
-  const uint8_t* map_row = w.block_map + r * mb;
   float acc = 0.0f;
-  for (int64_t i0 = 0; i0 < nb; i0 += 64) {
-    const int64_t n = std::min<int64_t>(64, nb - i0);
-    const uint64_t valid = n == 64 ? ~uint64_t{0} : (uint64_t{1} << n) - 1;
-    for (uint64_t m = map_word(map_row, i0 / 8, mb) & valid; m; m &= m - 1) {
-      const float* xb = x + (i0 + __builtin_ctzll(m)) * kB;
-      float a = 0.0f, b = 0.0f;
-      for (int e = 0; e < kB; e += 2) {
-        a += t.e4m3[q8[e]] * xb[e];
-        b += t.e4m3[q8[e + 1]] * xb[e + 1];
-      }
-      acc += a + b;
-      q8 += kB;
-    }
-  }
+  walk_fp8_blocks(w.block_map + r * map_bytes_per_row(w), blocks_per_row(w), map_bytes_per_row(w),
+                  [&](int64_t i, auto) {
+                    const float* xb = x + i * kB;
+                    float a = 0.0f, b = 0.0f;
+                    for (int e = 0; e < kB; e += 2) {
+                      a += t.e4m3[q8[e]] * xb[e];
+                      b += t.e4m3[q8[e + 1]] * xb[e + 1];
+                    }
+                    acc += a + b;
+                    q8 += kB;
+                  });
   return w.fp8_scale * acc;
 }
 
 MPQ_AVX512 float avx512_fp8_row(const FgmpWeightView& w, int64_t r, const float* x) {
   const uint8_t* q8 = w.fp8 + int64_t{w.fp8_row_offset[r]} * kB;
-  const int64_t nb = blocks_per_row(w), mb = map_bytes_per_row(w);
-  const uint8_t* map_row = w.block_map + r * mb;
-  __m512 b0 = _mm512_setzero_ps(), b1 = _mm512_setzero_ps();
-  for (int64_t i0 = 0; i0 < nb; i0 += 64) {
-    const int64_t n = std::min<int64_t>(64, nb - i0);
-    const uint64_t valid = n == 64 ? ~uint64_t{0} : (uint64_t{1} << n) - 1;
-    for (uint64_t m = map_word(map_row, i0 / 8, mb) & valid; m;) {
-      // The FP8 stream 4 KiB ahead into L2 (simd.h prefetch_l2): 12.9-13.7 -> 14.3-15.4
-      // GB/s for the whole fgmp_gemv_q8 (bench_lut_gemv BM_FgmpQ8Gemv/rows:11008).
-      prefetch_l2(q8 + 4096);
-      b0 = _mm512_fmadd_ps(e4m3x16_512(q8), _mm512_loadu_ps(x + (i0 + __builtin_ctzll(m)) * kB), b0);
-      q8 += kB;
-      if (!(m &= m - 1)) break;
-      b1 = _mm512_fmadd_ps(e4m3x16_512(q8), _mm512_loadu_ps(x + (i0 + __builtin_ctzll(m)) * kB), b1);
-      q8 += kB;
-      m &= m - 1;
-    }
-  }
-  return w.fp8_scale * (256.0f * hsum16(_mm512_add_ps(b0, b1)));
+  __m512 b[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
+  walk_fp8_blocks(w.block_map + r * map_bytes_per_row(w), blocks_per_row(w), map_bytes_per_row(w),
+                  [&](int64_t i, auto parity) MPQ_AVX512 {
+                    // The FP8 stream 4 KiB ahead into L2 (simd.h prefetch_l2): 12.9-13.7 ->
+                    // 14.3-15.4 GB/s for the whole fgmp_gemv_q8 (BM_FgmpQ8Gemv/rows:11008).
+                    prefetch_l2(q8 + 4096);
+                    b[parity] = _mm512_fmadd_ps(e4m3x16_512(q8), _mm512_loadu_ps(x + i * kB), b[parity]);
+                    q8 += kB;
+                  });
+  return w.fp8_scale * (256.0f * hsum16(_mm512_add_ps(b[0], b[1])));
 }
 
 }  // namespace
@@ -570,14 +576,15 @@ Nvfp4Packed fgmp_repack_fp4(const FgmpWeightView& w) {
   std::vector<uint8_t> codes(static_cast<std::size_t>(R * nb * 8), 0), scales(static_cast<std::size_t>(R * nb), 0);
   for (int64_t r = 0; r < R; ++r) {
     RowStreams s = row_streams(w, r);
-    const uint8_t* map_row = w.block_map + r * mb;
-    for (int64_t i = 0; i < nb; ++i) {
-      if ((map_row[i / 8] >> (i % 8)) & 1) continue;  // FP8: zeros
-      const std::size_t k = static_cast<std::size_t>(r * nb + i);
-      std::memcpy(codes.data() + 8 * k, s.q4, 8);
-      scales[k] = *s.s4++;
-      s.q4 += 8;
-    }
+    walk_row(
+        w.block_map + r * mb, nb, mb,
+        [&](int64_t i, auto) {
+          const std::size_t k = static_cast<std::size_t>(r * nb + i);
+          std::memcpy(codes.data() + 8 * k, s.q4, 8);
+          scales[k] = *s.s4++;
+          s.q4 += 8;
+        },
+        [](int64_t, auto) {});  // FP8 blocks stay zeros
   }
   Nvfp4WeightView v;
   v.rows = R, v.cols = w.cols, v.weight = codes.data(), v.weight_scale = scales.data(), v.scale_2 = w.fp4_scale_2;

@@ -28,10 +28,10 @@ namespace mpq {
 /// Software prefetch of the cache line at p into L2 only (prefetcht1), for GEMV kernels that
 /// stream their packed weights once from DRAM (int_gemv: the same bytes of the next rows;
 /// fgmp_fp8_gemv_add: its FP8 stream 4 KiB ahead). Never faults, so p may point past the
-/// buffer. Measured on
-/// this project's 2-vCPU Xeon, 11008 x 4096 int4-g128, 2 threads: prefetcht1 and prefetcht0
-/// there ran alike (docs/results.md section 11); for the dense bf16 GEMV prefetcht1 was
-/// slower than its prefetcht0 1 KiB ahead, so the kernels that have one keep it.
+/// buffer. Measured on this project's 2-vCPU Xeon, 11008 x 4096 int4-g128, 2 threads:
+/// prefetcht1 and prefetcht0 there ran alike (docs/results.md section 11); for the dense
+/// bf16 GEMV prefetcht1 was slower than its prefetcht0 1 KiB ahead, so the kernels that have
+/// one keep it.
 inline void prefetch_l2(const void* p) { _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T1); }
 
 }  // namespace mpq
