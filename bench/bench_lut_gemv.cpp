@@ -5,9 +5,10 @@
 // baseline of mpq-bench), and for a window of T = 512
 // tokens the dense fp32 GEMM Y = X W^T (Eigen, OpenBLAS when built with it). Counter
 // weight_gbps = weight bytes read per second (packed bytes, LUTs and CSR for the LUT
-// kernel). Every GEMV benchmark rotates over several copies of its weights (>= ~512 MB in
-// all, at most 16 copies) so each iteration reads from DRAM, not from the last-level cache;
-// MPQ_BENCH_HOT=1 keeps one copy, so the rows:128 cases (at most 1 MB) run from L2 and
+// kernel). Every GEMV benchmark rotates over several copies of its weights (at least
+// max(512 MB, 3x the last-level cache) in all, at most 64 copies) so each iteration reads from
+// DRAM, not from the last-level cache; counter llc_resident = 1 marks a rotation of under twice
+// the LLC (sysfs cache/index3/size), whose figure is then partly a cache figure; MPQ_BENCH_HOT=1 keeps one copy, so the rows:128 cases (at most 1 MB) run from L2 and
 // measure what the kernel computes per second when memory is not the limit.
 // Bandwidth references measured in the same run, all OpenMP threads, 1 GiB working sets:
 // BM_ReadBandwidth (explicit 8-accumulator vector sum, each thread its slice as 1 or 8
@@ -23,7 +24,9 @@
 #include <omp.h>
 
 #include <Eigen/Dense>
+#include <algorithm>  // clamp, max
 #include <cstdint>
+#include <cstdio>  // fopen (LLC size from sysfs)
 #include <cstdlib>  // getenv (MPQ_BENCH_HOT)
 #include <cstring>
 #include <memory>
@@ -42,13 +45,34 @@
 
 namespace {
 
-constexpr int64_t kRotateBytes = int64_t{512} << 20;
+constexpr int64_t kMinRotateBytes = int64_t{512} << 20;
+constexpr int kMaxCopies = 64;
 constexpr double kSparsePct = 0.45;  // SqueezeLLM's default outlier share
 
+// Bytes of this host's last-level cache (cpu0's cache/index3/size, e.g. "491520K"; hosts of
+// one machine type here have had 105 MB, 260 MB and 480 MB), 0 when sysfs does not say.
+int64_t llc_bytes() {
+  static const int64_t bytes = [] {
+    std::FILE* f = std::fopen("/sys/devices/system/cpu/cpu0/cache/index3/size", "r");
+    if (!f) return int64_t{0};
+    long long v = 0;
+    char unit = 0;
+    const int n = std::fscanf(f, "%lld%c", &v, &unit);
+    std::fclose(f);
+    if (n < 1 || v <= 0) return int64_t{0};
+    const int64_t mult = unit == 'K' ? 1024 : unit == 'M' ? (int64_t{1} << 20) : unit == 'G' ? (int64_t{1} << 30) : 1;
+    return static_cast<int64_t>(v) * mult;
+  }();
+  return bytes;
+}
+
+// Copies of a `bytes`-sized layer to rotate over: enough for max(512 MB, 3 x LLC), 2..64;
+// 1 under MPQ_BENCH_HOT=1.
 int copies_for(int64_t bytes) {
   if (const char* hot = std::getenv("MPQ_BENCH_HOT"); hot && std::string(hot) == "1") return 1;
-  const int64_t n = (kRotateBytes + bytes - 1) / bytes;
-  return static_cast<int>(n < 2 ? 2 : (n > 16 ? 16 : n));
+  const int64_t target = std::max(kMinRotateBytes, 3 * llc_bytes());
+  const int64_t n = (target + bytes - 1) / bytes;
+  return static_cast<int>(std::clamp<int64_t>(n, 2, kMaxCopies));
 }
 
 std::vector<float> random_floats(int64_t n, uint64_t seed) {
@@ -105,6 +129,8 @@ void set_counters(benchmark::State& state, int64_t weight_bytes, int copies) {
       benchmark::Counter::kIs1000);
   state.counters["weight_MB"] = static_cast<double>(weight_bytes) / 1e6;
   state.counters["copies"] = copies;
+  // 1: the rotation is under twice the LLC, so part of every pass may hit the cache.
+  state.counters["llc_resident"] = llc_bytes() > 0 && weight_bytes * copies < 2 * llc_bytes() ? 1 : 0;
   state.counters["threads"] = omp_get_max_threads();
 }
 
