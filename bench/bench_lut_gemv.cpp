@@ -7,8 +7,9 @@
 // weight_gbps = weight bytes read per second (packed bytes, LUTs and CSR for the LUT
 // kernel). Every GEMV benchmark rotates over several copies of its weights (at least
 // max(512 MB, 3x the last-level cache) in all, at most 64 copies) so each iteration reads from
-// DRAM, not from the last-level cache; counter llc_resident = 1 marks a rotation of under twice
-// the LLC (sysfs cache/index3/size), whose figure is then partly a cache figure; MPQ_BENCH_HOT=1 keeps one copy, so the rows:128 cases (at most 1 MB) run from L2 and
+// DRAM, not from the last-level cache; counter llc_resident = 1 marks a rotation of under
+// twice the LLC (sysconf _SC_LEVEL3_CACHE_SIZE), whose figure is then partly a cache figure;
+// MPQ_BENCH_HOT=1 keeps one copy, so the rows:128 cases (at most 1 MB) run from L2 and
 // measure what the kernel computes per second when memory is not the limit.
 // Bandwidth references measured in the same run, all OpenMP threads, 1 GiB working sets:
 // BM_ReadBandwidth (explicit 8-accumulator vector sum, each thread its slice as 1 or 8
@@ -22,11 +23,11 @@
 #include <benchmark/benchmark.h>
 #include <immintrin.h>  // AVX2 for the read-bandwidth reference (under a target attribute)
 #include <omp.h>
+#include <unistd.h>  // sysconf (_SC_LEVEL3_CACHE_SIZE)
 
 #include <Eigen/Dense>
 #include <algorithm>  // clamp, max
 #include <cstdint>
-#include <cstdio>  // fopen (LLC size from sysfs)
 #include <cstdlib>  // getenv (MPQ_BENCH_HOT)
 #include <cstring>
 #include <memory>
@@ -49,20 +50,10 @@ constexpr int64_t kMinRotateBytes = int64_t{512} << 20;
 constexpr int kMaxCopies = 64;
 constexpr double kSparsePct = 0.45;  // SqueezeLLM's default outlier share
 
-// Bytes of this host's last-level cache (cpu0's cache/index3/size, e.g. "491520K"; hosts of
-// one machine type here have had 105 MB, 260 MB and 480 MB), 0 when sysfs does not say.
+// Bytes of this host's last-level cache (glibc's sysconf(_SC_LEVEL3_CACHE_SIZE); hosts of one
+// machine type here have had 105 MB, 260 MB and 480 MB), 0 when the C library does not say.
 int64_t llc_bytes() {
-  static const int64_t bytes = [] {
-    std::FILE* f = std::fopen("/sys/devices/system/cpu/cpu0/cache/index3/size", "r");
-    if (!f) return int64_t{0};
-    long long v = 0;
-    char unit = 0;
-    const int n = std::fscanf(f, "%lld%c", &v, &unit);
-    std::fclose(f);
-    if (n < 1 || v <= 0) return int64_t{0};
-    const int64_t mult = unit == 'K' ? 1024 : unit == 'M' ? (int64_t{1} << 20) : unit == 'G' ? (int64_t{1} << 30) : 1;
-    return static_cast<int64_t>(v) * mult;
-  }();
+  static const int64_t bytes = std::max<int64_t>(0, sysconf(_SC_LEVEL3_CACHE_SIZE));
   return bytes;
 }
 
