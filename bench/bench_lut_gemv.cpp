@@ -9,8 +9,9 @@
 // max(512 MB, 3x the last-level cache) in all, at most 64 copies) so each iteration reads from
 // DRAM, not from the last-level cache; counter llc_resident = 1 marks a rotation of under
 // twice the LLC (sysconf _SC_LEVEL3_CACHE_SIZE), whose figure is then partly a cache figure;
-// MPQ_BENCH_HOT=1 keeps one copy, so the rows:128 cases (at most 1 MB) run from L2 and
-// measure what the kernel computes per second when memory is not the limit.
+// MPQ_BENCH_HOT=1 keeps one copy, so the rows:128 cases (at most 1 MB) and the LUT / NVFP4
+// rows:512 ones (1.1-1.2 MB, less per-call overhead) run from L2 and measure what the
+// kernel computes per second when memory is not the limit.
 // Bandwidth references measured in the same run, all OpenMP threads, 1 GiB working sets:
 // BM_ReadBandwidth (explicit 8-accumulator vector sum, each thread its slice as 1 or 8
 // concurrent streams) and
@@ -177,7 +178,7 @@ void BM_LutQ8Gemv(benchmark::State& state) {
 }
 BENCHMARK(BM_LutQ8Gemv)
     ->ArgNames({"bits", "rows"})
-    ->ArgsProduct({{3, 4}, {128, 4096, 11008}})
+    ->ArgsProduct({{3, 4}, {128, 512, 4096, 11008}})
     ->Unit(benchmark::kMicrosecond)
     ->UseRealTime();
 
@@ -351,7 +352,7 @@ void BM_Nvfp4Gemv(benchmark::State& state) {
   run_rotated_gemv(state, first, static_cast<int64_t>(first.bytes()), rows, cols, 1,
                    [](const mpq::Nvfp4Packed& l, const float* x, float* y) { mpq::nvfp4_gemv(l, x, y); });
 }
-BENCHMARK(BM_Nvfp4Gemv)->ArgName("rows")->Arg(128)->Arg(4096)->Arg(11008)->Unit(benchmark::kMicrosecond)->UseRealTime();
+BENCHMARK(BM_Nvfp4Gemv)->ArgName("rows")->Arg(128)->Arg(512)->Arg(4096)->Arg(11008)->Unit(benchmark::kMicrosecond)->UseRealTime();
 
 // One random int<b>-g<G> layer (kernels/cpu/int_gemv.h layout: LSB-first row bitstreams,
 // fp16 scales, U8 zeros), owning its bytes.

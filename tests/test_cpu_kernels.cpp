@@ -4,10 +4,12 @@
 // it) and against an fp64 product of the format's own decoder (lib/quant), within the bound
 // of the documented roundings, on odd shapes.
 #include <gtest/gtest.h>
+#include <omp.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <mutex>
 #include <random>
 #include <string>
 #include <vector>
@@ -15,6 +17,7 @@
 #include "kernels/cpu/act_int8.h"
 #include "kernels/cpu/cpu_features.h"
 #include "kernels/cpu/dense_gemv.h"
+#include "kernels/cpu/group_streams.h"
 #include "kernels/cpu/lut_vnni.h"
 #include "kernels/cpu/nvfp4_gemv.h"
 #include "kernels/cpu/panel_gemm.h"
@@ -238,6 +241,61 @@ TEST(Nvfp4Kernels, RejectsNanScaleAndNonFiniteScale2) {
   EXPECT_THROW(nvfp4_repack(v), Error);
 }
 
+// The work split of the streamed GEMVs (kernels/cpu/group_streams.h): every group exactly
+// once, 1..S groups per call, ascending, each call's groups within one thread's static share.
+TEST(GroupStreams, EveryGroupOnceWithinOneThreadsShare) {
+  const int saved = omp_get_max_threads();
+  for (int threads : {1, 2, 3})
+    for (int64_t groups : {0, 1, 2, 3, 5, 7, 100, 1001})
+      for (bool par : {false, true}) {
+        omp_set_num_threads(threads);
+        std::vector<int> seen(static_cast<std::size_t>(groups), 0);
+        std::mutex m;
+        bool ok = true;
+        for_group_streams<3>(groups, par, [&](const int64_t* g, int n) {
+          const int nt = omp_get_num_threads(), t = omp_get_thread_num();
+          const int64_t t0 = groups * t / nt, t1 = groups * (t + 1) / nt;
+          std::lock_guard<std::mutex> lock(m);
+          ok = ok && n >= 1 && n <= 3;
+          for (int k = 0; k < n; ++k) {
+            ok = ok && g[k] >= t0 && g[k] < t1 && (k == 0 || g[k] > g[k - 1]);
+            if (g[k] >= 0 && g[k] < groups) ++seen[static_cast<std::size_t>(g[k])];
+          }
+        });
+        EXPECT_TRUE(ok) << threads << " threads, " << groups << " groups, par " << par;
+        EXPECT_EQ(seen, std::vector<int>(static_cast<std::size_t>(groups), 1))
+            << threads << " threads, " << groups << " groups, par " << par;
+      }
+  omp_set_num_threads(saved);
+}
+
+// Shapes above the kernels' parallel threshold (2^16 weights), so the AVX-512 GEMV runs its
+// multi-stream split over 1-3 threads, with partial streams: identical to the scalar path.
+TEST(Nvfp4Kernels, StreamedGemvOverThreadsIdenticalToScalar) {
+  if (!has_avx512()) GTEST_SKIP() << "no AVX-512 on this CPU: the streamed path is AVX-512 only";
+  const int saved = omp_get_max_threads();
+  uint64_t seed = 900;
+  for (int64_t rows : {int64_t{597}, int64_t{16 * 41}})
+    for (int64_t cols : {int64_t{129}, int64_t{112}}) {
+      const Nvfp4Case c = nvfp4_case(rows, cols, ++seed);
+      const std::vector<float> x = random_normal(cols, seed * 5);
+      const int64_t nb = c.packed.nb;
+      std::vector<int8_t> q(static_cast<std::size_t>(nb * 16));
+      std::vector<float> xs(static_cast<std::size_t>(nb));
+      std::vector<int32_t> xsum(static_cast<std::size_t>(nb));
+      quantize_act_int8_scalar(x.data(), cols, 16, q.data(), xs.data(), xsum.data());
+      std::vector<float> y0(static_cast<std::size_t>(rows));
+      nvfp4_gemv_q8_scalar(c.packed, q.data(), xs.data(), xsum.data(), y0.data());
+      for (int threads : {1, 2, 3}) {
+        omp_set_num_threads(threads);
+        std::vector<float> y(y0.size(), -1.0f);
+        nvfp4_gemv_q8_avx512(c.packed, q.data(), xs.data(), xsum.data(), y.data());
+        EXPECT_EQ(y, y0) << shape_label(rows, cols) << " " << threads << " threads";
+      }
+    }
+  omp_set_num_threads(saved);
+}
+
 // ---------------------------------------------------------------- SqueezeLLM -----------
 
 struct LutCase {
@@ -337,6 +395,43 @@ TEST(LutVnniKernels, GemvPathsAgreeAndWithinRoundingBound) {
             EXPECT_NEAR(y0[r], want[r], bound) << bits << " " << shape_label(rows, cols) << " row " << r;
           }
         }
+}
+
+// As for NVFP4: above the parallel threshold, 1-3 threads, 2/3/4-bit, without a CSR part
+// (the dense part is identical on every path) and with one (same sums, another order).
+TEST(LutVnniKernels, StreamedGemvOverThreadsAgreesWithScalar) {
+  if (!has_avx512()) GTEST_SKIP() << "no AVX-512 on this CPU: the streamed path is AVX-512 only";
+  const int saved = omp_get_max_threads();
+  uint64_t seed = 950;
+  for (int bits : {2, 3, 4})
+    for (double outliers : {0.0, 1.0}) {
+      const int64_t rows = 203, cols = 333;
+      const LutCase c = lut_case(bits, rows, cols, ++seed, outliers);
+      const std::vector<float> x = random_normal(cols, seed * 3);
+      const int64_t nblocks = (cols + kLutActBlock - 1) / kLutActBlock;
+      std::vector<int8_t> q(static_cast<std::size_t>(nblocks * kLutActBlock)), q4(q.size() * 4);
+      std::vector<float> xs(static_cast<std::size_t>(nblocks));
+      std::vector<int32_t> xsum(static_cast<std::size_t>(nblocks)), corr(static_cast<std::size_t>(nblocks * 16));
+      quantize_act_int8_scalar(x.data(), cols, kLutActBlock, q.data(), xs.data(), xsum.data());
+      lut_prepare_act(q.data(), nblocks, q4.data(), corr.data());
+      const LutQ8Act act{q.data(), q4.data(), xs.data(), corr.data(), x.data()};
+      std::vector<float> y0(static_cast<std::size_t>(rows));
+      lut_q8_gemv_scalar(c.packed, act, y0.data());
+      std::vector<double> want, l1;
+      exact_gemv(c.dense, rows, cols, x.data(), &want, &l1);
+      for (int threads : {1, 2, 3}) {
+        omp_set_num_threads(threads);
+        std::vector<float> y(y0.size(), -1.0f);
+        lut_q8_gemv_avx512(c.packed, act, y.data());
+        for (int64_t r = 0; r < rows; ++r) {
+          if (outliers == 0.0)
+            ASSERT_EQ(y[r], y0[r]) << bits << "-bit, " << threads << " threads, row " << r;
+          else
+            ASSERT_NEAR(y[r], y0[r], 1e-5 * l1[r] + 1e-6) << bits << "-bit, " << threads << " threads, row " << r;
+        }
+      }
+    }
+  omp_set_num_threads(saved);
 }
 
 // ---------------------------------------------------------------- dense fp8 / bf16 / f16

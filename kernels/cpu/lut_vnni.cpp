@@ -12,6 +12,7 @@
 
 #include "kernels/cpu/act_int8.h"
 #include "kernels/cpu/cpu_features.h"
+#include "kernels/cpu/group_streams.h"
 #include "kernels/cpu/simd.h"
 #include "lib/common/error.h"
 #include "lib/numeric/codecs.h"  // fp16_to_fp32
@@ -364,36 +365,46 @@ MPQ_TARGET_AVX512 inline __m512i avx512_block_dot(const uint8_t* gbase, int64_t 
   return _mm512_add_epi32(d[0], d[1]);
 }
 
-template <int B>
-MPQ_TARGET_AVX512 void avx512_group(const LutPacked& w, const LutQ8Act& act, int64_t g, float* acc16) {
+// N groups g[0..N) in lockstep (kernels/cpu/group_streams.h: N concurrent code streams),
+// each with exactly the arithmetic of a one-group walk; acc [N * 16].
+template <int B, int N>
+MPQ_TARGET_AVX512 void avx512_groups(const LutPacked& w, const LutQ8Act& act, const int64_t* g, float* acc) {
   const int64_t nblocks = (w.units + kUnitsPerBlock - 1) / kUnitsPerBlock, full = w.units / kUnitsPerBlock;
-  const uint8_t* gbase = w.codes.data() + g * w.group_bytes;
-  const GroupTables tabs = group_tables(w, g);
-  const __m512i tab = tabs.tab;
-  __m512 acc = _mm512_setzero_ps();
-  __m512i pair = _mm512_setzero_si512();
+  const uint8_t* gbase[N];
+  GroupTables tabs[N];
+  __m512 sum[N];
+  __m512i pair[N];
+  for (int k = 0; k < N; ++k) {
+    gbase[k] = w.codes.data() + g[k] * w.group_bytes;
+    tabs[k] = group_tables(w, g[k]);
+    sum[k] = _mm512_setzero_ps();
+    pair[k] = _mm512_setzero_si512();
+  }
   for (int64_t a = 0; a < nblocks; ++a) {
     const int64_t u0 = a * kUnitsPerBlock, u1 = std::min(w.units, u0 + kUnitsPerBlock);
-    // Software prefetch of the code bytes 2 KiB ahead (a block spans 1 to 2 cache lines):
-    // the hardware prefetchers alone left the 4-bit kernel well below the 2-bit one's GB/s.
-    const char* pf = reinterpret_cast<const char*>(gbase + unit_offset(B, u0)) + 2048;
-    _mm_prefetch(pf, _MM_HINT_T0);
-    _mm_prefetch(pf + 64, _MM_HINT_T0);
-    __m512i d;
-    if (a < full) {
-      d = avx512_block_dot<B>(gbase, u0, act.q4, tabs);
-    } else {  // the last, partial block
-      d = _mm512_setzero_si512();
-      for (int64_t u = u0; u < u1; ++u) {
-        const __m512i wq = _mm512_shuffle_epi8(tab, avx512_unit_codes<B>(gbase, u, &pair));
-        d = _mm512_dpbusd_epi32(d, wq, _mm512_loadu_si512(act.q4 + u * 64));
+    const __m512i corr = _mm512_loadu_si512(act.corr + 16 * a);
+    const __m512 xs = _mm512_set1_ps(act.scale[a]);
+    for (int k = 0; k < N; ++k) {
+      // Software prefetch of the code bytes 2 KiB ahead (a block spans 1 to 2 cache lines):
+      // the hardware prefetchers alone left the 4-bit kernel well below the 2-bit one's GB/s.
+      const char* pf = reinterpret_cast<const char*>(gbase[k] + unit_offset(B, u0)) + 2048;
+      _mm_prefetch(pf, _MM_HINT_T0);
+      _mm_prefetch(pf + 64, _MM_HINT_T0);
+      __m512i d;
+      if (a < full) {
+        d = avx512_block_dot<B>(gbase[k], u0, act.q4, tabs[k]);
+      } else {  // the last, partial block
+        d = _mm512_setzero_si512();
+        for (int64_t u = u0; u < u1; ++u) {
+          const __m512i wq = _mm512_shuffle_epi8(tabs[k].tab, avx512_unit_codes<B>(gbase[k], u, &pair[k]));
+          d = _mm512_dpbusd_epi32(d, wq, _mm512_loadu_si512(act.q4 + u * 64));
+        }
       }
+      // (q + 128) * x summed per lane, minus 128 * the lane's x sum: exactly sum q * x per lane.
+      sum[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(d, corr)), xs, sum[k]);
     }
-    // (q + 128) * x summed per lane, minus 128 * the lane's x sum: exactly sum q * x per lane.
-    d = _mm512_sub_epi32(d, _mm512_loadu_si512(act.corr + 16 * a));
-    acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), _mm512_set1_ps(act.scale[a]), acc);
   }
-  _mm512_storeu_ps(acc16, acc);
+  for (int k = 0; k < N; ++k) _mm512_storeu_ps(acc + 16 * k, sum[k]);
 }
 
 MPQ_TARGET_AVX512 float sparse_dot_avx512(const LutPacked& w, int64_t r, const float* x) {
@@ -425,16 +436,32 @@ void lut_q8_gemv_avx2(const LutPacked& w, const LutQ8Act& act, float* y) {
   });
 }
 
-void lut_q8_gemv_avx512(const LutPacked& w, const LutQ8Act& act, float* y) {
-  for_groups(w, [&](int64_t g) {
-    alignas(64) float acc[16];
-    switch (w.bits) {
-      case 2: avx512_group<2>(w, act, g, acc); break;
-      case 3: avx512_group<3>(w, act, g, acc); break;
-      default: avx512_group<4>(w, act, g, acc); break;
-    }
-    finish_group(w, g, acc, act.x, y, sparse_dot_avx512);
+namespace {
+
+// Weight streams per thread of the AVX-512 GEMV (kernels/cpu/group_streams.h).
+constexpr int kStreams = kWeightStreams;
+
+template <int B>
+MPQ_TARGET_AVX512 void avx512_gemv(const LutPacked& w, const LutQ8Act& act, float* y) {
+  const bool par = w.rows * w.cols >= kParallelMinWeights && w.groups > 1 && !omp_in_parallel();
+  for_group_streams<kStreams>(w.groups, par, [&](const int64_t* g, int n) {
+    alignas(64) float acc[16 * kStreams];
+    if (n == kStreams)
+      avx512_groups<B, kStreams>(w, act, g, acc);
+    else
+      for (int k = 0; k < n; ++k) avx512_groups<B, 1>(w, act, g + k, acc + 16 * k);
+    for (int k = 0; k < n; ++k) finish_group(w, g[k], acc + 16 * k, act.x, y, sparse_dot_avx512);
   });
+}
+
+}  // namespace
+
+void lut_q8_gemv_avx512(const LutPacked& w, const LutQ8Act& act, float* y) {
+  switch (w.bits) {
+    case 2: return avx512_gemv<2>(w, act, y);
+    case 3: return avx512_gemv<3>(w, act, y);
+    default: return avx512_gemv<4>(w, act, y);
+  }
 }
 
 void lut_q8_gemv(const LutPacked& w, const float* x, float* y) {
