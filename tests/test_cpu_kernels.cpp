@@ -269,10 +269,11 @@ TEST(GroupStreams, EveryGroupOnceWithinOneThreadsShare) {
   omp_set_num_threads(saved);
 }
 
-// Shapes above the kernels' parallel threshold (2^16 weights), so the AVX-512 GEMV runs its
-// multi-stream split over 1-3 threads, with partial streams: identical to the scalar path.
+// Shapes above the kernels' parallel threshold (2^16 weights), so the AVX2 and AVX-512 GEMVs
+// run their multi-stream split over 1-3 threads, with partial streams: identical to the
+// scalar path.
 TEST(Nvfp4Kernels, StreamedGemvOverThreadsIdenticalToScalar) {
-  if (!has_avx512()) GTEST_SKIP() << "no AVX-512 on this CPU: the streamed path is AVX-512 only";
+  if (!has_avx2()) GTEST_SKIP() << "no AVX2 on this CPU: the streamed paths are AVX2 and AVX-512";
   const int saved = omp_get_max_threads();
   uint64_t seed = 900;
   for (int64_t rows : {int64_t{597}, int64_t{16 * 41}})
@@ -289,8 +290,12 @@ TEST(Nvfp4Kernels, StreamedGemvOverThreadsIdenticalToScalar) {
       for (int threads : {1, 2, 3}) {
         omp_set_num_threads(threads);
         std::vector<float> y(y0.size(), -1.0f);
+        nvfp4_gemv_q8_avx2(c.packed, q.data(), xs.data(), xsum.data(), y.data());
+        EXPECT_EQ(y, y0) << "avx2 " << shape_label(rows, cols) << " " << threads << " threads";
+        if (!has_avx512()) continue;
+        std::fill(y.begin(), y.end(), -1.0f);
         nvfp4_gemv_q8_avx512(c.packed, q.data(), xs.data(), xsum.data(), y.data());
-        EXPECT_EQ(y, y0) << shape_label(rows, cols) << " " << threads << " threads";
+        EXPECT_EQ(y, y0) << "avx512 " << shape_label(rows, cols) << " " << threads << " threads";
       }
     }
   omp_set_num_threads(saved);
@@ -400,7 +405,7 @@ TEST(LutVnniKernels, GemvPathsAgreeAndWithinRoundingBound) {
 // As for NVFP4: above the parallel threshold, 1-3 threads, 2/3/4-bit, without a CSR part
 // (the dense part is identical on every path) and with one (same sums, another order).
 TEST(LutVnniKernels, StreamedGemvOverThreadsAgreesWithScalar) {
-  if (!has_avx512()) GTEST_SKIP() << "no AVX-512 on this CPU: the streamed path is AVX-512 only";
+  if (!has_avx2()) GTEST_SKIP() << "no AVX2 on this CPU: the streamed paths are AVX2 and AVX-512";
   const int saved = omp_get_max_threads();
   uint64_t seed = 950;
   for (int bits : {2, 3, 4})
@@ -421,13 +426,17 @@ TEST(LutVnniKernels, StreamedGemvOverThreadsAgreesWithScalar) {
       exact_gemv(c.dense, rows, cols, x.data(), &want, &l1);
       for (int threads : {1, 2, 3}) {
         omp_set_num_threads(threads);
-        std::vector<float> y(y0.size(), -1.0f);
-        lut_q8_gemv_avx512(c.packed, act, y.data());
-        for (int64_t r = 0; r < rows; ++r) {
-          if (outliers == 0.0)
-            ASSERT_EQ(y[r], y0[r]) << bits << "-bit, " << threads << " threads, row " << r;
-          else
-            ASSERT_NEAR(y[r], y0[r], 1e-5 * l1[r] + 1e-6) << bits << "-bit, " << threads << " threads, row " << r;
+        for (bool avx512 : {false, true}) {
+          if (avx512 && !has_avx512()) continue;
+          std::vector<float> y(y0.size(), -1.0f);
+          (avx512 ? lut_q8_gemv_avx512 : lut_q8_gemv_avx2)(c.packed, act, y.data());
+          const char* path = avx512 ? "avx512 " : "avx2 ";
+          for (int64_t r = 0; r < rows; ++r) {
+            if (outliers == 0.0)
+              ASSERT_EQ(y[r], y0[r]) << path << bits << "-bit, " << threads << " threads, row " << r;
+            else
+              ASSERT_NEAR(y[r], y0[r], 1e-5 * l1[r] + 1e-6) << path << bits << "-bit, " << threads << " threads, row " << r;
+          }
         }
       }
     }

@@ -21,8 +21,8 @@
 
 namespace mpq {
 
-/// Streams per thread of the kernels that use for_group_streams (AVX-512 lut_q8_gemv and
-/// nvfp4_gemv). GB/s at 11008 x 4096, 2 threads, on the 480 MB-L3 host, three passes, for
+/// Streams per thread of the kernels that use for_group_streams (the AVX-512 and AVX2 paths
+/// of lut_q8_gemv and nvfp4_gemv). GB/s at 11008 x 4096, 2 threads, on the 480 MB-L3 host, three passes, for
 /// S = 1 / 2 / 3 / 4: nvfp4 23.6-24.6 / 26.8-27.2 / 26.9-28.8 / 28.2-29.2; squeezellm 4-bit
 /// 17.0-20.3 / 26.0-27.1 / 27.1-28.1 / 27.9-28.2; squeezellm 3-bit 20.5-21.8 / 21.9-26.3 /
 /// 26.6-27.5 / 25.7-27.0 (docs/results.md section 11, "Several weight streams per thread").

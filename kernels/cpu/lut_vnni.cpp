@@ -233,27 +233,36 @@ MPQ_TARGET_AVX2 inline __m256i avx2_unit_codes(const uint8_t* gbase, int64_t u, 
   }
 }
 
-template <int B>
-MPQ_TARGET_AVX2 void avx2_group(const LutPacked& w, const LutQ8Act& act, int64_t g, float* acc16) {
+// N groups g[0..N) in lockstep (kernels/cpu/group_streams.h), each with exactly the
+// arithmetic of a one-group walk; acc [N * 16].
+template <int B, int N>
+MPQ_TARGET_AVX2 void avx2_groups(const LutPacked& w, const LutQ8Act& act, const int64_t* g, float* acc) {
   const int64_t nblocks = (w.units + kUnitsPerBlock - 1) / kUnitsPerBlock;
-  const uint8_t* gbase = w.codes.data() + g * w.group_bytes;
   const __m256i ones = _mm256_set1_epi16(1);
-  for (int h = 0; h < 2; ++h) {
-    const __m256i tab = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w.lut_i8.data() + (g * kRows + 2 * h) * 16));
-    __m256 acc = _mm256_setzero_ps();
+  for (int h = 0; h < 2; ++h) {  // lanes {2h, 2h + 1}: rows 4g + 2h, 4g + 2h + 1
+    __m256i tab[N];
+    __m256 sum[N];
+    for (int k = 0; k < N; ++k) {
+      tab[k] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w.lut_i8.data() + (g[k] * kRows + 2 * h) * 16));
+      sum[k] = _mm256_setzero_ps();
+    }
     for (int64_t a = 0; a < nblocks; ++a) {
       const int64_t u1 = std::min(w.units, (a + 1) * kUnitsPerBlock);
-      __m256i d = _mm256_setzero_si256();
-      for (int64_t u = a * kUnitsPerBlock; u < u1; ++u) {
-        const __m256i xr = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(act.q4 + u * 64));
-        const __m256i wq = _mm256_shuffle_epi8(tab, avx2_unit_codes<B>(gbase, u, h));
-        // |x| * (w with x's sign): u8 * s8 pairs never saturate int16 (127 * 127 * 2 < 32767).
-        const __m256i p = _mm256_maddubs_epi16(_mm256_abs_epi8(xr), _mm256_sign_epi8(wq, xr));
-        d = _mm256_add_epi32(d, _mm256_madd_epi16(p, ones));
+      const __m256 xs = _mm256_set1_ps(act.scale[a]);
+      for (int k = 0; k < N; ++k) {
+        const uint8_t* gbase = w.codes.data() + g[k] * w.group_bytes;
+        __m256i d = _mm256_setzero_si256();
+        for (int64_t u = a * kUnitsPerBlock; u < u1; ++u) {
+          const __m256i xr = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(act.q4 + u * 64));
+          const __m256i wq = _mm256_shuffle_epi8(tab[k], avx2_unit_codes<B>(gbase, u, h));
+          // |x| * (w with x's sign): u8 * s8 pairs never saturate int16 (127 * 127 * 2 < 32767).
+          const __m256i p = _mm256_maddubs_epi16(_mm256_abs_epi8(xr), _mm256_sign_epi8(wq, xr));
+          d = _mm256_add_epi32(d, _mm256_madd_epi16(p, ones));
+        }
+        sum[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), xs, sum[k]);
       }
-      acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), _mm256_set1_ps(act.scale[a]), acc);
     }
-    _mm256_storeu_ps(acc16 + 8 * h, acc);
+    for (int k = 0; k < N; ++k) _mm256_storeu_ps(acc + 16 * k + 8 * h, sum[k]);
   }
 }
 
@@ -422,23 +431,7 @@ MPQ_TARGET_AVX512 float sparse_dot_avx512(const LutPacked& w, int64_t r, const f
   return _mm512_reduce_add_ps(acc);
 }
 
-}  // namespace
-
-void lut_q8_gemv_avx2(const LutPacked& w, const LutQ8Act& act, float* y) {
-  for_groups(w, [&](int64_t g) {
-    alignas(32) float acc[16];
-    switch (w.bits) {
-      case 2: avx2_group<2>(w, act, g, acc); break;
-      case 3: avx2_group<3>(w, act, g, acc); break;
-      default: avx2_group<4>(w, act, g, acc); break;
-    }
-    finish_group(w, g, acc, act.x, y, sparse_dot_avx2);
-  });
-}
-
-namespace {
-
-// Weight streams per thread of the AVX-512 GEMV (kernels/cpu/group_streams.h).
+// Weight streams per thread of the AVX-512 and AVX2 GEMVs (kernels/cpu/group_streams.h).
 constexpr int kStreams = kWeightStreams;
 
 template <int B>
@@ -454,7 +447,28 @@ MPQ_TARGET_AVX512 void avx512_gemv(const LutPacked& w, const LutQ8Act& act, floa
   });
 }
 
+template <int B>
+MPQ_TARGET_AVX2 void avx2_gemv(const LutPacked& w, const LutQ8Act& act, float* y) {
+  const bool par = w.rows * w.cols >= kParallelMinWeights && w.groups > 1 && !omp_in_parallel();
+  for_group_streams<kStreams>(w.groups, par, [&](const int64_t* g, int n) {
+    alignas(32) float acc[16 * kStreams];
+    if (n == kStreams)
+      avx2_groups<B, kStreams>(w, act, g, acc);
+    else
+      for (int k = 0; k < n; ++k) avx2_groups<B, 1>(w, act, g + k, acc + 16 * k);
+    for (int k = 0; k < n; ++k) finish_group(w, g[k], acc + 16 * k, act.x, y, sparse_dot_avx2);
+  });
+}
+
 }  // namespace
+
+void lut_q8_gemv_avx2(const LutPacked& w, const LutQ8Act& act, float* y) {
+  switch (w.bits) {
+    case 2: return avx2_gemv<2>(w, act, y);
+    case 3: return avx2_gemv<3>(w, act, y);
+    default: return avx2_gemv<4>(w, act, y);
+  }
+}
 
 void lut_q8_gemv_avx512(const LutPacked& w, const LutQ8Act& act, float* y) {
   switch (w.bits) {

@@ -19,9 +19,9 @@
 // (0 for an all-zero table); the fp16 table and the CSR part (rowptr, col, val) as stored.
 //
 // GEMV (T = 1), the work split (x quantized once per call, kernels/cpu/act_int8.h, block 64):
-//   groups g = 0 .. G-1  -- OpenMP static chunks above a size threshold; the AVX-512 path
-//     |                     runs each thread's chunk as 3 code streams in lockstep
-//     |                     (kernels/cpu/group_streams.h), the others group by group
+//   groups g = 0 .. G-1  -- OpenMP static chunks above a size threshold; the AVX-512 and
+//     |                     AVX2 paths run each thread's chunk as 3 code streams in lockstep
+//     |                     (kernels/cpu/group_streams.h), the scalar one group by group
 //     | T = the 4 rows' int8 tables (one per 128-bit lane), xor 0x80 (u8 = q + 128)
 //     | per activation block a (4 units):
 //     |   d = sum over its units of vpdpbusd(vpshufb(T, codes), xq of the unit in all 4 lanes)

@@ -131,46 +131,61 @@ inline int32_t load_i32(const int8_t* p) {
   return v;
 }
 
-}  // namespace
+// Weight streams per thread of the AVX-512 and AVX2 GEMVs (kernels/cpu/group_streams.h).
+constexpr int kStreams = kWeightStreams;
 
-MPQ_TARGET_AVX2 void nvfp4_gemv_q8_avx2(const Nvfp4Packed& w, const int8_t* q, const float* xs, const int32_t* xsum,
-                                         float* y) {
-  const float f = w.scale_2 * 128.0f;
-  for_groups(w, [&](int64_t g) MPQ_TARGET_AVX2 {
-    const __m256i tbl = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(kU8)));
-    const __m256i lo4 = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
-    alignas(32) float out[kGroup];
-    for (int h = 0; h < 2; ++h) {  // rows 0..7, 8..15 of the group: bytes [32h, 32h + 32) of each half block
-      __m256 acc = _mm256_setzero_ps();
-      for (int64_t b = 0; b < w.nb; ++b) {
-        const uint8_t* blk = w.codes.data() + (g * w.nb + b) * kBlockBytes;
+// AVX2: N groups g[0..N) in lockstep, each with exactly the arithmetic of a one-group walk;
+// out [N * 16] (scaled by s2 * 128).
+template <int N>
+MPQ_TARGET_AVX2 void avx2_groups(const Nvfp4Packed& w, const int8_t* q, const float* xs, const int32_t* xsum,
+                                 const int64_t* g, float* out) {
+  const __m256i tbl = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(kU8)));
+  const __m256i lo4 = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
+  const __m256 f = _mm256_set1_ps(w.scale_2 * 128.0f);
+  for (int h = 0; h < 2; ++h) {  // rows 0..7, 8..15 of the group: bytes [32h, 32h + 32) of each half block
+    __m256 acc[N];
+    for (int k = 0; k < N; ++k) acc[k] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < w.nb; ++b) {
+      const int8_t* xb = q + b * kBlock;
+      for (int k = 0; k < N; ++k) {
+        const uint8_t* blk = w.codes.data() + (g[k] * w.nb + b) * kBlockBytes;
         const __m256i v0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 32 * h));
         const __m256i v1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 64 + 32 * h));
         const __m256i wa = _mm256_shuffle_epi8(tbl, _mm256_and_si256(v0, lo4));
         const __m256i wb = _mm256_shuffle_epi8(tbl, _mm256_and_si256(_mm256_srli_epi16(v0, 4), lo4));
         const __m256i wc = _mm256_shuffle_epi8(tbl, _mm256_and_si256(v1, lo4));
         const __m256i wd = _mm256_shuffle_epi8(tbl, _mm256_and_si256(_mm256_srli_epi16(v1, 4), lo4));
-        const int8_t* xb = q + b * kBlock;
         // u8 (<= 24) * s8 pairs never saturate int16 (24 * 127 * 2 < 32767).
         __m256i d = _mm256_madd_epi16(_mm256_maddubs_epi16(wa, _mm256_set1_epi32(load_i32(xb))), ones);
         d = _mm256_add_epi32(d, _mm256_madd_epi16(_mm256_maddubs_epi16(wb, _mm256_set1_epi32(load_i32(xb + 4))), ones));
         d = _mm256_add_epi32(d, _mm256_madd_epi16(_mm256_maddubs_epi16(wc, _mm256_set1_epi32(load_i32(xb + 8))), ones));
         d = _mm256_add_epi32(d, _mm256_madd_epi16(_mm256_maddubs_epi16(wd, _mm256_set1_epi32(load_i32(xb + 12))), ones));
         d = _mm256_sub_epi32(d, _mm256_set1_epi32(12 * xsum[b]));
-        const __m256 m = _mm256_mul_ps(e4m3x8_div256(w.scales.data() + (g * w.nb + b) * kGroup + 8 * h),
+        const __m256 m = _mm256_mul_ps(e4m3x8_div256(w.scales.data() + (g[k] * w.nb + b) * kGroup + 8 * h),
                                        _mm256_set1_ps(xs[b]));
-        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), m, acc);
+        acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), m, acc[k]);
       }
-      _mm256_store_ps(out + 8 * h, _mm256_mul_ps(acc, _mm256_set1_ps(f)));
     }
-    store_group(w, g, out, y);
+    for (int k = 0; k < N; ++k) _mm256_storeu_ps(out + kGroup * k + 8 * h, _mm256_mul_ps(acc[k], f));
+  }
+}
+
+}  // namespace
+
+MPQ_TARGET_AVX2 void nvfp4_gemv_q8_avx2(const Nvfp4Packed& w, const int8_t* q, const float* xs, const int32_t* xsum,
+                                         float* y) {
+  const bool par = w.rows * w.cols >= kParallelMinWeights && w.groups > 1 && !omp_in_parallel();
+  for_group_streams<kStreams>(w.groups, par, [&](const int64_t* g, int n) {
+    alignas(32) float out[kGroup * kStreams];
+    if (n == kStreams)
+      avx2_groups<kStreams>(w, q, xs, xsum, g, out);
+    else
+      for (int k = 0; k < n; ++k) avx2_groups<1>(w, q, xs, xsum, g + k, out + kGroup * k);
+    for (int k = 0; k < n; ++k) store_group(w, g[k], out + kGroup * k, y);
   });
 }
 
 namespace {
-
-// Weight streams per thread of the AVX-512 GEMV (kernels/cpu/group_streams.h).
-constexpr int kStreams = kWeightStreams;
 
 // N groups g[0..N) in lockstep (N concurrent code streams), each with exactly the
 // arithmetic of a one-group walk; out [N * 16] (scaled by s2 * 128).

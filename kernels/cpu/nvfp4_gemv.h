@@ -19,9 +19,9 @@
 //   scales [G, NB, 16] E4M3 bytes: scale(i, b). Same byte count as the source.
 //
 // GEMV (T = 1), the work split (x quantized once per call, kernels/cpu/act_int8.h, block 16):
-//   groups g = 0 .. G-1  -- OpenMP static chunks above a size threshold; the AVX-512 path
-//     |                     runs each thread's chunk as 3 weight streams in lockstep
-//     |                     (kernels/cpu/group_streams.h), the others group by group
+//   groups g = 0 .. G-1  -- OpenMP static chunks above a size threshold; the AVX-512 and
+//     |                     AVX2 paths run each thread's chunk as 3 weight streams in lockstep
+//     |                     (kernels/cpu/group_streams.h), the scalar one group by group
 //     | acc[16] = 0 (fp32, one lane per row)
 //     | per block b: v0, v1 <- 128 code bytes; A, B, C, D = nibble planes (and / shift)
 //     |   u8 weights: w = 12 + 2 * e2m1(code), in [0, 24] (one vpshufb per 64 weights)
