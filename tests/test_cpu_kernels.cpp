@@ -60,6 +60,22 @@ std::vector<float> test_weights(int64_t rows, int64_t cols, uint64_t seed) {
 
 // ---------------------------------------------------------------- int8 activations ----
 
+// x quantized to int8 per `block` columns by the scalar path (kernels/cpu/act_int8.h):
+// q [nb * block], xs [nb], xsum [nb], nb = ceil(cols / block).
+struct QuantX {
+  std::vector<int8_t> q;
+  std::vector<float> xs;
+  std::vector<int32_t> xsum;
+};
+
+QuantX quantize_x(const std::vector<float>& x, int64_t block) {
+  const int64_t cols = static_cast<int64_t>(x.size()), nb = (cols + block - 1) / block;
+  QuantX a{std::vector<int8_t>(static_cast<std::size_t>(nb * block)), std::vector<float>(static_cast<std::size_t>(nb)),
+           std::vector<int32_t>(static_cast<std::size_t>(nb))};
+  quantize_act_int8_scalar(x.data(), cols, static_cast<int>(block), a.q.data(), a.xs.data(), a.xsum.data());
+  return a;
+}
+
 TEST(ActInt8, PathsIdenticalAndWithinHalfAScale) {
   for (int B : {16, 64}) {
     for (int64_t K : {int64_t{0}, int64_t{1}, int64_t{15}, int64_t{16}, int64_t{17}, int64_t{100}, int64_t{2048}}) {
@@ -168,19 +184,18 @@ TEST(Nvfp4Kernels, GemvPathsIdenticalAndWithinActivationBound) {
     for (int64_t cols : kColsList) {
       const Nvfp4Case c = nvfp4_case(rows, cols, ++seed);
       const std::vector<float> x = random_normal(cols, seed * 7);
-      const int64_t nb = c.packed.nb;
-      std::vector<int8_t> q(static_cast<std::size_t>(nb * 16));
-      std::vector<float> xs(static_cast<std::size_t>(nb));
-      std::vector<int32_t> xsum(static_cast<std::size_t>(nb));
-      quantize_act_int8_scalar(x.data(), cols, 16, q.data(), xs.data(), xsum.data());
+      const QuantX a = quantize_x(x, 16);
+      const int8_t* q = a.q.data();
+      const float* xs = a.xs.data();
+      const int32_t* xsum = a.xsum.data();
       std::vector<float> y0(static_cast<std::size_t>(rows)), y1(y0.size(), -1), y2(y0.size(), -1), yd(y0.size());
-      nvfp4_gemv_q8_scalar(c.packed, q.data(), xs.data(), xsum.data(), y0.data());
+      nvfp4_gemv_q8_scalar(c.packed, q, xs, xsum, y0.data());
       if (has_avx2()) {
-        nvfp4_gemv_q8_avx2(c.packed, q.data(), xs.data(), xsum.data(), y1.data());
+        nvfp4_gemv_q8_avx2(c.packed, q, xs, xsum, y1.data());
         EXPECT_EQ(y1, y0) << "avx2 " << shape_label(rows, cols);
       }
       if (has_avx512()) {
-        nvfp4_gemv_q8_avx512(c.packed, q.data(), xs.data(), xsum.data(), y2.data());
+        nvfp4_gemv_q8_avx512(c.packed, q, xs, xsum, y2.data());
         EXPECT_EQ(y2, y0) << "avx512 " << shape_label(rows, cols);
       }
       nvfp4_gemv(c.packed, x.data(), yd.data());
@@ -280,21 +295,20 @@ TEST(Nvfp4Kernels, StreamedGemvOverThreadsIdenticalToScalar) {
     for (int64_t cols : {int64_t{129}, int64_t{112}}) {
       const Nvfp4Case c = nvfp4_case(rows, cols, ++seed);
       const std::vector<float> x = random_normal(cols, seed * 5);
-      const int64_t nb = c.packed.nb;
-      std::vector<int8_t> q(static_cast<std::size_t>(nb * 16));
-      std::vector<float> xs(static_cast<std::size_t>(nb));
-      std::vector<int32_t> xsum(static_cast<std::size_t>(nb));
-      quantize_act_int8_scalar(x.data(), cols, 16, q.data(), xs.data(), xsum.data());
+      const QuantX a = quantize_x(x, 16);
+      const int8_t* q = a.q.data();
+      const float* xs = a.xs.data();
+      const int32_t* xsum = a.xsum.data();
       std::vector<float> y0(static_cast<std::size_t>(rows));
-      nvfp4_gemv_q8_scalar(c.packed, q.data(), xs.data(), xsum.data(), y0.data());
+      nvfp4_gemv_q8_scalar(c.packed, q, xs, xsum, y0.data());
       for (int threads : {1, 2, 3}) {
         omp_set_num_threads(threads);
         std::vector<float> y(y0.size(), -1.0f);
-        nvfp4_gemv_q8_avx2(c.packed, q.data(), xs.data(), xsum.data(), y.data());
+        nvfp4_gemv_q8_avx2(c.packed, q, xs, xsum, y.data());
         EXPECT_EQ(y, y0) << "avx2 " << shape_label(rows, cols) << " " << threads << " threads";
         if (!has_avx512()) continue;
         std::fill(y.begin(), y.end(), -1.0f);
-        nvfp4_gemv_q8_avx512(c.packed, q.data(), xs.data(), xsum.data(), y.data());
+        nvfp4_gemv_q8_avx512(c.packed, q, xs, xsum, y.data());
         EXPECT_EQ(y, y0) << "avx512 " << shape_label(rows, cols) << " " << threads << " threads";
       }
     }
@@ -318,6 +332,23 @@ LutCase lut_case(int bits, int64_t rows, int64_t cols, uint64_t seed, double out
   q.decode(c.p, c.dense.data());
   c.packed = lut_repack(squeezellm_weight_view(c.p));
   return c;
+}
+
+// x quantized for the LUT GEMV (block kLutActBlock) with its q4 and corr (lut_prepare_act).
+struct LutX {
+  QuantX a;
+  std::vector<int8_t> q4;
+  std::vector<int32_t> corr;
+  LutQ8Act act(const float* x) const { return {a.q.data(), q4.data(), a.xs.data(), corr.data(), x}; }
+};
+
+LutX lut_x(const std::vector<float>& x) {
+  LutX l{quantize_x(x, kLutActBlock), {}, {}};
+  const int64_t nblocks = static_cast<int64_t>(l.a.xs.size());
+  l.q4.resize(l.a.q.size() * 4);
+  l.corr.resize(static_cast<std::size_t>(nblocks * 16));
+  lut_prepare_act(l.a.q.data(), nblocks, l.q4.data(), l.corr.data());
+  return l;
 }
 
 TEST(LutVnniKernels, RepackKeepsIndicesAndDecode) {
@@ -357,14 +388,9 @@ TEST(LutVnniKernels, GemvPathsAgreeAndWithinRoundingBound) {
         for (double outliers : {0.0, 2.0}) {
           const LutCase c = lut_case(bits, rows, cols, ++seed, outliers);
           const std::vector<float> x = random_normal(cols, seed * 3);
-          const int64_t nblocks = (cols + kLutActBlock - 1) / kLutActBlock;
-          std::vector<int8_t> q(static_cast<std::size_t>(nblocks * kLutActBlock));
-          std::vector<float> xs(static_cast<std::size_t>(nblocks));
-          std::vector<int32_t> xsum(static_cast<std::size_t>(nblocks)), lanes(static_cast<std::size_t>(nblocks * 16));
-          std::vector<int8_t> q4(static_cast<std::size_t>(nblocks * kLutActBlock * 4));
-          quantize_act_int8_scalar(x.data(), cols, kLutActBlock, q.data(), xs.data(), xsum.data());
-          lut_prepare_act(q.data(), nblocks, q4.data(), lanes.data());
-          const LutQ8Act act{q.data(), q4.data(), xs.data(), lanes.data(), x.data()};
+          const LutX lx = lut_x(x);
+          const std::vector<float>& xs = lx.a.xs;
+          const LutQ8Act act = lx.act(x.data());
           std::vector<float> y0(static_cast<std::size_t>(rows)), y1(y0.size()), y2(y0.size()), yd(y0.size());
           lut_q8_gemv_scalar(c.packed, act, y0.data());
           std::vector<double> want, l1;
@@ -413,13 +439,8 @@ TEST(LutVnniKernels, StreamedGemvOverThreadsAgreesWithScalar) {
       const int64_t rows = 203, cols = 333;
       const LutCase c = lut_case(bits, rows, cols, ++seed, outliers);
       const std::vector<float> x = random_normal(cols, seed * 3);
-      const int64_t nblocks = (cols + kLutActBlock - 1) / kLutActBlock;
-      std::vector<int8_t> q(static_cast<std::size_t>(nblocks * kLutActBlock)), q4(q.size() * 4);
-      std::vector<float> xs(static_cast<std::size_t>(nblocks));
-      std::vector<int32_t> xsum(static_cast<std::size_t>(nblocks)), corr(static_cast<std::size_t>(nblocks * 16));
-      quantize_act_int8_scalar(x.data(), cols, kLutActBlock, q.data(), xs.data(), xsum.data());
-      lut_prepare_act(q.data(), nblocks, q4.data(), corr.data());
-      const LutQ8Act act{q.data(), q4.data(), xs.data(), corr.data(), x.data()};
+      const LutX lx = lut_x(x);
+      const LutQ8Act act = lx.act(x.data());
       std::vector<float> y0(static_cast<std::size_t>(rows));
       lut_q8_gemv_scalar(c.packed, act, y0.data());
       std::vector<double> want, l1;

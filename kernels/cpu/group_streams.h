@@ -18,6 +18,7 @@
 #include <omp.h>
 
 #include <cstdint>
+#include <type_traits>  // std::integral_constant
 
 namespace mpq {
 
@@ -47,6 +48,22 @@ void for_group_streams(int64_t groups, bool par, Body body) {
       body(static_cast<const int64_t*>(g), n);
     }
   }
+}
+
+/// for_group_streams with the lockstep kernel and the per-group epilogue every user of it
+/// has: run(std::integral_constant<int, N>, g, out) computes N groups g[0..N) into
+/// out [N * Stride] floats (N = S on a full step, N = 1 for each group of a partial one),
+/// then done(g[k], out + Stride * k) once per group, in order.
+template <int S, int Stride, typename Run, typename Done>
+void run_group_streams(int64_t groups, bool par, Run run, Done done) {
+  for_group_streams<S>(groups, par, [&](const int64_t* g, int n) {
+    alignas(64) float out[S * Stride];
+    if (n == S)
+      run(std::integral_constant<int, S>{}, g, out);
+    else
+      for (int k = 0; k < n; ++k) run(std::integral_constant<int, 1>{}, g + k, out + Stride * k);
+    for (int k = 0; k < n; ++k) done(g[k], out + Stride * k);
+  });
 }
 
 }  // namespace mpq

@@ -37,10 +37,14 @@ int64_t group_bytes(int bits, int64_t units) {
   return bits == 4 ? (units + 1) / 2 * 64 : (units + kUnitsPerBlock - 1) / kUnitsPerBlock * block_bytes(bits);
 }
 
+// Whether a GEMV over w runs on the OpenMP threads (large tensors, outside parallel regions).
+inline bool gemv_parallel(const LutPacked& w) {
+  return w.rows * w.cols >= kParallelMinWeights && w.groups > 1 && !omp_in_parallel();
+}
+
 template <typename Body>
 void for_groups(const LutPacked& w, Body body) {
-  const bool par = w.rows * w.cols >= kParallelMinWeights && w.groups > 1 && !omp_in_parallel();
-#pragma omp parallel for schedule(static) if (par)
+#pragma omp parallel for schedule(static) if (gemv_parallel(w))
   for (int64_t g = 0; g < w.groups; ++g) body(g);
 }
 
@@ -435,29 +439,19 @@ MPQ_TARGET_AVX512 float sparse_dot_avx512(const LutPacked& w, int64_t r, const f
 constexpr int kStreams = kWeightStreams;
 
 template <int B>
-MPQ_TARGET_AVX512 void avx512_gemv(const LutPacked& w, const LutQ8Act& act, float* y) {
-  const bool par = w.rows * w.cols >= kParallelMinWeights && w.groups > 1 && !omp_in_parallel();
-  for_group_streams<kStreams>(w.groups, par, [&](const int64_t* g, int n) {
-    alignas(64) float acc[16 * kStreams];
-    if (n == kStreams)
-      avx512_groups<B, kStreams>(w, act, g, acc);
-    else
-      for (int k = 0; k < n; ++k) avx512_groups<B, 1>(w, act, g + k, acc + 16 * k);
-    for (int k = 0; k < n; ++k) finish_group(w, g[k], acc + 16 * k, act.x, y, sparse_dot_avx512);
-  });
+void avx512_gemv(const LutPacked& w, const LutQ8Act& act, float* y) {
+  run_group_streams<kStreams, 16>(
+      w.groups, gemv_parallel(w),
+      [&](auto n, const int64_t* g, float* acc) { avx512_groups<B, decltype(n)::value>(w, act, g, acc); },
+      [&](int64_t g, const float* acc) { finish_group(w, g, acc, act.x, y, sparse_dot_avx512); });
 }
 
 template <int B>
-MPQ_TARGET_AVX2 void avx2_gemv(const LutPacked& w, const LutQ8Act& act, float* y) {
-  const bool par = w.rows * w.cols >= kParallelMinWeights && w.groups > 1 && !omp_in_parallel();
-  for_group_streams<kStreams>(w.groups, par, [&](const int64_t* g, int n) {
-    alignas(32) float acc[16 * kStreams];
-    if (n == kStreams)
-      avx2_groups<B, kStreams>(w, act, g, acc);
-    else
-      for (int k = 0; k < n; ++k) avx2_groups<B, 1>(w, act, g + k, acc + 16 * k);
-    for (int k = 0; k < n; ++k) finish_group(w, g[k], acc + 16 * k, act.x, y, sparse_dot_avx2);
-  });
+void avx2_gemv(const LutPacked& w, const LutQ8Act& act, float* y) {
+  run_group_streams<kStreams, 16>(
+      w.groups, gemv_parallel(w),
+      [&](auto n, const int64_t* g, float* acc) { avx2_groups<B, decltype(n)::value>(w, act, g, acc); },
+      [&](int64_t g, const float* acc) { finish_group(w, g, acc, act.x, y, sparse_dot_avx2); });
 }
 
 }  // namespace

@@ -37,10 +37,13 @@ inline int code_at(const uint8_t* blk, int64_t i, int64_t c) {
 inline float e4m3_div256(uint8_t s) { return e4m3_to_fp32(s) * 0.00390625f; }  // exact
 
 // y for the groups [g0, g1) by `body(g)`: OpenMP for large tensors outside parallel regions.
+inline bool gemv_parallel(const Nvfp4Packed& w) {
+  return w.rows * w.cols >= kParallelMinWeights && w.groups > 1 && !omp_in_parallel();
+}
+
 template <typename Body>
 void for_groups(const Nvfp4Packed& w, Body body) {
-  const bool par = w.rows * w.cols >= kParallelMinWeights && w.groups > 1 && !omp_in_parallel();
-#pragma omp parallel for schedule(static) if (par)
+#pragma omp parallel for schedule(static) if (gemv_parallel(w))
   for (int64_t g = 0; g < w.groups; ++g) body(g);
 }
 
@@ -174,15 +177,10 @@ MPQ_TARGET_AVX2 void avx2_groups(const Nvfp4Packed& w, const int8_t* q, const fl
 
 MPQ_TARGET_AVX2 void nvfp4_gemv_q8_avx2(const Nvfp4Packed& w, const int8_t* q, const float* xs, const int32_t* xsum,
                                          float* y) {
-  const bool par = w.rows * w.cols >= kParallelMinWeights && w.groups > 1 && !omp_in_parallel();
-  for_group_streams<kStreams>(w.groups, par, [&](const int64_t* g, int n) {
-    alignas(32) float out[kGroup * kStreams];
-    if (n == kStreams)
-      avx2_groups<kStreams>(w, q, xs, xsum, g, out);
-    else
-      for (int k = 0; k < n; ++k) avx2_groups<1>(w, q, xs, xsum, g + k, out + kGroup * k);
-    for (int k = 0; k < n; ++k) store_group(w, g[k], out + kGroup * k, y);
-  });
+  run_group_streams<kStreams, kGroup>(
+      w.groups, gemv_parallel(w),
+      [&](auto n, const int64_t* g, float* out) { avx2_groups<decltype(n)::value>(w, q, xs, xsum, g, out); },
+      [&](int64_t g, const float* out) { store_group(w, g, out, y); });
 }
 
 namespace {
@@ -237,15 +235,10 @@ MPQ_TARGET_AVX512 void avx512_groups(const Nvfp4Packed& w, const int8_t* q, cons
 
 MPQ_TARGET_AVX512 void nvfp4_gemv_q8_avx512(const Nvfp4Packed& w, const int8_t* q, const float* xs,
                                              const int32_t* xsum, float* y) {
-  const bool par = w.rows * w.cols >= kParallelMinWeights && w.groups > 1 && !omp_in_parallel();
-  for_group_streams<kStreams>(w.groups, par, [&](const int64_t* g, int n) {
-    alignas(64) float out[kGroup * kStreams];
-    if (n == kStreams)
-      avx512_groups<kStreams>(w, q, xs, xsum, g, out);
-    else
-      for (int k = 0; k < n; ++k) avx512_groups<1>(w, q, xs, xsum, g + k, out + kGroup * k);
-    for (int k = 0; k < n; ++k) store_group(w, g[k], out + kGroup * k, y);
-  });
+  run_group_streams<kStreams, kGroup>(
+      w.groups, gemv_parallel(w),
+      [&](auto n, const int64_t* g, float* out) { avx512_groups<decltype(n)::value>(w, q, xs, xsum, g, out); },
+      [&](int64_t g, const float* out) { store_group(w, g, out, y); });
 }
 
 void nvfp4_gemv(const Nvfp4Packed& w, const float* x, float* y) {
